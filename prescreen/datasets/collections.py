@@ -1,0 +1,184 @@
+"""Labelled data sets: a folder on disk → preprocessed signals with labels.
+
+Preprocessed signals are cached under ``$PRESCREEN_HOME/cache`` keyed by the data digest and
+the preprocessing spec, so a second run over the same folder skips the decoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rich.progress import Progress
+
+from prescreen.datasets.ecg import EcgRecord
+from prescreen.datasets.readers import read_wfdb
+from prescreen.errors import DatasetError, InvalidStudyError
+
+log = logging.getLogger(__name__)
+
+CINC_LABELS: dict[str, str] = {"N": "normal", "A": "af", "O": "other", "~": "noisy"}
+
+
+@dataclass
+class LabelledSet:
+    """Preprocessed items of a labelled data set.
+
+    Attributes:
+        path: the folder read.
+        ids: one id per item (record name).
+        labels: class index per item.
+        signals: the preprocessed model input of each item (variable length).
+        digest: SHA-256 over the files that were read (labels included).
+        skipped: ``(id, reason)`` for items the pipeline could not use.
+    """
+
+    path: Path
+    ids: list[str]
+    labels: npt.NDArray[np.int64]
+    signals: list[npt.NDArray[np.float32]]
+    digest: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: Sequence[int] | npt.NDArray[np.int64]) -> LabelledSet:
+        idx = [int(i) for i in index]
+        return LabelledSet(
+            self.path,
+            [self.ids[i] for i in idx],
+            self.labels[idx],
+            [self.signals[i] for i in idx],
+            self.digest,
+            [],
+        )
+
+
+def read_cinc_reference(folder: Path) -> list[tuple[str, str]]:
+    """``(record, code)`` rows of a CinC 2017 ``REFERENCE.csv``.
+
+    Raises:
+        DatasetError: the folder or its REFERENCE.csv is missing or malformed.
+    """
+    if not folder.is_dir():
+        raise DatasetError(f"data folder {folder} does not exist")
+    ref = folder / "REFERENCE.csv"
+    if not ref.is_file():
+        raise DatasetError(
+            f"{folder} is not in the CinC 2017 layout: REFERENCE.csv (record,label) is missing"
+        )
+    rows: list[tuple[str, str]] = []
+    with ref.open(newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), start=1):
+            if not row:
+                continue
+            if len(row) < 2 or row[1].strip() not in CINC_LABELS:
+                raise DatasetError(
+                    f"{ref}:{n}: expected 'record,label' with label in {sorted(CINC_LABELS)}, got {row}"
+                )
+            rows.append((row[0].strip(), row[1].strip()))
+    if not rows:
+        raise DatasetError(f"{ref} lists no records")
+    return rows
+
+
+def digest_files(paths: Sequence[Path]) -> str:
+    """SHA-256 over the names and contents of ``paths`` (in the given order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def load_cinc2017(
+    folder: Path,
+    classes: Sequence[str],
+    preprocess: Callable[[EcgRecord], npt.NDArray[np.float32]],
+    spec: dict[str, Any],
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> LabelledSet:
+    """Load a folder in the CinC 2017 layout (WFDB records + ``REFERENCE.csv``).
+
+    Args:
+        folder: the data folder.
+        classes: class names in model order; CinC codes map through ``CINC_LABELS``.
+        preprocess: the task's record → model-input chain.
+        spec: the preprocessing spec (part of the cache key).
+        cache_dir: where to keep preprocessed arrays; ``None`` disables the cache.
+        progress: show a Rich progress bar.
+
+    Raises:
+        DatasetError: wrong layout, missing record files, or no usable record.
+    """
+    folder = folder.resolve()
+    rows = read_cinc_reference(folder)
+    files: list[Path] = [folder / "REFERENCE.csv"]
+    for rec, _ in rows:
+        hea = folder / f"{rec}.hea"
+        if not hea.is_file():
+            raise DatasetError(f"{folder}: REFERENCE.csv lists {rec} but {hea.name} is missing")
+        files.append(hea)
+        files.extend(sorted(folder.glob(f"{rec}.dat")) + sorted(folder.glob(f"{rec}.mat")))
+    digest = digest_files(files)
+    key = hashlib.sha256(json.dumps([digest, spec, list(classes)], sort_keys=True).encode()).hexdigest()[:24]
+    cache = cache_dir / f"cinc2017-{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return _load_cache(cache, folder, digest)
+    index = {name: i for i, name in enumerate(classes)}
+    ids: list[str] = []
+    labels: list[int] = []
+    signals: list[npt.NDArray[np.float32]] = []
+    skipped: list[tuple[str, str]] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(f"reading {folder.name}", total=len(rows))
+        for rec, code in rows:
+            try:
+                signals.append(preprocess(read_wfdb(folder / rec)))
+                ids.append(rec)
+                labels.append(index[CINC_LABELS[code]])
+            except InvalidStudyError as exc:
+                skipped.append((rec, str(exc)))
+            bar.advance(job)
+    if not ids:
+        raise DatasetError(f"{folder}: no usable record ({len(skipped)} skipped)")
+    if skipped:
+        log.warning("%d records skipped in %s", len(skipped), folder)
+    result = LabelledSet(folder, ids, np.asarray(labels, dtype=np.int64), signals, digest, skipped)
+    if cache is not None:
+        _save_cache(cache, result)
+    return result
+
+
+def _save_cache(path: Path, data: LabelledSet) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.asarray([len(s) for s in data.signals], dtype=np.int64)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        ids=np.asarray(data.ids),
+        labels=data.labels,
+        lengths=lengths,
+        flat=np.concatenate(data.signals),
+        skipped=np.asarray(json.dumps(data.skipped)),
+    )
+    tmp.replace(path)
+
+
+def _load_cache(path: Path, folder: Path, digest: str) -> LabelledSet:
+    with np.load(path) as z:
+        offsets = np.concatenate([[0], np.cumsum(z["lengths"])])
+        flat = z["flat"]
+        signals = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        skipped = [tuple(x) for x in json.loads(str(z["skipped"]))]
+        return LabelledSet(folder, [str(i) for i in z["ids"]], z["labels"].astype(np.int64), signals, digest, skipped)  # type: ignore[arg-type]

@@ -1,0 +1,35 @@
+"""The one exception hierarchy of prescreen.
+
+Every error the package raises on purpose derives from :class:`PrescreenError`; the
+edges (CLI, HTTP API) turn it into an exit code or a 4xx answer with its message.
+"""
+
+from __future__ import annotations
+
+
+class PrescreenError(Exception):
+    """Base class of every error prescreen raises on purpose."""
+
+
+class InvalidStudyError(PrescreenError):
+    """A study (record, image) cannot be read or used by the pipeline; the message says why."""
+
+
+class UnsupportedStudyError(InvalidStudyError):
+    """A study that is readable but that no model screens (e.g. a DICOM without waveform)."""
+
+
+class DatasetError(PrescreenError):
+    """A labelled data set is missing or not in the expected layout."""
+
+
+class UnknownTaskError(PrescreenError):
+    """A task name that is not registered."""
+
+
+class ModelError(PrescreenError):
+    """A model file, card or model-store entry is missing, corrupt or inconsistent."""
+
+
+class ExportError(ModelError):
+    """ONNX export failed, or the exported model disagrees with torch."""

@@ -1,0 +1,1 @@
+"""Placeholder: built by later issues (see README)."""

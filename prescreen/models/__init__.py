@@ -1,0 +1,1 @@
+"""What a model is: tasks, networks, cards, export and the model store."""

@@ -1,0 +1,58 @@
+"""The ``ecg-rhythm`` task: single-lead rhythm screening (CinC 2017 classes)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from prescreen.datasets.collections import LabelledSet, load_cinc2017
+from prescreen.datasets.readers import read_ecg_files
+from prescreen.datasets.transforms import CropOrPad, FloatArray, Windows, augment_ecg, ecg_preprocess
+from prescreen.models.networks import ResNet1d
+from prescreen.models.task import Task, register
+
+FS = 150.0
+WINDOW_S = 30
+LENGTH = int(FS * WINDOW_S)
+CLASSES = ("normal", "af", "other", "noisy")
+INPUT_SPEC = {
+    "kind": "ecg",
+    "leads": "lead II of a multi-lead record, else the only lead",
+    "sampling_rate_hz": FS,
+    "window_samples": LENGTH,
+    "window_stride_samples": LENGTH // 2,
+    "filter": "Butterworth band-pass 0.5-40 Hz, zero phase",
+    "normalisation": "per-record z-score, clipped to +-20",
+    "aggregation": "mean of class probabilities over windows",
+    "tensor": "float32 (batch, 1, window_samples)",
+}
+_PREPROCESS = ecg_preprocess(FS)
+
+
+def _train_view(x: FloatArray, rng: np.random.Generator) -> FloatArray:
+    return augment_ecg(CropOrPad(LENGTH)(x, rng), rng)[None, :]
+
+
+def _load(folder: Path, cache_dir: Path | None, progress: bool) -> LabelledSet:
+    spec = {k: v for k, v in INPUT_SPEC.items() if k != "aggregation"}
+    return load_cinc2017(folder, CLASSES, _PREPROCESS, spec, cache_dir, progress)
+
+
+@register("ecg-rhythm")
+def ecg_rhythm() -> Task:
+    return Task(
+        name="ecg-rhythm",
+        classes=CLASSES,
+        normal_classes=("normal",),
+        input_spec=INPUT_SPEC,
+        default_data="cinc2017",
+        read_files=read_ecg_files,
+        preprocess=_PREPROCESS,
+        windows=Windows(LENGTH, LENGTH // 2),
+        train_view=_train_view,
+        build_network=partial(ResNet1d, len(CLASSES), (32, 64, 96, 128, 160), 2),
+        load_dataset=_load,
+        train_defaults={"epochs": 35, "batch_size": 64, "lr": 2e-3, "patience": 8, "weight_decay": 1e-3},
+    )

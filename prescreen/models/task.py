@@ -1,0 +1,103 @@
+"""The ``Task``: everything training, evaluation, export and serving need to know about one
+screening problem, looked up by name. No other layer special-cases a task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
+from prescreen.datasets.collections import LabelledSet
+from prescreen.errors import UnknownTaskError
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A screening task.
+
+    Attributes:
+        name: the task's name (``ecg-rhythm``).
+        classes: class names in the order of the network's outputs.
+        normal_classes: classes that are *not* flagged; every other class is.
+        input_spec: what the network takes (rate, length, lead, normalisation), for the card.
+        default_data: folder name under ``PRESCREEN_DATA_DIR`` used when ``--data`` is absent.
+        read_files: uploaded files → study object (raises ``InvalidStudyError``).
+        preprocess: study → full-length model-input signal.
+        windows: model-input signal → batch of network inputs; outputs are averaged.
+        train_view: model-input signal + rng → one (augmented) network input for training.
+        build_network: makes an untrained network.
+        load_dataset: folder → ``LabelledSet`` (raises ``DatasetError``).
+        train_defaults: default hyper-parameters of ``prescreen train``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    normal_classes: tuple[str, ...]
+    input_spec: dict[str, Any]
+    default_data: str
+    read_files: Callable[[Mapping[str, bytes]], Any]
+    preprocess: Callable[[Any], FloatArray]
+    windows: Callable[[FloatArray], FloatArray]
+    train_view: Callable[[FloatArray, np.random.Generator], FloatArray]
+    build_network: Callable[[], nn.Module]
+    load_dataset: Callable[[Path, Path | None, bool], LabelledSet]
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flag_rule(self) -> str:
+        normal = " or ".join(self.normal_classes)
+        return f"flagged when the score 1 - P({normal}) reaches the operating threshold"
+
+    @property
+    def normal_index(self) -> list[int]:
+        return [self.classes.index(c) for c in self.normal_classes]
+
+    def flag_scores(self, probs: FloatArray) -> FloatArray:
+        """Flag score per row of class probabilities: 1 - P(normal classes)."""
+        return (1.0 - probs[:, self.normal_index].sum(axis=1)).astype(np.float32)
+
+    def label_for(self, probs: npt.NDArray[Any], flagged: bool) -> str:
+        """The reported label, consistent with the flag: the most likely class on its side."""
+        side = [i for i, c in enumerate(self.classes) if (c in self.normal_classes) != flagged]
+        return self.classes[max(side, key=lambda i: float(probs[i]))]
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    """Register a task factory under ``name``."""
+
+    def deco(factory: Callable[[], Task]) -> Callable[[], Task]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def task_names() -> list[str]:
+    _load_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name.
+
+    Raises:
+        UnknownTaskError: no task of that name.
+    """
+    _load_builtin_tasks()
+    if name not in _REGISTRY:
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+def _load_builtin_tasks() -> None:
+    from prescreen.models import ecg_rhythm  # noqa: F401  (registers itself)

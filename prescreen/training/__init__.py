@@ -1,0 +1,1 @@
+"""Training: a typed run config and the Trainer loop."""

@@ -1,0 +1,25 @@
+"""The typed configuration of one training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class RunConfig(BaseModel):
+    """What ``prescreen train`` was asked to do; stored as ``run.json`` in the run folder."""
+
+    task: str
+    data: Path
+    out: Path
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    patience: int = Field(8, ge=1)
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, ge=0, lt=0.5)
+    limit: int | None = Field(None, ge=8, description="use only this many records (smoke runs)")
+    threads: int = Field(2, ge=1)
