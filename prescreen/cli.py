@@ -80,6 +80,144 @@ def train(
     console.print(f"next: prescreen export {result.run_dir}")
 
 
+@app.command()
+@user_errors
+def evaluate(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. ecg-rhythm")],
+    data: Annotated[Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")] = None,
+    model: Annotated[str | None, typer.Option(help="NAME:VERSION, an exported folder or a run folder (default: active)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the evaluation JSON here")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a Markdown report with ROC and confusion PNGs here")] = None,
+    resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples (default from settings, >= 1000)")] = None,
+) -> None:
+    """Measure a model on a labelled folder: metrics with 95 % bootstrap CIs and the target verdict."""
+    import json
+
+    from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
+    from prescreen.evaluation.report import evaluation_json, write_report
+    from prescreen.models.resolve import resolve_model
+    from prescreen.models.store import ModelStore
+    from prescreen.models.task import get_task
+
+    t = get_task(task)
+    folder = _data_path(t.default_data, data)
+    predictor = resolve_model(t, model, ModelStore())
+    dataset = t.load_dataset(folder, get_settings().cache_dir, True)
+    probs = predictor.predict(dataset.signals)
+    result = evaluate_probs(
+        t, dataset.labels, probs, predictor.threshold, split=str(folder.resolve()),
+        dataset_path=str(folder.resolve()), dataset_digest=dataset.digest, resamples=resamples,
+    )
+    ident = {"name": predictor.name, "version": predictor.version, "sha256": predictor.sha256}
+    doc = evaluation_json(t.name, ident, result, list(t.classes), predictor.threshold, len(dataset.skipped))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2))
+    if report is not None:
+        write_report(report, doc, flag_truth(t, dataset.labels), t.flag_scores(probs))
+    if predictor.store_tag is not None:
+        ModelStore(import_shipped=False).record_evaluation(predictor.store_tag, result)
+    _print_evaluation(doc)
+
+
+def _print_evaluation(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from prescreen.evaluation.report import METRIC_LABELS, fmt
+
+    table = Table(title=f"{doc['task']} — {doc['model']['name']}:{doc['model']['version']} on n={doc['dataset']['n']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95 % CI", justify="right")
+    for key, v in doc["metrics"].items():
+        table.add_row(METRIC_LABELS[key], fmt(v["value"]), f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
+    console.print(table)
+    tg = doc["target"]
+    console.print(f"target {tg['metric']} >= {tg['threshold']}: {'met' if tg['met'] else 'NOT met'}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A training run folder (from prescreen train)")],
+    activate: Annotated[bool, typer.Option(help="Make it the task's active model")] = False,
+) -> None:
+    """Export a run to ONNX (parity-checked), write its model card and add it to the model store."""
+    from prescreen.models.export import export_run
+    from prescreen.models.store import ModelStore
+
+    onnx_path, card = export_run(run, progress=True)
+    store = ModelStore()
+    stored = store.add(onnx_path, card)
+    if activate:
+        store.activate(card.task, stored.tag)
+    head = card.test or card.validation
+    acc = head.metrics["accuracy"] if head else None
+    console.print(f"exported {onnx_path} (parity max |Δ| {card.onnx['parity_max_abs_diff']:.1e}), card {run / 'card.json'}")
+    if acc is not None and head is not None:
+        console.print(f"{head.split}: flag accuracy {acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}], n={head.n}")
+    console.print(f"stored as {stored.tag}" + (" (active)" if activate else f"; activate with: prescreen models activate {card.task} {stored.tag}"))
+
+
+@models_app.command("list")
+@user_errors
+def models_list(task: Annotated[str | None, typer.Option(help="Only this task")] = None) -> None:
+    """Models in the store: task, name:version, active?, accuracy [95 % CI], target met?"""
+    from rich.table import Table
+
+    from prescreen.models.store import ModelStore
+
+    table = Table(title="models")
+    for col in ("task", "name:version", "active", "accuracy [95% CI]", "target met", "measured on"):
+        table.add_column(col)
+    for m in ModelStore().list(task):
+        head = m.card.headline
+        acc = head.metrics.get("accuracy") if head else None
+        figure = f"{acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]" if acc and acc.value is not None and acc.ci_low is not None and acc.ci_high is not None else "-"
+        met = ("yes" if head.target.met else "no") if head else "-"
+        where = f"{head.split} (n={head.n})" if head else "-"
+        table.add_row(m.task, m.tag, "yes" if m.active else "", figure, met, where)
+    console.print(table)
+
+
+@models_app.command("activate")
+@user_errors
+def models_activate(
+    task: Annotated[str, typer.Argument(help="Task name")],
+    tag: Annotated[str, typer.Argument(help="NAME:VERSION of a stored model")],
+) -> None:
+    """Make a stored model the active one of its task (the service loads it at start)."""
+    from prescreen.models.store import ModelStore
+    from prescreen.models.task import get_task
+
+    get_task(task)
+    model = ModelStore().activate(task, tag)
+    console.print(f"{model.tag} is now the active {task} model")
+
+
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default from settings: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default from settings: 3000)")] = None,
+) -> None:
+    """Start the BentoML service with the active models (REST API under /v1)."""
+    import subprocess
+
+    from prescreen.models.store import ModelStore
+    from prescreen.serving.engine import ScreeningEngine
+
+    settings = get_settings()
+    ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
+    cmd = [sys.executable, "-m", "bentoml", "serve", "prescreen.serving.service:Prescreen",
+           "--host", host or settings.host, "--port", str(port or settings.port)]
+    env = {**os.environ, "PRESCREEN_HOME": str(settings.home), "PRESCREEN_DATA_DIR": str(settings.data_dir)}
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with bootstrap CIs, threshold choice, target verdict, reports."""

@@ -1,0 +1,132 @@
+"""An exported model at inference time: the ONNX Runtime session plus its card."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from prescreen.config import get_settings
+from prescreen.errors import ModelError
+from prescreen.models.card import ModelCard
+from prescreen.models.task import Task, get_task
+
+FloatArray = npt.NDArray[np.float32]
+INPUT_NAME = "signal"
+OUTPUT_NAME = "probabilities"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """Load an ONNX file into ONNX Runtime (CPU).
+
+    Raises:
+        ModelError: the file is missing or ONNX Runtime cannot load it.
+    """
+    if not path.is_file():
+        raise ModelError(f"model file {path} not found")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or get_settings().onnx_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes
+        raise ModelError(f"model file {path} cannot be loaded by ONNX Runtime: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """The outcome of screening one study."""
+
+    task: str
+    model_name: str
+    model_version: str
+    flagged: bool
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    threshold: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "flagged": self.flagged,
+            "label": self.label,
+            "score": self.score,
+            "probabilities": self.probabilities,
+            "threshold": self.threshold,
+        }
+
+
+class OnnxModel:
+    """An ONNX model with its card: signals → class probabilities → screening result.
+
+    Args:
+        onnx_path: the model file.
+        card: its card (classes, threshold, input spec).
+        verify: check the file's SHA-256 against the card.
+
+    Raises:
+        ModelError: a missing, corrupt or mismatching model file.
+    """
+
+    def __init__(self, onnx_path: Path, card: ModelCard, verify: bool = True) -> None:
+        if verify and card.onnx.get("sha256") and sha256_file(onnx_path) != card.onnx["sha256"]:
+            raise ModelError(f"model file {onnx_path} does not match its card (SHA-256 differs): corrupt or replaced")
+        self.path = onnx_path
+        self.card = card
+        self.task: Task = get_task(card.task)
+        self.session = make_session(onnx_path)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> OnnxModel:
+        return cls(folder / "model.onnx", ModelCard.load(folder / "card.json"))
+
+    def predict_windows(self, windows: FloatArray) -> FloatArray:
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(windows, dtype=np.float32)})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def predict_signals(self, signals: list[FloatArray], batch: int = 256) -> FloatArray:
+        """Probabilities per preprocessed signal (windows averaged)."""
+        windows = [self.task.windows(s) for s in signals]
+        owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
+        flat = np.concatenate(windows)
+        out = np.concatenate([self.predict_windows(flat[i : i + batch]) for i in range(0, len(flat), batch)])
+        probs = np.zeros((len(signals), len(self.task.classes)), dtype=np.float64)
+        np.add.at(probs, owner, out)
+        probs /= np.bincount(owner, minlength=len(signals))[:, None]
+        return probs.astype(np.float32)
+
+    def screen_signal(self, signal: FloatArray) -> ScreenResult:
+        probs = self.predict_signals([signal])[0]
+        score = float(self.task.flag_scores(probs[None, :])[0])
+        flagged = score >= self.card.operating_threshold
+        return ScreenResult(
+            task=self.task.name,
+            model_name=self.card.name,
+            model_version=self.card.version,
+            flagged=flagged,
+            label=self.task.label_for(probs, flagged),
+            score=round(score, 6),
+            probabilities={c: round(float(p), 6) for c, p in zip(self.task.classes, probs, strict=True)},
+            threshold=self.card.operating_threshold,
+        )
+
+    def screen_files(self, files: Mapping[str, bytes]) -> ScreenResult:
+        """Read, preprocess and screen one study sent as files (raises ``InvalidStudyError``)."""
+        return self.screen_signal(self.task.preprocess(self.task.read_files(files)))

@@ -1,0 +1,1 @@
+"""Serving: the BentoML service and the FastAPI app mounted in it."""

@@ -1,0 +1,107 @@
+"""The FastAPI app: one router per resource, the engine reached through a dependency."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from prescreen.config import get_settings
+from prescreen.errors import InvalidStudyError, ModelError
+from prescreen.serving.engine import ScreeningEngine
+from prescreen.serving.errors import error_response, install_error_handlers
+
+
+def get_engine(request: Request) -> ScreeningEngine:
+    engine: ScreeningEngine | None = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ModelError("the service is starting: models are not loaded yet")
+    return engine
+
+
+EngineDep = Annotated[ScreeningEngine, Depends(get_engine)]
+
+screen_router = APIRouter(prefix="/v1", tags=["screen"])
+models_router = APIRouter(prefix="/v1", tags=["models"])
+health_router = APIRouter(tags=["health"])
+
+
+@screen_router.post("/screen")
+def screen(
+    engine: EngineDep,
+    file: Annotated[list[UploadFile] | None, File(description="A WFDB .hea with its .dat/.mat, or one DICOM ECG")] = None,
+    task: Annotated[str | None, Form(description="Task name; chosen from the content when absent")] = None,
+) -> dict[str, Any]:
+    """Screen one study sent as multipart files (field name ``file``, repeated)."""
+    limit = get_settings().max_upload_bytes
+    files: dict[str, bytes] = {}
+    for upload in file or []:
+        name = (upload.filename or "").rsplit("/", 1)[-1]
+        if not name:
+            raise InvalidStudyError("every uploaded file needs a file name")
+        if name in files:
+            raise InvalidStudyError(f"file {name!r} was sent twice")
+        files[name] = upload.file.read(limit + 1)
+        if sum(len(v) for v in files.values()) > limit:
+            return error_response(413, "too_large", f"the upload exceeds the limit of {limit} bytes")
+    return engine.screen(files, task).to_json()
+
+
+@models_router.get("/models")
+def list_models(engine: EngineDep) -> dict[str, Any]:
+    """The models this service screens with, one per task, with their cards' headline figures."""
+    out = []
+    for name, model in sorted(engine.models.items()):
+        head = model.card.headline
+        out.append(
+            {
+                "task": name,
+                "name": model.card.name,
+                "version": model.card.version,
+                "classes": model.card.classes,
+                "threshold": model.card.operating_threshold,
+                "evaluation": head.model_dump() if head else None,
+            }
+        )
+    return {"models": out}
+
+
+@health_router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    ready = getattr(request.app.state, "engine", None) is not None
+    return JSONResponse(status_code=200 if ready else 503, content={"status": "ready" if ready else "starting"})
+
+
+class UploadLimit:
+    """Refuse bodies whose declared size exceeds the limit before reading them (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
+                response = error_response(413, "too_large", f"the upload exceeds the limit of {self.limit} bytes")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
+    """The REST API; ``engine`` may be attached later (``app.state.engine``)."""
+    app = FastAPI(title="prescreen", version="0.1.0", description="AI pre-screening of medical studies")
+    app.state.engine = engine
+    install_error_handlers(app)
+    for router in (screen_router, models_router, health_router):
+        app.include_router(router)
+    app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)
+    return app

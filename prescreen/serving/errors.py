@@ -1,0 +1,44 @@
+"""Errors at the HTTP edge: every error answer is JSON ``{"error", "detail"}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prescreen.errors import InvalidStudyError, ModelError, PrescreenError, UnknownTaskError, UnsupportedStudyError
+
+
+def error_response(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+def status_for(exc: PrescreenError) -> tuple[int, str]:
+    """HTTP status and error code for a prescreen error."""
+    if isinstance(exc, UnsupportedStudyError):
+        return 422, "unsupported_study"
+    if isinstance(exc, InvalidStudyError):
+        return 400, "invalid_study"
+    if isinstance(exc, UnknownTaskError):
+        return 400, "unknown_task"
+    if isinstance(exc, ModelError):
+        return 503, "model_unavailable"
+    return 400, "bad_request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PrescreenError)
+    async def _prescreen(_: Request, exc: PrescreenError) -> JSONResponse:
+        status, code = status_for(exc)
+        return error_response(status, code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+        return error_response(exc.status_code, code.get(exc.status_code, "error"), str(exc.detail))

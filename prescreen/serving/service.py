@@ -1,0 +1,33 @@
+"""The BentoML service: loads the active ONNX models once and serves the FastAPI app.
+
+Run with ``prescreen serve`` (or ``bentoml serve prescreen.serving.service:Prescreen``).
+"""
+
+from __future__ import annotations
+
+from prescreen.config import get_settings
+
+get_settings()  # sets BENTOML_HOME and BENTOML_DO_NOT_TRACK before bentoml is imported
+
+import bentoml  # noqa: E402
+
+from prescreen.models.store import ModelStore  # noqa: E402
+from prescreen.serving.app import create_app  # noqa: E402
+from prescreen.serving.engine import ScreeningEngine  # noqa: E402
+
+api = create_app()
+
+
+@bentoml.service(name="prescreen", workers=1, traffic={"timeout": 120})
+@bentoml.asgi_app(api, path="/")
+class Prescreen:
+    """Holds the ONNX Runtime sessions of the active models; the mounted app uses them."""
+
+    def __init__(self) -> None:
+        self.engine = ScreeningEngine(ModelStore())
+        api.state.engine = self.engine
+
+    @bentoml.api
+    def tasks(self) -> list[str]:
+        """Tasks with an active model (also a smoke test of the BentoML API path)."""
+        return sorted(self.engine.models)
