@@ -56,7 +56,9 @@ def _data_path(task_default: str, data: Path | None) -> Path:
 def train(
     task: Annotated[str, typer.Argument(help="Task name, e.g. ecg-rhythm")],
     out: Annotated[Path, typer.Option(help="Run folder for checkpoints and predictions")],
-    data: Annotated[Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same metrics")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only N records (smoke runs)")] = None,
@@ -84,10 +86,16 @@ def train(
 @user_errors
 def evaluate(
     task: Annotated[str, typer.Argument(help="Task name, e.g. ecg-rhythm")],
-    data: Annotated[Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")] = None,
-    model: Annotated[str | None, typer.Option(help="NAME:VERSION, an exported folder or a run folder (default: active)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="NAME:VERSION, an exported folder or a run folder (default: active)")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the evaluation JSON here")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write a Markdown report with ROC and confusion PNGs here")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a Markdown report with ROC and confusion PNGs here")
+    ] = None,
     resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples (default from settings, >= 1000)")] = None,
 ) -> None:
     """Measure a model on a labelled folder: metrics with 95 % bootstrap CIs and the target verdict."""
@@ -105,8 +113,14 @@ def evaluate(
     dataset = t.load_dataset(folder, get_settings().cache_dir, True)
     probs = predictor.predict(dataset.signals)
     result = evaluate_probs(
-        t, dataset.labels, probs, predictor.threshold, split=str(folder.resolve()),
-        dataset_path=str(folder.resolve()), dataset_digest=dataset.digest, resamples=resamples,
+        t,
+        dataset.labels,
+        probs,
+        predictor.threshold,
+        split=str(folder.resolve()),
+        dataset_path=str(folder.resolve()),
+        dataset_digest=dataset.digest,
+        resamples=resamples,
     )
     ident = {"name": predictor.name, "version": predictor.version, "sha256": predictor.sha256}
     doc = evaluation_json(t.name, ident, result, list(t.classes), predictor.threshold, len(dataset.skipped))
@@ -153,10 +167,15 @@ def export(
         store.activate(card.task, stored.tag)
     head = card.test or card.validation
     acc = head.metrics["accuracy"] if head else None
-    console.print(f"exported {onnx_path} (parity max |Δ| {card.onnx['parity_max_abs_diff']:.1e}), card {run / 'card.json'}")
+    console.print(
+        f"exported {onnx_path} (parity max |Δ| {card.onnx['parity_max_abs_diff']:.1e}), card {run / 'card.json'}"
+    )
     if acc is not None and head is not None:
         console.print(f"{head.split}: flag accuracy {acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}], n={head.n}")
-    console.print(f"stored as {stored.tag}" + (" (active)" if activate else f"; activate with: prescreen models activate {card.task} {stored.tag}"))
+    console.print(
+        f"stored as {stored.tag}"
+        + (" (active)" if activate else f"; activate with: prescreen models activate {card.task} {stored.tag}")
+    )
 
 
 @models_app.command("list")
@@ -173,7 +192,11 @@ def models_list(task: Annotated[str | None, typer.Option(help="Only this task")]
     for m in ModelStore().list(task):
         head = m.card.headline
         acc = head.metrics.get("accuracy") if head else None
-        figure = f"{acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]" if acc and acc.value is not None and acc.ci_low is not None and acc.ci_high is not None else "-"
+        figure = (
+            f"{acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]"
+            if acc and acc.value is not None and acc.ci_low is not None and acc.ci_high is not None
+            else "-"
+        )
         met = ("yes" if head.target.met else "no") if head else "-"
         where = f"{head.split} (n={head.n})" if head else "-"
         table.add_row(m.task, m.tag, "yes" if m.active else "", figure, met, where)
@@ -209,8 +232,17 @@ def serve(
 
     settings = get_settings()
     ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
-    cmd = [sys.executable, "-m", "bentoml", "serve", "prescreen.serving.service:Prescreen",
-           "--host", host or settings.host, "--port", str(port or settings.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "prescreen.serving.service:Prescreen",
+        "--host",
+        host or settings.host,
+        "--port",
+        str(port or settings.port),
+    ]
     env = {**os.environ, "PRESCREEN_HOME": str(settings.home), "PRESCREEN_DATA_DIR": str(settings.data_dir)}
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))

@@ -73,18 +73,14 @@ def read_cinc_reference(folder: Path) -> list[tuple[str, str]]:
         raise DatasetError(f"data folder {folder} does not exist")
     ref = folder / "REFERENCE.csv"
     if not ref.is_file():
-        raise DatasetError(
-            f"{folder} is not in the CinC 2017 layout: REFERENCE.csv (record,label) is missing"
-        )
+        raise DatasetError(f"{folder} is not in the CinC 2017 layout: REFERENCE.csv (record,label) is missing")
     rows: list[tuple[str, str]] = []
     with ref.open(newline="") as fh:
         for n, row in enumerate(csv.reader(fh), start=1):
             if not row:
                 continue
             if len(row) < 2 or row[1].strip() not in CINC_LABELS:
-                raise DatasetError(
-                    f"{ref}:{n}: expected 'record,label' with label in {sorted(CINC_LABELS)}, got {row}"
-                )
+                raise DatasetError(f"{ref}:{n}: expected 'record,label' with label in {sorted(CINC_LABELS)}, got {row}")
             rows.append((row[0].strip(), row[1].strip()))
     if not rows:
         raise DatasetError(f"{ref} lists no records")
@@ -180,5 +176,6 @@ def _load_cache(path: Path, folder: Path, digest: str) -> LabelledSet:
         offsets = np.concatenate([[0], np.cumsum(z["lengths"])])
         flat = z["flat"]
         signals = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-        skipped = [tuple(x) for x in json.loads(str(z["skipped"]))]
-        return LabelledSet(folder, [str(i) for i in z["ids"]], z["labels"].astype(np.int64), signals, digest, skipped)  # type: ignore[arg-type]
+        skipped = [(str(a), str(b)) for a, b in json.loads(str(z["skipped"]))]
+        ids = [str(i) for i in z["ids"]]
+        return LabelledSet(folder, ids, z["labels"].astype(np.int64), signals, digest, skipped)

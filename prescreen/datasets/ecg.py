@@ -33,15 +33,11 @@ class EcgRecord:
 
     def __post_init__(self) -> None:
         if self.signal.ndim != 2:
-            raise InvalidStudyError(
-                f"expected an ECG of shape (leads, samples), got {self.signal.ndim} dimensions"
-            )
+            raise InvalidStudyError(f"expected an ECG of shape (leads, samples), got {self.signal.ndim} dimensions")
         if not np.isfinite(self.fs) or self.fs <= 0:
             raise InvalidStudyError(f"sampling rate must be a positive number, got {self.fs}")
         if len(self.lead_names) != self.signal.shape[0]:
-            raise InvalidStudyError(
-                f"{self.signal.shape[0]} leads but {len(self.lead_names)} lead names"
-            )
+            raise InvalidStudyError(f"{self.signal.shape[0]} leads but {len(self.lead_names)} lead names")
         if self.signal.shape[1] == 0:
             raise InvalidStudyError("the record has no samples")
 

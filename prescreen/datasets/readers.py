@@ -101,9 +101,7 @@ def _check_signal_file_sizes(folder: Path, head: Any) -> None:
         expected += max(offsets or [0])
         size = (folder / fname).stat().st_size
         if size < expected:
-            raise InvalidStudyError(
-                f"signal file {fname} is truncated: {size} bytes, header implies {expected}"
-            )
+            raise InvalidStudyError(f"signal file {fname} is truncated: {size} bytes, header implies {expected}")
 
 
 def _check_finite(signal: np.ndarray[Any, Any], name: str) -> None:
@@ -152,9 +150,7 @@ def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
         unit = str(units_seq[0].CodeValue).lower() if units_seq else "uv"
         scale.append(_UNIT_TO_MV.get(unit, 1e-3))
     if raw.ndim != 2 or raw.shape[1] != len(names):
-        raise InvalidStudyError(
-            f"DICOM waveform has {raw.shape} samples but {len(names)} channel definitions"
-        )
+        raise InvalidStudyError(f"DICOM waveform has {raw.shape} samples but {len(names)} channel definitions")
     signal = (raw * np.asarray(scale)[None, :]).T.astype(np.float32)
     _check_finite(signal, "DICOM waveform")
     return EcgRecord(

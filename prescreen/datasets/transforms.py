@@ -95,9 +95,7 @@ class MinDuration:
 
     def __call__(self, record: EcgRecord) -> EcgRecord:
         if record.duration_s < self.seconds:
-            raise InvalidStudyError(
-                f"record lasts {record.duration_s:.1f} s; at least {self.seconds:.0f} s are needed"
-            )
+            raise InvalidStudyError(f"record lasts {record.duration_s:.1f} s; at least {self.seconds:.0f} s are needed")
         return record
 
 
@@ -113,7 +111,8 @@ class Standardize:
         if std < 1e-6:
             raise InvalidStudyError("the ECG is flat (no signal variation)")
         z = (x - x.mean()) / std
-        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+        out: FloatArray = np.clip(z, -self.clip, self.clip).astype(np.float32)
+        return out
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
 
-from prescreen.evaluation.metrics import BoolArray, FloatArray  # noqa: E402
-from prescreen.models.card import Evaluation  # noqa: E402
+from prescreen.evaluation.metrics import BoolArray, FloatArray
+from prescreen.models.card import Evaluation
 
 METRIC_LABELS = {
     "accuracy": "Accuracy",
@@ -35,8 +35,12 @@ def evaluation_json(
     return {
         "task": task,
         "model": model,
-        "dataset": {"path": evaluation.dataset_path, "n": evaluation.n, "digest": evaluation.dataset_digest,
-                    "skipped": skipped},
+        "dataset": {
+            "path": evaluation.dataset_path,
+            "n": evaluation.n,
+            "digest": evaluation.dataset_digest,
+            "skipped": skipped,
+        },
         "metrics": {k: v.model_dump() for k, v in evaluation.metrics.items()},
         "target": evaluation.target.model_dump(),
         "threshold": threshold,
@@ -64,19 +68,18 @@ def write_report(
     _confusion_png(folder / "confusion.png", np.asarray(doc["confusion"]), doc["classes"])
     m = doc["metrics"]
     rows = "\n".join(
-        f"| {METRIC_LABELS[k]} | {fmt(v['value'])} | [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}] |"
-        for k, v in m.items()
+        f"| {METRIC_LABELS[k]} | {fmt(v['value'])} | [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}] |" for k, v in m.items()
     )
     t = doc["target"]
     verdict = "met" if t["met"] else "**not met**"
-    text = f"""# Evaluation of {doc['task']} — {doc['model']['name']}:{doc['model']['version']}
+    text = f"""# Evaluation of {doc["task"]} — {doc["model"]["name"]}:{doc["model"]["version"]}
 
-- Data: `{doc['dataset']['path']}` — {doc['dataset']['n']} studies (digest `{doc['dataset']['digest'][:16]}`),
-  {doc['dataset']['skipped']} skipped as unreadable
-- Operating threshold: {doc['threshold']:.4f} on the flag score (1 − P(normal))
-- Target: {t['metric']} ≥ {t['threshold']} — {verdict} ({t['metric']} {fmt(m[t['metric']]['value'])})
-- Challenge F1 (mean over {', '.join(c for c in doc['classes'] if c != 'noisy')}): {fmt(doc['challenge_f1'])}
-- Intervals: {doc['ci']} ({doc['when']})
+- Data: `{doc["dataset"]["path"]}` — {doc["dataset"]["n"]} studies (digest `{doc["dataset"]["digest"][:16]}`),
+  {doc["dataset"]["skipped"]} skipped as unreadable
+- Operating threshold: {doc["threshold"]:.4f} on the flag score (1 − P(normal))
+- Target: {t["metric"]} ≥ {t["threshold"]} — {verdict} ({t["metric"]} {fmt(m[t["metric"]]["value"])})
+- Challenge F1 (mean over {", ".join(c for c in doc["classes"] if c != "noisy")}): {fmt(doc["challenge_f1"])}
+- Intervals: {doc["ci"]} ({doc["when"]})
 
 | Flag metric | Value | 95 % CI |
 | --- | --- | --- |
@@ -97,7 +100,7 @@ If this data set overlaps the model's training data, these figures are not a mea
 def _roc_png(path: Path, truth: BoolArray, score: FloatArray, threshold: float) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     if truth.any() and not truth.all():
-        fpr, tpr, thr = roc_curve(truth, score)
+        fpr, tpr, _thr = roc_curve(truth, score)
         ax.plot(fpr, tpr, label="ROC")
         pred = score >= threshold
         sens = float(np.mean(pred[truth]))

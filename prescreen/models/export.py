@@ -109,12 +109,26 @@ def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
     export_onnx(wrapped, torch.from_numpy(val_windows[:2]), onnx_path)
     max_diff = parity(wrapped, onnx_path, val_windows)
     common = {"dataset_path": str(cfg.data), "dataset_digest": summary["data_digest"]}
-    validation = evaluate_probs(task, val_labels, val_probs, threshold, split="validation split", **common,
-                                note="the split that chose the checkpoint and the threshold")
+    validation = evaluate_probs(
+        task,
+        val_labels,
+        val_probs,
+        threshold,
+        split="validation split",
+        **common,
+        note="the split that chose the checkpoint and the threshold",
+    )
     test = None
     if len(test_labels):
-        test = evaluate_probs(task, test_labels, test_probs, threshold, split="held-out test split", **common,
-                              note="records never used for training, early stopping or the threshold")
+        test = evaluate_probs(
+            task,
+            test_labels,
+            test_probs,
+            threshold,
+            split="held-out test split",
+            **common,
+            note="records never used for training, early stopping or the threshold",
+        )
     card = ModelCard(
         task=task.name,
         name=task.name,
@@ -131,7 +145,7 @@ def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
             "sha256": sha256_file(onnx_path),
             "size_bytes": onnx_path.stat().st_size,
             "parity_max_abs_diff": max_diff,
-            "parity_inputs": int(len(val_windows)),
+            "parity_inputs": len(val_windows),
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
         },

@@ -45,14 +45,25 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
         stored = store.active(task.name) if model is None else store.get(model)
         onnx = OnnxModel(stored.onnx_path, stored.card)
         _same_task(task, stored.card)
-        return Predictor(stored.card.name, stored.card.version, stored.card.onnx["sha256"],
-                         stored.card.operating_threshold, onnx.predict_signals, stored.tag)
+        return Predictor(
+            stored.card.name,
+            stored.card.version,
+            stored.card.onnx["sha256"],
+            stored.card.operating_threshold,
+            onnx.predict_signals,
+            stored.tag,
+        )
     folder = Path(model)
     if (folder / "model.onnx").is_file() and (folder / "card.json").is_file():
         onnx = OnnxModel.from_folder(folder)
         _same_task(task, onnx.card)
-        return Predictor(onnx.card.name, onnx.card.version or f"run-{folder.name}",
-                         sha256_file(folder / "model.onnx"), onnx.card.operating_threshold, onnx.predict_signals)
+        return Predictor(
+            onnx.card.name,
+            onnx.card.version or f"run-{folder.name}",
+            sha256_file(folder / "model.onnx"),
+            onnx.card.operating_threshold,
+            onnx.predict_signals,
+        )
     return _from_run(task, folder)
 
 
@@ -65,7 +76,7 @@ def _from_run(task: Task, folder: Path) -> Predictor:
     from prescreen.models.export import load_run
     from prescreen.training.trainer import predict_probs
 
-    cfg, _, run_task, net = load_run(folder)
+    _cfg, _, run_task, net = load_run(folder)
     if run_task.name != task.name:
         raise ModelError(f"run {folder} trained {run_task.name}, not {task.name}")
     preds = np.load(folder / "predictions.npz")

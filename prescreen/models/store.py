@@ -53,6 +53,12 @@ class ModelStore:
         self.settings = settings or get_settings()
         self.active_file = self.settings.home / "active.json"
         self.settings.home.mkdir(parents=True, exist_ok=True)
+        from bentoml._internal.models import ModelStore as BentoModelStore
+
+        models_dir = self.settings.bentoml_home / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        # an explicit store (not BentoML's process-wide singleton) so the home follows settings
+        self._bento_store = BentoModelStore(str(models_dir))
         if import_shipped:
             self.ensure_shipped()
 
@@ -98,7 +104,9 @@ class ModelStore:
         """Copy an ONNX file and its card into the store; returns the stored model (version set)."""
         bentoml = _bentoml()
         labels = {"task": card.task, "source": source}
-        with bentoml.models.create(card.name, labels=labels, metadata=_metadata(card)) as bm:
+        with bentoml.models.create(
+            card.name, labels=labels, metadata=_metadata(card), _model_store=self._bento_store
+        ) as bm:
             shutil.copyfile(onnx_path, bm.path_of("model.onnx"))
             stored_card = card.model_copy(update={"version": bm.tag.version})
             stored_card.save(Path(bm.path_of("card.json")))
@@ -113,7 +121,7 @@ class ModelStore:
         """
         bentoml = _bentoml()
         try:
-            bm = bentoml.models.get(tag)
+            bm = bentoml.models.get(tag, _model_store=self._bento_store)
         except Exception as exc:
             raise ModelError(f"model {tag} not found in the model store") from exc
         path = Path(bm.path)
@@ -124,7 +132,7 @@ class ModelStore:
     def list(self, task: str | None = None) -> list[StoredModel]:
         bentoml = _bentoml()
         out: list[StoredModel] = []
-        for bm in bentoml.models.list():
+        for bm in bentoml.models.list(_model_store=self._bento_store):
             try:
                 model = self.get(str(bm.tag))
             except ModelError:
@@ -162,5 +170,14 @@ class ModelStore:
 
 def _metadata(card: ModelCard) -> dict[str, Any]:
     """The card as BentoML metadata (plain JSON types only)."""
-    data: dict[str, Any] = json.loads(card.model_dump_json(exclude={"evaluations"}, exclude_none=True))
+    data: dict[str, Any] = _strip_none(json.loads(card.model_dump_json(exclude={"evaluations"})))
     return data
+
+
+def _strip_none(value: Any) -> Any:
+    """BentoML metadata refuses ``None``: drop such entries at every depth."""
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value if v is not None]
+    return value

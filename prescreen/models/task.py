@@ -61,7 +61,8 @@ class Task:
 
     def flag_scores(self, probs: FloatArray) -> FloatArray:
         """Flag score per row of class probabilities: 1 - P(normal classes)."""
-        return (1.0 - probs[:, self.normal_index].sum(axis=1)).astype(np.float32)
+        scores: FloatArray = (1.0 - probs[:, self.normal_index].sum(axis=1)).astype(np.float32)
+        return scores
 
     def label_for(self, probs: npt.NDArray[Any], flagged: bool) -> str:
         """The reported label, consistent with the flag: the most likely class on its side."""

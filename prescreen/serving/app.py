@@ -31,9 +31,11 @@ health_router = APIRouter(tags=["health"])
 @screen_router.post("/screen")
 def screen(
     engine: EngineDep,
-    file: Annotated[list[UploadFile] | None, File(description="A WFDB .hea with its .dat/.mat, or one DICOM ECG")] = None,
+    file: Annotated[
+        list[UploadFile] | None, File(description="A WFDB .hea with its .dat/.mat, or one DICOM ECG")
+    ] = None,
     task: Annotated[str | None, Form(description="Task name; chosen from the content when absent")] = None,
-) -> dict[str, Any]:
+) -> Any:
     """Screen one study sent as multipart files (field name ``file``, repeated)."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}

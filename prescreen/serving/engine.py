@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Mapping
+
+import pydicom
 
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
 from prescreen.errors import InvalidStudyError, ModelError, UnsupportedStudyError
@@ -25,9 +28,18 @@ def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
     names = [n.lower() for n in files]
     if any(n.endswith(".hea") for n in names):
         return "ecg-rhythm"
-    for data in files.values():
-        if is_dicom(data) and any(uid.encode() in data[:4096] for uid in ECG_SOP_CLASSES):
-            return "ecg-rhythm"
+    for name, data in files.items():
+        if is_dicom(data) or name.lower().endswith(".dcm"):
+            try:
+                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            except Exception as exc:
+                raise InvalidStudyError(f"file {name!r} is not a readable DICOM file: {exc}") from exc
+            if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
+                return "ecg-rhythm"
+            raise UnsupportedStudyError(
+                f"no model screens DICOM modality {ds.get('Modality', 'unknown')} "
+                f"(SOP class {ds.get('SOPClassUID', 'missing')})"
+            )
     raise UnsupportedStudyError(
         "no model screens this study: send a WFDB record (.hea + .dat/.mat) or a DICOM ECG waveform"
     )

@@ -27,7 +27,7 @@ class Prescreen:
         self.engine = ScreeningEngine(ModelStore())
         api.state.engine = self.engine
 
-    @bentoml.api
+    @bentoml.api  # type: ignore[untyped-decorator]
     def tasks(self) -> list[str]:
         """Tasks with an active model (also a smoke test of the BentoML API path)."""
         return sorted(self.engine.models)

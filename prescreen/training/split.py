@@ -25,5 +25,7 @@ def stratified_split(
     else:
         rest, test = idx, idx[:0]
     val_share = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=None if strat is None else labels[rest], random_state=seed)
+    train, val = train_test_split(
+        rest, test_size=val_share, stratify=None if strat is None else labels[rest], random_state=seed
+    )
     return np.sort(train), np.sort(val), np.sort(test)

@@ -124,7 +124,11 @@ class Trainer:
                 if auroc > best[0]:
                     best = (auroc, epoch)
                     torch.save(net.state_dict(), out / "checkpoint.pt")
-                bar.update(job, description=f"epoch {epoch} loss {total / len(train):.3f} val AUROC {auroc:.3f} (best {best[0]:.3f}@{best[1]})")
+                bar.update(
+                    job,
+                    description=f"epoch {epoch} loss {total / len(train):.3f} val AUROC {auroc:.3f} "
+                    f"(best {best[0]:.3f}@{best[1]})",
+                )
                 (out / "history.json").write_text(json.dumps(history, indent=1))
                 if epoch - best[1] >= cfg.patience:
                     break
@@ -136,7 +140,9 @@ class Trainer:
             val_probs=predict_probs(self.task, net, val.signals),
             test_ids=np.asarray(test.ids),
             test_labels=test.labels,
-            test_probs=predict_probs(self.task, net, test.signals) if len(test) else np.zeros((0, len(self.task.classes)), np.float32),
+            test_probs=predict_probs(self.task, net, test.signals)
+            if len(test)
+            else np.zeros((0, len(self.task.classes)), np.float32),
         )
         seconds = time.monotonic() - start
         meta = {

@@ -1,0 +1,40 @@
+"""Shared fixtures: an isolated prescreen home per test, and the data folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prescreen.config import get_settings
+
+pytest_plugins = ["tests.fixtures_ecg"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("PRESCREEN_DATA_DIR", str(REPO.parent / "shared" / "data"))).resolve()
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own PRESCREEN_HOME (model store, cache) and fresh settings."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("PRESCREEN_HOME", str(home))
+    monkeypatch.setenv("PRESCREEN_DATA_DIR", str(data_dir()))
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The labelled data sets; tests using it are marked ``data``."""
+    path = data_dir()
+    if not (path / "cinc2017" / "REFERENCE.csv").is_file():
+        pytest.skip(f"data sets not found under {path}")
+    return path
