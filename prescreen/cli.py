@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from prescreen.config import get_settings
-from prescreen.errors import PrescreenError
+from prescreen.errors import DatasetError, PrescreenError
 
 app = typer.Typer(
     help="AI pre-screening of ECGs, ultrasound and radiographs: train, evaluate, export, serve.",
@@ -48,7 +48,10 @@ def user_errors(fn: F) -> F:
 
 
 def _data_path(task_default: str, data: Path | None) -> Path:
-    return data if data is not None else get_settings().data_dir / task_default
+    folder = data if data is not None else get_settings().data_dir / task_default
+    if not folder.is_dir():
+        raise DatasetError(f"data folder {folder} does not exist")
+    return folder
 
 
 @app.command()
@@ -109,8 +112,8 @@ def evaluate(
 
     t = get_task(task)
     folder = _data_path(t.default_data, data)
-    predictor = resolve_model(t, model, ModelStore())
     dataset = t.load_dataset(folder, get_settings().cache_dir, True)
+    predictor = resolve_model(t, model, ModelStore())
     probs = predictor.predict(dataset.signals)
     result = evaluate_probs(
         t,

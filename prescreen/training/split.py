@@ -21,11 +21,22 @@ def stratified_split(
     counts = np.bincount(labels)
     strat: IntArray | None = labels if counts[counts > 0].min() >= 3 else None
     if test_fraction > 0:
-        rest, test = train_test_split(idx, test_size=test_fraction, stratify=strat, random_state=seed)
+        rest, test = _split(idx, test_fraction, strat, seed)
     else:
         rest, test = idx, idx[:0]
     val_share = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(
-        rest, test_size=val_share, stratify=None if strat is None else labels[rest], random_state=seed
-    )
+    train, val = _split(rest, val_share, None if strat is None else labels[rest], seed)
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _split(idx: IntArray, size: float, strat: IntArray | None, seed: int) -> tuple[IntArray, IntArray]:
+    """Stratified when possible; scikit-learn refuses to stratify tiny sets (a part with fewer
+    items than there are classes), which then get a plain random split instead of a crash."""
+    if strat is not None:
+        try:
+            a, b = train_test_split(idx, test_size=size, stratify=strat, random_state=seed)
+            return a, b
+        except ValueError:
+            pass
+    a, b = train_test_split(idx, test_size=size, random_state=seed)
+    return a, b

@@ -32,7 +32,7 @@ def _rec(signal: np.ndarray, fs: float, names: tuple[str, ...] | None = None) ->
 
 
 def _sine(freq: float, fs: float, seconds: float, amp: float = 1.0) -> np.ndarray:
-    t = np.arange(int(round(fs * seconds))) / fs
+    t = np.arange(round(fs * seconds)) / fs
     return amp * np.sin(2 * np.pi * freq * t)
 
 

@@ -1,0 +1,159 @@
+"""The whole ECG flow through the real CLI and a real BentoML server process:
+train (one epoch, 40 records) → export (parity) → models list/activate → serve → screen →
+bad inputs → a good record again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+CLI = [sys.executable, "-m", "prescreen.cli"]
+START_TIMEOUT_S = 120
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cli_env(isolated_home: Path) -> dict[str, str]:
+    return {**os.environ, "PRESCREEN_HOME": str(isolated_home), "COLUMNS": "200"}
+
+
+@pytest.fixture
+def server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """``prescreen serve`` as a process; yields its base URL once /readyz answers."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=cli_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "server not ready in time"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_train_export_activate(synthetic_cinc: Path, cli_env: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = run_cli(
+        "train",
+        "ecg-rhythm",
+        "--data",
+        str(synthetic_cinc),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        env=cli_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (run / "checkpoint.pt").is_file() and (run / "predictions.npz").is_file()
+    r = run_cli("export", str(run), env=cli_env)
+    assert r.returncode == 0, r.stderr
+    card = json.loads((run / "card.json").read_text())
+    assert card["onnx"]["parity_max_abs_diff"] <= 1e-4
+    assert card["classes"] == ["normal", "af", "other", "noisy"]
+    assert card["training"]["data_digest"] and 0 <= card["operating_threshold"] <= 1
+    assert card["test"]["metrics"]["accuracy"]["ci_low"] <= card["test"]["metrics"]["accuracy"]["value"]
+    tag = r.stdout.split("stored as ")[1].split()[0].rstrip(";")
+    r = run_cli("models", "activate", "ecg-rhythm", tag, env=cli_env)
+    assert r.returncode == 0, r.stderr
+    listing = run_cli("models", "list", env=cli_env).stdout
+    row = next(line for line in listing.splitlines() if tag in line)
+    assert "yes" in row
+    out = tmp_path / "eval.json"
+    r = run_cli(
+        "evaluate",
+        "ecg-rhythm",
+        "--data",
+        str(synthetic_cinc),
+        "--json",
+        str(out),
+        "--report",
+        str(tmp_path / "report"),
+        env=cli_env,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["model"]["version"] == tag.split(":")[1] and doc["dataset"]["n"] == 40
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+    listing = run_cli("models", "list", env=cli_env).stdout
+    assert str(synthetic_cinc) in listing.replace("\n", "") or "n=40" in listing
+
+
+def test_same_seed_same_metrics(synthetic_cinc: Path, tmp_path: Path) -> None:
+    from prescreen.models.task import get_task
+    from prescreen.training.config import RunConfig
+    from prescreen.training.trainer import Trainer
+
+    task = get_task("ecg-rhythm")
+    data = task.load_dataset(synthetic_cinc, None, False)
+    results = []
+    for name in ("a", "b"):
+        cfg = RunConfig(task=task.name, data=synthetic_cinc, out=tmp_path / name, epochs=1, batch_size=16, seed=3)
+        results.append(Trainer(task, cfg, progress=False).fit(data).best_val_auroc)
+        results.append((tmp_path / name / "history.json").read_text())
+    assert results[0] == results[2]
+    assert results[1] == results[3]
+
+
+def test_served_screening_with_bad_inputs(tiny_model: object, synthetic_cinc: Path, server: str) -> None:
+    def files(hea: bytes, dat: bytes | None) -> list[tuple[str, tuple[str, bytes]]]:
+        out = [("file", ("S00002.hea", hea))]
+        if dat is not None:
+            out.append(("file", ("S00002.dat", dat)))
+        return out
+
+    hea = (synthetic_cinc / "S00002.hea").read_bytes()
+    dat = (synthetic_cinc / "S00002.dat").read_bytes()
+    good = httpx.post(f"{server}/v1/screen", files=files(hea, dat), timeout=30)
+    assert good.status_code == 200, good.text
+    assert good.json()["model"]["version"] == tiny_model.card.version  # type: ignore[attr-defined]
+    for bad in (files(hea, dat[:64]), files(hea, None), files(hea, b"")):
+        r = httpx.post(f"{server}/v1/screen", files=bad, timeout=30)
+        assert 400 <= r.status_code < 500 and set(r.json()) == {"error", "detail"}, r.text
+    assert httpx.post(f"{server}/v1/screen", timeout=30).status_code == 400
+    again = httpx.post(f"{server}/v1/screen", files=files(hea, dat), timeout=30)
+    assert again.status_code == 200 and again.json() == good.json()
+    assert httpx.get(f"{server}/v1/models", timeout=10).json()["models"][0]["task"] == "ecg-rhythm"
