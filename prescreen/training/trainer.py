@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,8 @@ class Trainer:
             "best_val_flag_auroc": best[0],
             "epochs_run": len(history),
             "train_seconds": round(seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "threads": cfg.threads,
         }
         (out / "train.json").write_text(json.dumps(meta, indent=2))
         return TrainResult(out, best[1], best[0], len(history), seconds)
