@@ -26,7 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and activate models in the model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
+# outside a terminal (pipes, CI logs) keep table rows whole instead of wrapping them at 80 columns
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,21 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any], Task, nn.Module]
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch → ONNX with the dynamo exporter and a dynamic batch dimension."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        torch.onnx.export(
-            model.eval(),
-            (example,),
-            str(path),
-            dynamo=True,
-            external_data=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"signal": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                model.eval(),
+                (example,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"signal": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                verbose=False,
+            )
     except Exception as exc:
         raise ExportError(f"ONNX export failed: {exc}") from exc
 
