@@ -64,7 +64,8 @@ def train(
         Path | None, typer.Option(help="Labelled data folder (default: $PRESCREEN_DATA_DIR/<task set>)")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same metrics")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and augmentation: same seed, same metrics")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/validation/test split")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only N records (smoke runs)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
 ) -> None:
@@ -76,7 +77,15 @@ def train(
     t = get_task(task)
     folder = _data_path(t.default_data, data)
     overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size}.items() if v is not None}
-    cfg = RunConfig(task=task, data=folder, out=out, seed=seed, limit=limit, **{**t.train_defaults, **overrides})
+    cfg = RunConfig(
+        task=task,
+        data=folder,
+        out=out,
+        seed=seed,
+        split_seed=split_seed,
+        limit=limit,
+        **{**t.train_defaults, **overrides},
+    )
     dataset = t.load_dataset(folder, get_settings().cache_dir, True)
     result = Trainer(t, cfg).fit(dataset)
     console.print(
@@ -157,23 +166,25 @@ def _print_evaluation(doc: dict[str, Any]) -> None:
 @app.command()
 @user_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="A training run folder (from prescreen train)")],
+    runs: Annotated[list[Path], typer.Argument(help="Training run folder(s); several of one split make an ensemble")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for model.onnx + card.json (default: the run folder)")
+    ] = None,
     activate: Annotated[bool, typer.Option(help="Make it the task's active model")] = False,
 ) -> None:
-    """Export a run to ONNX (parity-checked), write its model card and add it to the model store."""
+    """Export a run (or an ensemble of runs) to ONNX, parity-checked, with its model card; add it to the store."""
     from prescreen.models.export import export_run
     from prescreen.models.store import ModelStore
 
-    onnx_path, card = export_run(run, progress=True)
+    onnx_path, card = export_run(runs, out, progress=True)
     store = ModelStore()
     stored = store.add(onnx_path, card)
     if activate:
         store.activate(card.task, stored.tag)
     head = card.test or card.validation
     acc = head.metrics["accuracy"] if head else None
-    console.print(
-        f"exported {onnx_path} (parity max |Δ| {card.onnx['parity_max_abs_diff']:.1e}), card {run / 'card.json'}"
-    )
+    parity_diff = card.onnx["parity_max_abs_diff"]
+    console.print(f"exported {onnx_path} (parity max |Δ| {parity_diff:.1e}), card {onnx_path.parent / 'card.json'}")
     if acc is not None and head is not None:
         console.print(f"{head.split}: flag accuracy {acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}], n={head.n}")
     console.print(

@@ -25,15 +25,19 @@ from prescreen.training.config import RunConfig
 PARITY_TOLERANCE = 1e-4
 
 
-class WithSoftmax(nn.Module):
-    """The network followed by softmax, so the ONNX file outputs class probabilities."""
+class MeanSoftmax(nn.Module):
+    """Softmax of each member network, averaged: the ONNX file outputs class probabilities.
 
-    def __init__(self, net: nn.Module) -> None:
+    One member is a plain model; several make an ensemble (same inputs, mean probabilities).
+    """
+
+    def __init__(self, nets: list[nn.Module]) -> None:
         super().__init__()
-        self.net = net
+        self.nets = nn.ModuleList(nets)
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(signal), dim=1)
+        probs = [torch.softmax(net(signal), dim=1) for net in self.nets]
+        return torch.stack(probs).mean(dim=0)
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any], Task, nn.Module]:
@@ -90,27 +94,51 @@ def parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray[Any, Any]) -> f
     return diff
 
 
-def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
-    """Export ``run_dir``: ONNX file, parity check, threshold on validation, card.
+def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: bool = False) -> tuple[Path, ModelCard]:
+    """Export one run, or several runs of one split as an ensemble: ONNX file, parity check,
+    threshold on the validation split, card.
+
+    Args:
+        run_dirs: one training run folder, or several trained on the same data and split
+            (same ``split_seed``), whose probabilities are averaged.
+        out: folder for ``model.onnx`` and ``card.json`` (default: the single run's folder,
+            or ``<first run>-ensemble``).
 
     Returns:
-        the ONNX path (``run_dir/model.onnx``) and the card (also ``run_dir/card.json``).
+        the ONNX path and the card (also written as ``card.json`` beside it).
 
     Raises:
-        ModelError: not a run folder; ExportError: export or parity failed.
+        ModelError: not a run folder; ExportError: runs that do not share their data and
+            split, or an export/parity failure.
     """
-    cfg, summary, task, net = load_run(run_dir)
-    preds = np.load(run_dir / "predictions.npz")
-    val_labels, val_probs = preds["val_labels"], preds["val_probs"]
-    test_labels, test_probs = preds["test_labels"], preds["test_probs"]
+    runs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
+    if not runs:
+        raise ModelError("no run folder given")
+    loaded = [load_run(r) for r in runs]
+    cfg, summary, task, _ = loaded[0]
+    preds = [np.load(r / "predictions.npz") for r in runs]
+    for run, (_, s, t, _), p in zip(runs[1:], loaded[1:], preds[1:], strict=True):
+        same = (
+            t.name == task.name
+            and s["data_digest"] == summary["data_digest"]
+            and np.array_equal(p["val_ids"], preds[0]["val_ids"])
+            and np.array_equal(p["test_ids"], preds[0]["test_ids"])
+        )
+        if not same:
+            raise ExportError(f"{run} was not trained on the same task, data and split as {runs[0]}")
+    val_labels, test_labels = preds[0]["val_labels"], preds[0]["test_labels"]
+    val_probs = np.mean([p["val_probs"] for p in preds], axis=0)
+    test_probs = np.mean([p["test_probs"] for p in preds], axis=0)
     threshold = choose_threshold(flag_truth(task, val_labels), task.flag_scores(val_probs))
     data = task.load_dataset(cfg.data, get_settings().cache_dir, progress)
     if data.digest != summary["data_digest"]:
         raise ExportError(f"the data in {cfg.data} changed since training (digest differs)")
     by_id = {rid: i for i, rid in enumerate(data.ids)}
-    val_windows = np.concatenate([task.windows(data.signals[by_id[str(r)]]) for r in preds["val_ids"][:64]])
-    wrapped = WithSoftmax(net).eval()
-    onnx_path = run_dir / "model.onnx"
+    val_windows = np.concatenate([task.windows(data.signals[by_id[str(r)]]) for r in preds[0]["val_ids"][:64]])
+    wrapped = MeanSoftmax([net for _, _, _, net in loaded]).eval()
+    folder = out or (runs[0] if len(runs) == 1 else runs[0].with_name(runs[0].name + "-ensemble"))
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "model.onnx"
     export_onnx(wrapped, torch.from_numpy(val_windows[:2]), onnx_path)
     max_diff = parity(wrapped, onnx_path, val_windows)
     common = {"dataset_path": str(cfg.data), "dataset_digest": summary["data_digest"]}
@@ -134,6 +162,17 @@ def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
             **common,
             note="records never used for training, early stopping or the threshold",
         )
+    training = {**summary, "config": json.loads(cfg.model_dump_json())}
+    if len(runs) > 1:
+        members = [{**s, "seed": c.seed, "run": str(r)} for r, (c, s, _, _) in zip(runs, loaded, strict=True)]
+        training = {
+            "ensemble_of": len(runs),
+            "data_path": summary["data_path"],
+            "data_digest": summary["data_digest"],
+            "split_seed": cfg.split_seed,
+            "train_seconds_total": round(sum(float(m["train_seconds"]) for m in members), 1),
+            "members": members,
+        }
     card = ModelCard(
         task=task.name,
         name=task.name,
@@ -144,7 +183,7 @@ def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
         input_spec=task.input_spec,
         operating_threshold=round(threshold, 6),
         threshold_chosen_on=f"validation split (n={len(val_labels)}), maximizing flag accuracy",
-        training={**summary, "config": json.loads(cfg.model_dump_json())},
+        training=training,
         onnx={
             "file": "model.onnx",
             "sha256": sha256_file(onnx_path),
@@ -157,5 +196,5 @@ def export_run(run_dir: Path, progress: bool = False) -> tuple[Path, ModelCard]:
         validation=validation,
         test=test,
     )
-    card.save(run_dir / "card.json")
+    card.save(folder / "card.json")
     return onnx_path, card

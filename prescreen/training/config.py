@@ -18,7 +18,8 @@ class RunConfig(BaseModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
     patience: int = Field(8, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="seed of initialisation, batch order and augmentation")
+    split_seed: int = Field(0, description="seed of the train/validation/test split (share it across ensemble members)")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, ge=0, lt=0.5)
     limit: int | None = Field(None, ge=8, description="use only this many records (smoke runs)")

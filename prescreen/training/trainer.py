@@ -79,9 +79,9 @@ class Trainer:
         out = cfg.out
         out.mkdir(parents=True, exist_ok=True)
         if cfg.limit is not None and cfg.limit < len(data):
-            rng0 = np.random.default_rng(cfg.seed)
+            rng0 = np.random.default_rng(cfg.split_seed)
             data = data.subset(np.sort(rng0.permutation(len(data))[: cfg.limit]))
-        train_i, val_i, test_i = stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        train_i, val_i, test_i = stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         train, val, test = data.subset(train_i), data.subset(val_i), data.subset(test_i)
         (out / "run.json").write_text(cfg.model_dump_json(indent=2))
         net = self.task.build_network()
