@@ -195,6 +195,7 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
         },
         validation=validation,
         test=test,
+        caveats=list(task.caveats),
     )
     card.save(folder / "card.json")
     return onnx_path, card

@@ -49,6 +49,7 @@ class Task:
     build_network: Callable[[], nn.Module]
     load_dataset: Callable[[Path, Path | None, bool], LabelledSet]
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    caveats: tuple[str, ...] = ()
 
     @property
     def flag_rule(self) -> str:
