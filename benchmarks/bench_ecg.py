@@ -118,12 +118,46 @@ def served_concurrent(base: str, records: list[dict[str, bytes]], clients: int, 
     return sum(done), sum(errors)
 
 
+def measure_training(epochs: int) -> str:
+    """Run ``prescreen train`` on the full CinC set for a few epochs; wall time and peak RSS."""
+    import resource
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prescreen.cli",
+                "train",
+                "ecg-rhythm",
+                "--out",
+                f"{tmp}/run",
+                "--epochs",
+                str(epochs),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wall = time.perf_counter() - start
+        info = json.loads(Path(f"{tmp}/run/train.json").read_text())
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return (
+        f"- `prescreen train ecg-rhythm --epochs {epochs}` on the full set ({info['n_records']} records, cached "
+        f"preprocessing): {wall:.0f} s wall including start-up, {info['train_seconds'] / epochs:.0f} s per epoch "
+        f"(train + validation), peak RSS {peak:.0f} MB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--run", type=Path, default=None, help="run folder whose train.json gives training time")
+    ap.add_argument("--train-epochs", type=int, default=2, help="time a short full-data training run (0: skip)")
     ap.add_argument("--out", type=Path, default=None, help="append a Markdown section to this file")
     args = ap.parse_args()
 
@@ -151,6 +185,8 @@ def main() -> None:
         "errors under load": float(errors),
     }
     train_lines = []
+    if args.train_epochs:
+        train_lines.append(measure_training(args.train_epochs))
     if args.run and (args.run / "train.json").is_file():
         info = json.loads((args.run / "train.json").read_text())
         train_lines.append(
