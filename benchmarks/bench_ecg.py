@@ -191,8 +191,9 @@ def main() -> None:
         info = json.loads((args.run / "train.json").read_text())
         train_lines.append(
             f"- Training `{info['task']}` on {info['n_records']} records: {info['train_seconds'] / 60:.1f} min wall, "
-            f"{info['epochs_run']} epochs (best {info['best_epoch']}), peak RSS "
-            f"{info.get('peak_rss_mb', 'not recorded')} MB, {info.get('threads', 2)} threads"
+            f"{info['epochs_run']} epochs (best {info['best_epoch']}), "
+            + (f"peak RSS {info['peak_rss_mb']} MB" if "peak_rss_mb" in info else "peak RSS not recorded by that run")
+            + f", {info.get('threads', 2)} threads"
         )
     cpu = next(
         (
