@@ -50,7 +50,7 @@ def user_errors(fn: F) -> F:
 
 def _data_path(task_default: str, data: Path | None) -> Path:
     folder = data if data is not None else get_settings().data_dir / task_default
-    if not folder.is_dir():
+    if not folder.exists():
         raise DatasetError(f"data folder {folder} does not exist")
     return folder
 
@@ -86,7 +86,7 @@ def train(
         limit=limit,
         **{**t.train_defaults, **overrides},
     )
-    dataset = t.load_dataset(folder, get_settings().cache_dir, True)
+    dataset = t.load_dataset(folder, get_settings().cache_dir, True, "train")
     result = Trainer(t, cfg).fit(dataset)
     console.print(
         f"trained {task}: best epoch {result.best_epoch}/{result.epochs_run}, validation flag AUROC "
@@ -122,7 +122,7 @@ def evaluate(
 
     t = get_task(task)
     folder = _data_path(t.default_data, data)
-    dataset = t.load_dataset(folder, get_settings().cache_dir, True)
+    dataset = t.load_dataset(folder, get_settings().cache_dir, True, "eval")
     predictor = resolve_model(t, model, ModelStore())
     probs = predictor.predict(dataset.signals)
     result = evaluate_probs(

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     dicom_ae_title: str = "PRESCREEN"
     dicom_port: int = 11112
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
+    max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     target_metric: str = "accuracy"
     target_threshold: float = 0.95
     bootstrap_resamples: int = 1000

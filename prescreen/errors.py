@@ -19,6 +19,10 @@ class UnsupportedStudyError(InvalidStudyError):
     """A study that is readable but that no model screens (e.g. a DICOM without waveform)."""
 
 
+class StudyTooLargeError(InvalidStudyError):
+    """A study over a size limit (bytes or pixels)."""
+
+
 class DatasetError(PrescreenError):
     """A labelled data set is missing or not in the expected layout."""
 

@@ -10,13 +10,30 @@ import pytest
 
 from prescreen.config import get_settings
 
-pytest_plugins = ["tests.fixtures_ecg"]
+pytest_plugins = ["tests.fixtures_ecg", "tests.fixtures_images"]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
     return Path(os.environ.get("PRESCREEN_DATA_DIR", str(REPO.parent / "shared" / "data"))).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Session fixtures (tiny models) never see the developer's own ./.prescreen."""
+    home = tmp_path_factory.mktemp("session-home")
+    saved = {k: os.environ.get(k) for k in ("PRESCREEN_HOME", "PRESCREEN_DATA_DIR")}
+    os.environ["PRESCREEN_HOME"] = str(home)
+    os.environ["PRESCREEN_DATA_DIR"] = str(data_dir())
+    get_settings.cache_clear()
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)

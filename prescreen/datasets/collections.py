@@ -25,6 +25,7 @@ from prescreen.errors import DatasetError, InvalidStudyError
 
 log = logging.getLogger(__name__)
 
+CACHE_FORMAT = 2  # bump when the cache file layout changes
 CINC_LABELS: dict[str, str] = {"N": "normal", "A": "af", "O": "other", "~": "noisy"}
 
 
@@ -127,55 +128,79 @@ def load_cinc2017(
         files.append(hea)
         files.extend(sorted(folder.glob(f"{rec}.dat")) + sorted(folder.glob(f"{rec}.mat")))
     digest = digest_files(files)
-    key = hashlib.sha256(json.dumps([digest, spec, list(classes)], sort_keys=True).encode()).hexdigest()[:24]
-    cache = cache_dir / f"cinc2017-{key}.npz" if cache_dir else None
-    if cache is not None and cache.is_file():
-        return _load_cache(cache, folder, digest)
     index = {name: i for i, name in enumerate(classes)}
-    ids: list[str] = []
-    labels: list[int] = []
-    signals: list[npt.NDArray[np.float32]] = []
-    skipped: list[tuple[str, str]] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"reading {folder.name}", total=len(rows))
-        for rec, code in rows:
-            try:
-                signals.append(preprocess(read_wfdb(folder / rec)))
-                ids.append(rec)
-                labels.append(index[CINC_LABELS[code]])
-            except InvalidStudyError as exc:
-                skipped.append((rec, str(exc)))
-            bar.advance(job)
-    if not ids:
-        raise DatasetError(f"{folder}: no usable record ({len(skipped)} skipped)")
-    if skipped:
-        log.warning("%d records skipped in %s", len(skipped), folder)
-    result = LabelledSet(folder, ids, np.asarray(labels, dtype=np.int64), signals, digest, skipped)
-    if cache is not None:
-        _save_cache(cache, result)
+
+    def build() -> LabelledSet:
+        ids: list[str] = []
+        labels: list[int] = []
+        signals: list[npt.NDArray[np.float32]] = []
+        skipped: list[tuple[str, str]] = []
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task(f"reading {folder.name}", total=len(rows))
+            for rec, code in rows:
+                try:
+                    signals.append(preprocess(read_wfdb(folder / rec)))
+                    ids.append(rec)
+                    labels.append(index[CINC_LABELS[code]])
+                except InvalidStudyError as exc:
+                    skipped.append((rec, str(exc)))
+                bar.advance(job)
+        if not ids:
+            raise DatasetError(f"{folder}: no usable record ({len(skipped)} skipped)")
+        if skipped:
+            log.warning("%d records skipped in %s", len(skipped), folder)
+        return LabelledSet(folder, ids, np.asarray(labels, dtype=np.int64), signals, digest, skipped)
+
+    return cached(cache_dir, "cinc2017", [digest, spec, list(classes)], build)
+
+
+def cached(cache_dir: Path | None, kind: str, key_parts: Any, build: Callable[[], LabelledSet]) -> LabelledSet:
+    """Load a preprocessed set from the cache, or build and store it.
+
+    Args:
+        cache_dir: the cache folder; ``None`` always builds.
+        kind: a readable prefix of the cache file name.
+        key_parts: JSON-serialisable values that determine the content (data digest,
+            preprocessing spec, classes).
+        build: makes the set when it is not cached.
+    """
+    if cache_dir is None:
+        return build()
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = cache_dir / f"{kind}-v{CACHE_FORMAT}-{key}.npz"
+    if path.is_file():
+        return _load_cache(path)
+    result = build()
+    _save_cache(path, result)
     return result
 
 
 def _save_cache(path: Path, data: LabelledSet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lengths = np.asarray([len(s) for s in data.signals], dtype=np.int64)
+    shapes = np.asarray([[*s.shape] + [0] * (3 - s.ndim) + [s.ndim] for s in data.signals], dtype=np.int64)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
         tmp,
         ids=np.asarray(data.ids),
         labels=data.labels,
-        lengths=lengths,
-        flat=np.concatenate(data.signals),
-        skipped=np.asarray(json.dumps(data.skipped)),
+        shapes=shapes,
+        flat=np.concatenate([s.ravel() for s in data.signals]),
+        meta=np.asarray(json.dumps({"path": str(data.path), "digest": data.digest, "skipped": data.skipped})),
     )
     tmp.replace(path)
 
 
-def _load_cache(path: Path, folder: Path, digest: str) -> LabelledSet:
+def _load_cache(path: Path) -> LabelledSet:
     with np.load(path) as z:
-        offsets = np.concatenate([[0], np.cumsum(z["lengths"])])
+        shapes = z["shapes"]
+        sizes = [int(np.prod(row[: row[-1]])) for row in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
         flat = z["flat"]
-        signals = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-        skipped = [(str(a), str(b)) for a, b in json.loads(str(z["skipped"]))]
+        signals = [
+            flat[offsets[i] : offsets[i + 1]].reshape(tuple(int(d) for d in shapes[i][: shapes[i][-1]]))
+            for i in range(len(sizes))
+        ]
+        meta = json.loads(str(z["meta"]))
+        skipped = [(str(a), str(b)) for a, b in meta["skipped"]]
         ids = [str(i) for i in z["ids"]]
-        return LabelledSet(folder, ids, z["labels"].astype(np.int64), signals, digest, skipped)
+        return LabelledSet(Path(meta["path"]), ids, z["labels"].astype(np.int64), signals, meta["digest"], skipped)

@@ -66,7 +66,7 @@ def evaluate_probs(
         if m.value is not None and m.ci_low is not None and m.ci_high is not None:
             m.ci_low, m.ci_high = min(m.ci_low, m.value), max(m.ci_high, m.value)
     predicted = predicted_classes(task, probs, threshold)
-    scored = [i for i, c in enumerate(task.classes) if c != "noisy"]
+    scored = [i for i, c in enumerate(task.classes) if c not in task.f1_unscored]
     target_value = metrics[settings.target_metric].value
     return Evaluation(
         split=split,

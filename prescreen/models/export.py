@@ -130,7 +130,7 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
     val_probs = np.mean([p["val_probs"] for p in preds], axis=0)
     test_probs = np.mean([p["test_probs"] for p in preds], axis=0)
     threshold = choose_threshold(flag_truth(task, val_labels), task.flag_scores(val_probs))
-    data = task.load_dataset(cfg.data, get_settings().cache_dir, progress)
+    data = task.load_dataset(cfg.data, get_settings().cache_dir, progress, "train")
     if data.digest != summary["data_digest"]:
         raise ExportError(f"the data in {cfg.data} changed since training (digest differs)")
     by_id = {rid: i for i, rid in enumerate(data.ids)}

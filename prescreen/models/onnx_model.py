@@ -60,9 +60,12 @@ class ScreenResult:
     score: float
     probabilities: dict[str, float]
     threshold: float
+    explanation_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"explanation_url": self.explanation_url} if self.explanation_url else {}
         return {
+            **extra,
             "task": self.task,
             "model": {"name": self.model_name, "version": self.model_version},
             "flagged": self.flagged,

@@ -33,7 +33,8 @@ class Task:
         windows: model-input signal → batch of network inputs; outputs are averaged.
         train_view: model-input signal + rng → one (augmented) network input for training.
         build_network: makes an untrained network.
-        load_dataset: folder → ``LabelledSet`` (raises ``DatasetError``).
+        load_dataset: (path, cache dir, progress, purpose ``"train"``/``"eval"``) → ``LabelledSet``
+            (raises ``DatasetError``).
         train_defaults: default hyper-parameters of ``prescreen train``.
     """
 
@@ -47,9 +48,10 @@ class Task:
     windows: Callable[[FloatArray], FloatArray]
     train_view: Callable[[FloatArray, np.random.Generator], FloatArray]
     build_network: Callable[[], nn.Module]
-    load_dataset: Callable[[Path, Path | None, bool], LabelledSet]
+    load_dataset: Callable[[Path, Path | None, bool, str], LabelledSet]
     train_defaults: dict[str, Any] = field(default_factory=dict)
     caveats: tuple[str, ...] = ()
+    f1_unscored: tuple[str, ...] = ()
 
     @property
     def flag_rule(self) -> str:
@@ -102,4 +104,4 @@ def get_task(name: str) -> Task:
 
 
 def _load_builtin_tasks() -> None:
-    from prescreen.models import ecg_rhythm  # noqa: F401  (registers itself)
+    from prescreen.models import ecg_rhythm, imaging  # noqa: F401  (register themselves)

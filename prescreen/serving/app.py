@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prescreen.config import get_settings
@@ -22,6 +23,7 @@ def get_engine(request: Request) -> ScreeningEngine:
 
 
 EngineDep = Annotated[ScreeningEngine, Depends(get_engine)]
+EXPLANATION_NAME = re.compile(r"^[0-9a-f]{32}\.png$")
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
 models_router = APIRouter(prefix="/v1", tags=["models"])
@@ -49,6 +51,15 @@ def screen(
         if sum(len(v) for v in files.values()) > limit:
             return error_response(413, "too_large", f"the upload exceeds the limit of {limit} bytes")
     return engine.screen(files, task).to_json()
+
+
+@screen_router.get("/explanations/{name}")
+def explanation(engine: EngineDep, name: str) -> FileResponse:
+    """The occlusion-sensitivity overlay PNG named in a screening response."""
+    path = (engine.explanations_dir / name) if engine.explanations_dir else None
+    if path is None or not EXPLANATION_NAME.match(name) or not path.is_file():
+        raise HTTPException(status_code=404, detail=f"no explanation {name!r}")
+    return FileResponse(path, media_type="image/png")
 
 
 @models_router.get("/models")

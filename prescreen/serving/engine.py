@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 import pydicom
 
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
-from prescreen.errors import InvalidStudyError, ModelError, UnsupportedStudyError
+from prescreen.errors import InvalidStudyError, ModelError, UnknownTaskError, UnsupportedStudyError
+from prescreen.models.explain import occlusion_map, save_overlay
 from prescreen.models.onnx_model import OnnxModel, ScreenResult
 from prescreen.models.store import ModelStore
 from prescreen.models.task import task_names
@@ -18,31 +21,51 @@ from prescreen.models.task import task_names
 def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
     """Which task screens these files: the requested one, else by content.
 
-    WFDB records and DICOM ECG waveforms go to ``ecg-rhythm``.
+    WFDB records and DICOM ECG waveforms → ``ecg-rhythm``; DICOM ``US`` → ``breast-us``;
+    DICOM ``CR``/``DX`` of the chest (or with no body part) → ``chest-xray``. PNG/JPEG carry no
+    such context and need ``requested``.
 
     Raises:
+        InvalidStudyError: no file, an unreadable DICOM, or a PNG/JPEG without a task.
         UnsupportedStudyError: no task covers the files' content.
     """
     if requested:
         return requested
+    if not files:
+        raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
     names = [n.lower() for n in files]
     if any(n.endswith(".hea") for n in names):
         return "ecg-rhythm"
     for name, data in files.items():
         if is_dicom(data) or name.lower().endswith(".dcm"):
-            try:
-                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            except Exception as exc:
-                raise InvalidStudyError(f"file {name!r} is not a readable DICOM file: {exc}") from exc
-            if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
-                return "ecg-rhythm"
-            raise UnsupportedStudyError(
-                f"no model screens DICOM modality {ds.get('Modality', 'unknown')} "
-                f"(SOP class {ds.get('SOPClassUID', 'missing')})"
-            )
+            return _route_dicom(name, data)
+    if any(n.endswith(RASTER_SUFFIXES) for n in names) or any(d.startswith(RASTER_MAGIC) for d in files.values()):
+        raise InvalidStudyError("a PNG/JPEG study needs a 'task' field (chest-xray or breast-us)")
     raise UnsupportedStudyError(
-        "no model screens this study: send a WFDB record (.hea + .dat/.mat) or a DICOM ECG waveform"
+        "no model screens this study: send a WFDB record, a DICOM (ECG, US, chest CR/DX), "
+        "or a PNG/JPEG with a 'task' field"
     )
+
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+
+
+def _route_dicom(name: str, data: bytes) -> str:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:
+        raise InvalidStudyError(f"file {name!r} is not a readable DICOM file: {exc}") from exc
+    if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
+        return "ecg-rhythm"
+    modality = str(ds.get("Modality", "")) or "unknown"
+    body_part = str(ds.get("BodyPartExamined", "")).upper()
+    if modality == "US":
+        return "breast-us"
+    if modality in ("CR", "DX") and body_part in ("", "CHEST"):
+        return "chest-xray"
+    part = f" of body part {body_part}" if body_part else ""
+    raise UnsupportedStudyError(f"no model screens DICOM modality {modality}{part}")
 
 
 class ScreeningEngine:
@@ -55,8 +78,9 @@ class ScreeningEngine:
         ModelError: no task has an active model.
     """
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, explanations_dir: Path | None = None) -> None:
         self.store = store
+        self.explanations_dir = explanations_dir
         self.models: dict[str, OnnxModel] = {}
         self._lock = threading.Lock()
         for name in task_names():
@@ -73,8 +97,21 @@ class ScreeningEngine:
         """Screen one study (raises ``InvalidStudyError`` / ``UnsupportedStudyError``)."""
         if not files:
             raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
+        empty = [n for n, data in files.items() if not data]
+        if empty:
+            raise InvalidStudyError(f"file {empty[0]!r} is empty")
         name = route_task(files, task)
         model = self.models.get(name)
+        if model is None and name not in task_names():
+            raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
         if model is None:
             raise UnsupportedStudyError(f"no active model for task {name!r}; known: {', '.join(self.models)}")
-        return model.screen_files(files)
+        x = model.task.preprocess(model.task.read_files(files))
+        result = model.screen_signal(x)
+        if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
+            frame = x[0]
+            heat = occlusion_map(model, frame)
+            title = f"{result.task}: {result.label} (score {result.score:.2f})"
+            name = save_overlay(frame, heat, self.explanations_dir, title)
+            result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}")
+        return result

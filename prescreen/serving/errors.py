@@ -7,7 +7,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prescreen.errors import InvalidStudyError, ModelError, PrescreenError, UnknownTaskError, UnsupportedStudyError
+from prescreen.errors import (
+    InvalidStudyError,
+    ModelError,
+    PrescreenError,
+    StudyTooLargeError,
+    UnknownTaskError,
+    UnsupportedStudyError,
+)
 
 
 def error_response(status: int, error: str, detail: str) -> JSONResponse:
@@ -16,6 +23,8 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
 
 def status_for(exc: PrescreenError) -> tuple[int, str]:
     """HTTP status and error code for a prescreen error."""
+    if isinstance(exc, StudyTooLargeError):
+        return 413, "too_large"
     if isinstance(exc, UnsupportedStudyError):
         return 422, "unsupported_study"
     if isinstance(exc, InvalidStudyError):

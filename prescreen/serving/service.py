@@ -24,7 +24,8 @@ class Prescreen:
     """Holds the ONNX Runtime sessions of the active models; the mounted app uses them."""
 
     def __init__(self) -> None:
-        self.engine = ScreeningEngine(ModelStore())
+        settings = get_settings()
+        self.engine = ScreeningEngine(ModelStore(), explanations_dir=settings.home / "explanations")
         api.state.engine = self.engine
 
     @bentoml.api  # type: ignore[untyped-decorator]

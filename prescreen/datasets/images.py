@@ -1,0 +1,186 @@
+"""Images as model input: DICOM (every transfer syntax pydicom + pylibjpeg decode), PNG/JPEG.
+
+A reader returns an :class:`ImageStudy`: grayscale frames in [0, 1] after the Modality LUT, the
+VOI LUT or window, MONOCHROME1 inversion and colour → gray conversion. Ultrasound frames are
+cropped to the largest 2-D region the DICOM declares (burned-in annotations outside it go; those
+inside stay). Multi-frame studies keep every frame; the model screens each and the task
+averages their probabilities.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
+from prescreen.errors import InvalidStudyError, StudyTooLargeError, UnsupportedStudyError
+
+FloatArray = npt.NDArray[np.float32]
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ImageStudy:
+    """Grayscale frames ``(n_frames, height, width)`` in [0, 1], with DICOM context when known."""
+
+    frames: FloatArray
+    modality: str | None = None
+    body_part: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 3:
+            raise InvalidStudyError(f"expected frames of shape (n, height, width), got {self.frames.shape}")
+        if min(self.frames.shape[1:]) < MIN_SIDE:
+            raise InvalidStudyError(
+                f"image of {self.frames.shape[2]}x{self.frames.shape[1]} pixels is too small to screen "
+                f"(at least {MIN_SIDE}x{MIN_SIDE})"
+            )
+
+
+def _unit_range(x: npt.NDArray[Any]) -> FloatArray:
+    """Scale each frame to [0, 1] (a constant frame becomes 0)."""
+    x = x.astype(np.float32)
+    lo = x.min(axis=(1, 2), keepdims=True)
+    span = x.max(axis=(1, 2), keepdims=True) - lo
+    out: FloatArray = np.where(span > 0, (x - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    return out
+
+
+def _to_gray(rgb: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """ITU-R BT.601 luma of ``(..., 3)`` RGB."""
+    return np.asarray(rgb[..., :3], dtype=np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
+    """Decode a DICOM image into grayscale frames.
+
+    Args:
+        source: a file path or the file's bytes.
+        max_pixels: refuse images with more pixels (all frames) than this.
+
+    Raises:
+        InvalidStudyError: not DICOM, no pixel data, a corrupt stream or no decoder for it.
+        UnsupportedStudyError: an ECG waveform or a 3-D volume.
+        StudyTooLargeError: more pixels than ``max_pixels``.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+    modality = str(ds.get("Modality", "")) or None
+    if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
+        raise UnsupportedStudyError("this DICOM is an ECG waveform, not an image")
+    if "PixelData" not in ds:
+        raise InvalidStudyError(f"DICOM {modality or ''} object has no pixel data".replace("  ", " "))
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if modality in ("CT", "MR", "PT", "NM") and n_frames > 1:
+        raise UnsupportedStudyError(f"a 3-D {modality} volume of {n_frames} slices cannot be screened as a 2-D image")
+    if rows * cols * n_frames > max_pixels:
+        raise StudyTooLargeError(f"image has {rows * cols * n_frames} pixels; the limit is {max_pixels}")
+    syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as exc:  # decoders raise many types: missing plugin, corrupt stream
+        name = getattr(syntax, "name", str(syntax))
+        raise InvalidStudyError(f"pixel data ({name}) cannot be decoded: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if n_frames == 1:
+        arr = arr[None, ...]
+    if photometric == "PALETTE COLOR":
+        gray = _to_gray(apply_color_lut(arr, ds))
+    elif samples == 3:
+        gray = _to_gray(arr)  # pydicom 3 returns YBR as RGB
+    else:
+        gray = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        windowed = np.stack([np.asarray(apply_voi_lut(f, ds), dtype=np.float32) for f in gray])
+        gray = windowed
+        if photometric == "MONOCHROME1":
+            gray = gray.max() - gray + gray.min()
+    frames = _crop_us_region(_unit_range(gray), ds)
+    return ImageStudy(
+        frames=frames,
+        modality=modality,
+        body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
+        source={
+            "format": "dicom",
+            "photometric": photometric,
+            "frames": int(frames.shape[0]),
+            "transfer_syntax": getattr(syntax, "name", None),
+        },
+    )
+
+
+def _crop_us_region(frames: FloatArray, ds: Any) -> FloatArray:
+    """Crop to the largest 2-D ultrasound region (RegionSpatialFormat 1), if the DICOM has one."""
+    regions = ds.get("SequenceOfUltrasoundRegions") or []
+    boxes = []
+    for region in regions:
+        if int(region.get("RegionSpatialFormat", 0)) != 1:
+            continue
+        x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
+        x1, y1 = int(region.RegionLocationMaxX1), int(region.RegionLocationMaxY1)
+        if x1 - x0 >= MIN_SIDE and y1 - y0 >= MIN_SIDE:
+            boxes.append(((x1 - x0) * (y1 - y0), x0, y0, x1, y1))
+    if not boxes:
+        return frames
+    _, x0, y0, x1, y1 = max(boxes)
+    return np.ascontiguousarray(frames[:, y0 : y1 + 1, x0 : x1 + 1])
+
+
+def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
+    """Decode PNG/JPEG (8- or 16-bit gray, palette, RGB, RGBA) into one grayscale frame.
+
+    Raises:
+        InvalidStudyError: not an image Pillow can decode.
+        StudyTooLargeError: more pixels than ``max_pixels``.
+    """
+    image: Image.Image
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise StudyTooLargeError(f"image has {image.width * image.height} pixels; the limit is {max_pixels}")
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidStudyError(f"not a readable PNG/JPEG image: {exc}") from exc
+    if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+        image = image.convert("RGB")
+    arr = np.asarray(image)
+    gray = _to_gray(arr) if arr.ndim == 3 else arr.astype(np.float32)
+    return ImageStudy(
+        frames=_unit_range(gray[None, ...]), source={"format": image.format or "raster", "mode": image.mode}
+    )
+
+
+def read_image_file(name: str, data: bytes, max_pixels: int) -> ImageStudy:
+    """DICOM or PNG/JPEG by content."""
+    if is_dicom(data) or name.lower().endswith(".dcm"):
+        return read_dicom_image(data, max_pixels)
+    return read_raster_image(data, max_pixels)
+
+
+def read_image_files(files: dict[str, bytes], max_pixels: int) -> ImageStudy:
+    """One image study sent as exactly one file.
+
+    Raises:
+        InvalidStudyError: no file, several files, an empty file or an unreadable one.
+    """
+    if not files:
+        raise InvalidStudyError("no file was sent; send one DICOM, PNG or JPEG image")
+    if len(files) != 1:
+        raise InvalidStudyError(f"send one image file per study, got {len(files)} files")
+    ((name, data),) = files.items()
+    if not data:
+        raise InvalidStudyError(f"file {name!r} is empty")
+    return read_image_file(name, data, max_pixels)

@@ -1,0 +1,129 @@
+"""Image tasks: ``chest-xray`` (PneumoniaMNIST) and ``breast-us`` (BUSI), MONAI networks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from monai.networks.nets import DenseNet
+from torch import nn
+
+from prescreen.config import get_settings
+from prescreen.datasets.collections import LabelledSet
+from prescreen.datasets.image_collections import find_npz, load_image_folder, load_npz
+from prescreen.datasets.image_transforms import ImageAugment, ImagePreprocess, frames_as_batch
+from prescreen.datasets.images import ImageStudy, read_image_files
+from prescreen.errors import DatasetError, UnsupportedStudyError
+from prescreen.models.task import Task, register
+
+FRAME_POLICY = "every frame is screened; class probabilities are averaged over frames"
+
+
+def small_densenet(n_classes: int) -> nn.Module:
+    """A compact MONAI DenseNet (0.7 M parameters) trained from scratch, one input channel."""
+    return DenseNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=n_classes,
+        init_features=32,
+        growth_rate=16,
+        block_config=(4, 8, 12, 8),
+        dropout_prob=0.1,
+    )
+
+
+def image_reader(task: str, modalities: tuple[str, ...]) -> Callable[[Mapping[str, bytes]], ImageStudy]:
+    """Read one image file and check that a DICOM's modality is one the task screens."""
+
+    def read(files: Mapping[str, bytes]) -> ImageStudy:
+        study = read_image_files(dict(files), get_settings().max_image_pixels)
+        if study.modality is not None and study.modality not in modalities:
+            raise UnsupportedStudyError(f"{task} screens {'/'.join(modalities)} images, not modality {study.modality}")
+        return study
+
+    return read
+
+
+def image_spec(size: int, extra: str) -> dict[str, object]:
+    return {
+        "kind": "image",
+        "size": [size, size],
+        "channels": 1,
+        "resize": f"longest side to {size} px (area), zero-padded to a square",
+        "intensity": "Modality LUT, VOI LUT/window, MONOCHROME1 inverted, colour to gray (BT.601), "
+        "scaled to [0, 1], then z-score per frame",
+        "frames": FRAME_POLICY,
+        "tensor": f"float32 (batch, 1, {size}, {size})",
+        "notes": extra,
+    }
+
+
+CHEST_SIZE = 64
+CHEST_CLASSES = ("normal", "pneumonia")
+_CHEST_PRE = ImagePreprocess(CHEST_SIZE)
+
+
+def _load_chest(path: Path, cache_dir: Path | None, progress: bool, purpose: str = "eval") -> LabelledSet:
+    npz = find_npz(path)
+    if npz is not None:
+        return load_npz(npz, CHEST_CLASSES, _CHEST_PRE, purpose, cache_dir)
+    if path.is_dir():
+        return load_image_folder(path, CHEST_CLASSES, _CHEST_PRE, get_settings().max_image_pixels, cache_dir, progress)
+    raise DatasetError(f"{path}: expected a MedMNIST .npz or a folder with normal/ and pneumonia/ sub-folders")
+
+
+@register("chest-xray")
+def chest_xray() -> Task:
+    return Task(
+        name="chest-xray",
+        classes=CHEST_CLASSES,
+        normal_classes=("normal",),
+        input_spec=image_spec(CHEST_SIZE, "trained on 28x28 PneumoniaMNIST images upsampled to 64x64"),
+        default_data="pneumoniamnist",
+        read_files=image_reader("chest-xray", ("CR", "DX")),
+        preprocess=_CHEST_PRE,
+        windows=frames_as_batch,
+        train_view=ImageAugment(flip=True),
+        build_network=lambda: small_densenet(len(CHEST_CLASSES)),
+        load_dataset=_load_chest,
+        train_defaults={"epochs": 30, "batch_size": 64, "lr": 2e-3, "patience": 6, "weight_decay": 1e-4},
+        caveats=(
+            "Trained on PneumoniaMNIST: paediatric chest radiographs downsampled to 28x28 px. Full-resolution adult "
+            "CR/DX images are screened after downsampling, a use the training data does not cover.",
+            "17 training images are exact duplicates (data README).",
+        ),
+    )
+
+
+US_SIZE = 192
+US_CLASSES = ("normal", "benign", "malignant")
+_US_PRE = ImagePreprocess(US_SIZE)
+
+
+def _load_us(path: Path, cache_dir: Path | None, progress: bool, purpose: str = "eval") -> LabelledSet:
+    if not path.is_dir():
+        raise DatasetError(f"{path}: expected a folder with benign/, malignant/ and normal/ sub-folders")
+    return load_image_folder(path, US_CLASSES, _US_PRE, get_settings().max_image_pixels, cache_dir, progress)
+
+
+@register("breast-us")
+def breast_us() -> Task:
+    return Task(
+        name="breast-us",
+        classes=US_CLASSES,
+        normal_classes=("normal", "benign"),
+        input_spec=image_spec(US_SIZE, "BUSI images are 256x256 PNG; DICOM frames are cropped to their US region"),
+        default_data="busi",
+        read_files=image_reader("breast-us", ("US",)),
+        preprocess=_US_PRE,
+        windows=frames_as_batch,
+        train_view=ImageAugment(flip=True),
+        build_network=lambda: small_densenet(len(US_CLASSES)),
+        load_dataset=_load_us,
+        train_defaults={"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "weight_decay": 1e-4},
+        caveats=(
+            "BUSI has several images of some patients and no patient ids: the image, not the patient, is the unit "
+            "of the split, so held-out figures can be optimistic.",
+            "Benign findings are reported but not flagged; only 'malignant' flags a study.",
+        ),
+    )
