@@ -13,10 +13,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from prescreen.config import get_settings
+from prescreen.errors import InvalidStudyError, UnsupportedStudyError
 from prescreen.models.store import ModelStore, StoredModel
 from prescreen.serving.app import create_app
 from prescreen.serving.engine import ScreeningEngine, route_task
-from prescreen.errors import InvalidStudyError, UnsupportedStudyError
 from tests.fixtures_images import blob_image, png_bytes
 
 
