@@ -156,4 +156,5 @@ def test_served_screening_with_bad_inputs(tiny_model: object, synthetic_cinc: Pa
     assert httpx.post(f"{server}/v1/screen", timeout=30).status_code == 400
     again = httpx.post(f"{server}/v1/screen", files=files(hea, dat), timeout=30)
     assert again.status_code == 200 and again.json() == good.json()
-    assert httpx.get(f"{server}/v1/models", timeout=10).json()["models"][0]["task"] == "ecg-rhythm"
+    models = {m["task"]: m["version"] for m in httpx.get(f"{server}/v1/models", timeout=10).json()["models"]}
+    assert models["ecg-rhythm"] == tiny_model.card.version  # type: ignore[attr-defined]

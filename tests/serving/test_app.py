@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
 from prescreen.config import get_settings
-from prescreen.errors import UnsupportedStudyError
+from prescreen.errors import InvalidStudyError, UnsupportedStudyError
 from prescreen.models.store import ModelStore, StoredModel
 from prescreen.serving.app import create_app
 from prescreen.serving.engine import ScreeningEngine, route_task
@@ -146,5 +146,7 @@ def test_readyz_before_models_loaded() -> None:
 def test_route_task() -> None:
     assert route_task({"a.hea": b"x", "a.dat": b"y"}) == "ecg-rhythm"
     assert route_task({"x.png": b"x"}, "ecg-rhythm") == "ecg-rhythm"
-    with pytest.raises(UnsupportedStudyError, match="no model screens"):
+    with pytest.raises(InvalidStudyError, match="needs a 'task' field"):
         route_task({"x.png": b"\x89PNG"})
+    with pytest.raises(UnsupportedStudyError, match="no model screens"):
+        route_task({"notes.txt": b"hello"})
