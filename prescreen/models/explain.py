@@ -59,7 +59,8 @@ def save_overlay(frame: FloatArray, heat: FloatArray, folder: Path, title: str) 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.imshow(frame, cmap="gray")
     if positive.max() > 0:
-        ax.imshow(positive / positive.max(), cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        shown = np.ma.masked_less(positive / positive.max(), 0.25)  # only the regions that matter
+        ax.imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()

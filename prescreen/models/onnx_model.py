@@ -65,7 +65,6 @@ class ScreenResult:
     def to_json(self) -> dict[str, Any]:
         extra = {"explanation_url": self.explanation_url} if self.explanation_url else {}
         return {
-            **extra,
             "task": self.task,
             "model": {"name": self.model_name, "version": self.model_version},
             "flagged": self.flagged,
@@ -73,6 +72,7 @@ class ScreenResult:
             "score": self.score,
             "probabilities": self.probabilities,
             "threshold": self.threshold,
+            **extra,
         }
 
 
