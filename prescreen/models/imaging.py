@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from monai.networks.nets import DenseNet
 from torch import nn
@@ -58,6 +59,38 @@ def image_spec(size: int, extra: str) -> dict[str, object]:
     }
 
 
+def image_task(
+    name: str,
+    classes: tuple[str, ...],
+    *,
+    normal_classes: tuple[str, ...],
+    modalities: tuple[str, ...],
+    preprocess: ImagePreprocess,
+    default_data: str,
+    load: Callable[[Path, Path | None, bool, str], LabelledSet],
+    notes: str,
+    train_defaults: dict[str, Any],
+    caveats: tuple[str, ...],
+) -> Task:
+    """A single-image classification task: image reader with a modality check, MONAI
+    preprocessing and augmentation, the small DenseNet, frames screened and averaged."""
+    return Task(
+        name=name,
+        classes=classes,
+        normal_classes=normal_classes,
+        input_spec=image_spec(preprocess.size, notes),
+        default_data=default_data,
+        read_files=image_reader(name, modalities),
+        preprocess=preprocess,
+        windows=frames_as_batch,
+        train_view=ImageAugment(flip=True),
+        build_network=lambda: small_densenet(len(classes)),
+        load_dataset=load,
+        train_defaults=train_defaults,
+        caveats=caveats,
+    )
+
+
 CHEST_SIZE = 64
 CHEST_CLASSES = ("normal", "pneumonia")
 _CHEST_PRE = ImagePreprocess(CHEST_SIZE)
@@ -74,18 +107,15 @@ def _load_chest(path: Path, cache_dir: Path | None, progress: bool, purpose: str
 
 @register("chest-xray")
 def chest_xray() -> Task:
-    return Task(
-        name="chest-xray",
-        classes=CHEST_CLASSES,
+    return image_task(
+        "chest-xray",
+        CHEST_CLASSES,
         normal_classes=("normal",),
-        input_spec=image_spec(CHEST_SIZE, "trained on 28x28 PneumoniaMNIST images upsampled to 64x64"),
-        default_data="pneumoniamnist",
-        read_files=image_reader("chest-xray", ("CR", "DX")),
+        modalities=("CR", "DX"),
         preprocess=_CHEST_PRE,
-        windows=frames_as_batch,
-        train_view=ImageAugment(flip=True),
-        build_network=lambda: small_densenet(len(CHEST_CLASSES)),
-        load_dataset=_load_chest,
+        default_data="pneumoniamnist",
+        load=_load_chest,
+        notes="trained on 28x28 PneumoniaMNIST images upsampled to 64x64",
         train_defaults={"epochs": 30, "batch_size": 64, "lr": 2e-3, "patience": 6, "weight_decay": 1e-4},
         caveats=(
             "Trained on PneumoniaMNIST: paediatric chest radiographs downsampled to 28x28 px. Full-resolution adult "
@@ -108,18 +138,15 @@ def _load_us(path: Path, cache_dir: Path | None, progress: bool, purpose: str = 
 
 @register("breast-us")
 def breast_us() -> Task:
-    return Task(
-        name="breast-us",
-        classes=US_CLASSES,
+    return image_task(
+        "breast-us",
+        US_CLASSES,
         normal_classes=("normal", "benign"),
-        input_spec=image_spec(US_SIZE, "BUSI images are 256x256 PNG; DICOM frames are cropped to their US region"),
-        default_data="busi",
-        read_files=image_reader("breast-us", ("US",)),
+        modalities=("US",),
         preprocess=_US_PRE,
-        windows=frames_as_batch,
-        train_view=ImageAugment(flip=True),
-        build_network=lambda: small_densenet(len(US_CLASSES)),
-        load_dataset=_load_us,
+        default_data="busi",
+        load=_load_us,
+        notes="BUSI images are 256x256 PNG; DICOM frames are cropped to their US region",
         train_defaults={"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "weight_decay": 1e-4},
         caveats=(
             "BUSI has several images of some patients and no patient ids: the image, not the patient, is the unit "
