@@ -23,6 +23,10 @@ class StudyTooLargeError(InvalidStudyError):
     """A study over a size limit (bytes or pixels)."""
 
 
+class ExplanationNotFoundError(PrescreenError):
+    """No explanation overlay of that name."""
+
+
 class DatasetError(PrescreenError):
     """A labelled data set is missing or not in the expected layout."""
 

@@ -7,7 +7,6 @@ explains itself without torch.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import matplotlib
@@ -51,10 +50,8 @@ def occlusion_map(model: OnnxModel, frame: FloatArray, patches_per_side: int = 8
     return (heat / np.maximum(count, 1)).astype(np.float32)
 
 
-def save_overlay(frame: FloatArray, heat: FloatArray, folder: Path, title: str) -> str:
-    """Write the frame with the positive part of ``heat`` over it as a PNG; returns its file name."""
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{uuid.uuid4().hex}.png"
+def save_overlay(frame: FloatArray, heat: FloatArray, path: Path, title: str) -> None:
+    """Write the frame with the positive part of ``heat`` over it as a PNG at ``path``."""
     positive = np.clip(heat, 0, None)
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.imshow(frame, cmap="gray")
@@ -64,6 +61,7 @@ def save_overlay(frame: FloatArray, heat: FloatArray, folder: Path, title: str) 
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(folder / name)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
     plt.close(fig)
-    return name
+    tmp.replace(path)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,7 +22,6 @@ def get_engine(request: Request) -> ScreeningEngine:
 
 
 EngineDep = Annotated[ScreeningEngine, Depends(get_engine)]
-EXPLANATION_NAME = re.compile(r"^[0-9a-f]{32}\.png$")
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
 models_router = APIRouter(prefix="/v1", tags=["models"])
@@ -53,13 +51,10 @@ def screen(
     return engine.screen(files, task).to_json()
 
 
-@screen_router.get("/explanations/{name}")
+@screen_router.get("/explanations/{name}.png")
 def explanation(engine: EngineDep, name: str) -> FileResponse:
-    """The occlusion-sensitivity overlay PNG named in a screening response."""
-    path = (engine.explanations_dir / name) if engine.explanations_dir else None
-    if path is None or not EXPLANATION_NAME.match(name) or not path.is_file():
-        raise HTTPException(status_code=404, detail=f"no explanation {name!r}")
-    return FileResponse(path, media_type="image/png")
+    """The occlusion-sensitivity overlay PNG named in a screening response (drawn on first request)."""
+    return FileResponse(engine.explanation_png(name), media_type="image/png")
 
 
 @models_router.get("/models")

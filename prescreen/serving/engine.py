@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import re
 import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
-from prescreen.errors import InvalidStudyError, ModelError, UnknownTaskError, UnsupportedStudyError
+from prescreen.errors import (
+    ExplanationNotFoundError,
+    InvalidStudyError,
+    ModelError,
+    UnknownTaskError,
+    UnsupportedStudyError,
+)
 from prescreen.models.explain import occlusion_map, save_overlay
-from prescreen.models.onnx_model import OnnxModel, ScreenResult
+from prescreen.models.onnx_model import FloatArray, OnnxModel, ScreenResult
 from prescreen.models.store import ModelStore
 from prescreen.models.task import task_names
 
@@ -47,6 +57,7 @@ def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
     )
 
 
+EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
@@ -109,9 +120,36 @@ class ScreeningEngine:
         x = model.task.preprocess(model.task.read_files(files))
         result = model.screen_signal(x)
         if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
-            frame = x[0]
-            heat = occlusion_map(model, frame)
-            title = f"{result.task}: {result.label} (score {result.score:.2f})"
-            name = save_overlay(frame, heat, self.explanations_dir, title)
-            result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}")
+            name = self._keep_for_explanation(x[0], result)
+            result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")
         return result
+
+    def _keep_for_explanation(self, frame: FloatArray, result: ScreenResult) -> str:
+        """Keep the model input of a flagged image; the overlay is drawn when first asked for."""
+        assert self.explanations_dir is not None
+        self.explanations_dir.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        np.save(self.explanations_dir / f"{name}.npy", frame)
+        title = f"{result.task}: {result.label} (score {result.score:.2f})"
+        (self.explanations_dir / f"{name}.json").write_text(json.dumps({"task": result.task, "title": title}))
+        return name
+
+    def explanation_png(self, name: str) -> Path:
+        """The overlay PNG of a flagged image, drawn on first request (occlusion sensitivity).
+
+        Raises:
+            ExplanationNotFoundError: no such explanation.
+        """
+        folder = self.explanations_dir
+        if folder is None or not EXPLANATION_ID.match(name) or not (folder / f"{name}.json").is_file():
+            raise ExplanationNotFoundError(f"no explanation {name!r}")
+        png = folder / f"{name}.png"
+        if not png.is_file():
+            meta = json.loads((folder / f"{name}.json").read_text())
+            model = self.models.get(meta["task"])
+            if model is None:
+                raise ExplanationNotFoundError(f"the model of explanation {name!r} is no longer loaded")
+            frame = np.load(folder / f"{name}.npy")
+            with self._lock:
+                save_overlay(frame, occlusion_map(model, frame), png, meta["title"])
+        return png

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prescreen.errors import (
+    ExplanationNotFoundError,
     InvalidStudyError,
     ModelError,
     PrescreenError,
@@ -23,6 +24,8 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
 
 def status_for(exc: PrescreenError) -> tuple[int, str]:
     """HTTP status and error code for a prescreen error."""
+    if isinstance(exc, ExplanationNotFoundError):
+        return 404, "not_found"
     if isinstance(exc, StudyTooLargeError):
         return 413, "too_large"
     if isinstance(exc, UnsupportedStudyError):
