@@ -103,7 +103,7 @@ def measure_training(task: str, epochs: int) -> str:
                 "-m",
                 "prescreen.cli",
                 "train",
-                "ecg-rhythm",
+                task,
                 "--out",
                 f"{tmp}/run",
                 "--epochs",

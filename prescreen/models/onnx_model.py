@@ -42,6 +42,8 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     opts.intra_op_num_threads = threads or get_settings().onnx_threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # no busy-waiting: on a 2-core machine spinning ORT threads starve the server's own threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception classes
