@@ -64,3 +64,28 @@ def test_models_list_fresh_home_shows_shipped_model() -> None:
     code, out = run("models", "list")
     assert code == 0
     assert "ecg-rhythm" in out and "yes" in out
+
+
+def test_image_task_layout_errors(tmp_path: Path) -> None:
+    (tmp_path / "benign").mkdir()
+    code, out = run("evaluate", "breast-us", "--data", str(tmp_path))
+    assert code == 2
+    assert "missing sub-folder(s) normal, malignant" in out
+    (tmp_path / "x.npz").write_bytes(b"not an npz")
+    code, out = run("evaluate", "chest-xray", "--data", str(tmp_path / "nothing.npz"))
+    assert code == 2 and "does not exist" in out
+
+
+def test_evaluate_chest_xray_npz_uses_val_split(
+    image_models: dict[str, object], synthetic_npz: Path, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "eval.json"
+    code, text = run("evaluate", "chest-xray", "--data", str(synthetic_npz), "--json", str(out))
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    assert doc["task"] == "chest-xray" and doc["dataset"]["n"] == 24  # the val_* arrays
+    assert doc["classes"] == ["normal", "pneumonia"]
+    m = doc["metrics"]["accuracy"]
+    assert m["ci_low"] <= m["value"] <= m["ci_high"]
