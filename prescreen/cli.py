@@ -33,13 +33,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn ``PrescreenError`` (and a missing file) into one red line and exit code 2."""
+    """Turn user errors (``PrescreenError``, unreadable files, invalid options) into one red line
+    and exit code 2; ``PRESCREEN_DEBUG=1`` shows the traceback instead."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (PrescreenError, FileNotFoundError) as exc:
+        except (PrescreenError, OSError, ValueError) as exc:  # ValueError covers pydantic's ValidationError
             if os.environ.get("PRESCREEN_DEBUG") == "1":
                 raise
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -109,7 +110,9 @@ def evaluate(
     report: Annotated[
         Path | None, typer.Option(help="Write a Markdown report with ROC and confusion PNGs here")
     ] = None,
-    resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples (default from settings, >= 1000)")] = None,
+    resamples: Annotated[
+        int | None, typer.Option(min=1000, help="Bootstrap resamples (default from settings, >= 1000)")
+    ] = None,
 ) -> None:
     """Measure a model on a labelled folder: metrics with 95 % bootstrap CIs and the target verdict."""
     import json
@@ -135,6 +138,9 @@ def evaluate(
         dataset_digest=dataset.digest,
         resamples=resamples,
     )
+    if predictor.training_digest == dataset.digest:
+        result.note = "this data set is the model's training data: the figures are not an accuracy"
+        err.print(f"[yellow]warning:[/yellow] {result.note}", highlight=False)
     ident = {"name": predictor.name, "version": predictor.version, "sha256": predictor.sha256}
     doc = evaluation_json(t.name, ident, result, list(t.classes), predictor.threshold, len(dataset.skipped))
     if json_out is not None:

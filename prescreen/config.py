@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
+    max_image_frames: int = Field(512, description="Most frames of one image study")
+    explanation_ttl_hours: float = Field(24.0, description="Explanation overlays are deleted after this")
     target_metric: str = "accuracy"
     target_threshold: float = 0.95
     bootstrap_resamples: int = 1000

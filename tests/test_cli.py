@@ -89,3 +89,11 @@ def test_evaluate_chest_xray_npz_uses_val_split(
     assert doc["classes"] == ["normal", "pneumonia"]
     m = doc["metrics"]["accuracy"]
     assert m["ci_low"] <= m["value"] <= m["ci_high"]
+
+
+def test_invalid_options_and_corrupt_state_exit_2(isolated_home: Path) -> None:
+    code, out = run("train", "ecg-rhythm", "--out", str(isolated_home / "r"), "--epochs", "0")
+    assert code == 2 and "epochs" in out and "Traceback" not in out
+    (isolated_home / "active.json").write_text("{")
+    code, out = run("models", "list")
+    assert code == 2 and "active.json" in out and "corrupt" in out

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+from prescreen.config import get_settings
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
-from prescreen.errors import InvalidStudyError, StudyTooLargeError, UnsupportedStudyError
+from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError, UnsupportedStudyError
 
 FloatArray = npt.NDArray[np.float32]
 MIN_SIDE = 16
@@ -77,6 +78,16 @@ def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
         ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+    try:
+        return _image_from_dataset(ds, max_pixels)
+    except PrescreenError:
+        raise
+    except Exception as exc:  # malformed attributes (frames, LUTs, regions) surface as many types
+        # the exception's text may quote element values: name only its type
+        raise InvalidStudyError(f"DICOM image attributes cannot be interpreted ({type(exc).__name__})") from exc
+
+
+def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
     modality = str(ds.get("Modality", "")) or None
     if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
         raise UnsupportedStudyError("this DICOM is an ECG waveform, not an image")
@@ -86,6 +97,9 @@ def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if modality in ("CT", "MR", "PT", "NM") and n_frames > 1:
         raise UnsupportedStudyError(f"a 3-D {modality} volume of {n_frames} slices cannot be screened as a 2-D image")
+    max_frames = get_settings().max_image_frames
+    if n_frames > max_frames:
+        raise StudyTooLargeError(f"image has {n_frames} frames; the limit is {max_frames}")
     if rows * cols * n_frames > max_pixels:
         raise StudyTooLargeError(f"image has {rows * cols * n_frames} pixels; the limit is {max_pixels}")
     syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
@@ -109,6 +123,8 @@ def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
         if photometric == "MONOCHROME1":
             gray = gray.max() - gray + gray.min()
     frames = _crop_us_region(_unit_range(gray), ds)
+    if not np.isfinite(frames).all():
+        raise InvalidStudyError("pixel values are not finite after the Modality/VOI LUT (bad rescale or window)")
     return ImageStudy(
         frames=frames,
         modality=modality,
@@ -152,14 +168,16 @@ def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
         if image.width * image.height > max_pixels:
             raise StudyTooLargeError(f"image has {image.width * image.height} pixels; the limit is {max_pixels}")
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidStudyError(f"not a readable PNG/JPEG image: {exc}") from exc
+    fmt = image.format or "raster"
+    image = ImageOps.exif_transpose(image)  # phone photos carry their orientation in EXIF
     if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
         image = image.convert("RGB")
     arr = np.asarray(image)
     gray = _to_gray(arr) if arr.ndim == 3 else arr.astype(np.float32)
     return ImageStudy(
-        frames=_unit_range(gray[None, ...]), source={"format": image.format or "raster", "mode": image.mode}
+        frames=_unit_range(gray[None, ...]), source={"format": fmt, "mode": image.mode}
     )
 
 

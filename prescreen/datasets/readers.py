@@ -19,7 +19,7 @@ import wfdb
 from pydicom.errors import InvalidDicomError
 
 from prescreen.datasets.ecg import EcgRecord
-from prescreen.errors import InvalidStudyError, UnsupportedStudyError
+from prescreen.errors import InvalidStudyError, PrescreenError, UnsupportedStudyError
 
 ECG_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG",
@@ -27,7 +27,15 @@ ECG_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG",
 }
 _UNIT_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_SAFE_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
+MIN_RATE_HZ, MAX_RATE_HZ = 25.0, 20_000.0
+
+
+def _check_rate(fs: float) -> None:
+    if not MIN_RATE_HZ <= fs <= MAX_RATE_HZ:
+        raise InvalidStudyError(
+            f"sampling rate {fs:g} Hz is outside the {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz an ECG can have"
+        )
 
 
 def read_wfdb(record_path: str | Path) -> EcgRecord:
@@ -48,8 +56,11 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
         head = wfdb.rdheader(str(path))
     except Exception as exc:  # wfdb raises bare ValueError/IndexError on bad headers
         raise InvalidStudyError(f"WFDB header {header.name} cannot be parsed: {exc}") from exc
+    if isinstance(head, wfdb.MultiRecord) or not hasattr(head, "file_name"):
+        raise InvalidStudyError(f"WFDB header {header.name} is a multi-segment record; send a single-segment record")
     if not head.fs or float(head.fs) <= 0:
         raise InvalidStudyError(f"WFDB header {header.name}: sampling rate must be > 0, got {head.fs}")
+    _check_rate(float(head.fs))
     if not head.n_sig:
         raise InvalidStudyError(f"WFDB header {header.name} declares no signals")
     for fname in sorted(set(head.file_name or [])):
@@ -70,7 +81,10 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
     signal = np.ascontiguousarray(sig.T, dtype=np.float32)
     _check_finite(signal, path.name)
     units = [str(u or "mV").lower() for u in (rec.units or [])]
-    scale = np.array([_UNIT_TO_MV.get(u, 1.0) for u in units] or [1.0], dtype=np.float32)
+    unknown = sorted({u for u in units if u not in _UNIT_TO_MV})
+    if unknown:
+        raise InvalidStudyError(f"WFDB record {path.name}: unknown signal units {unknown}; expected uV, mV or V")
+    scale = np.array([_UNIT_TO_MV[u] for u in units] or [1.0], dtype=np.float32)
     signal = signal * scale[:, None]
     names = tuple(str(n) for n in (rec.sig_name or [f"ch{i}" for i in range(signal.shape[0])]))
     return EcgRecord(
@@ -125,6 +139,15 @@ def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
         ds = pydicom.dcmread(fileobj)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+    try:
+        return _ecg_from_dataset(ds)
+    except PrescreenError:
+        raise
+    except Exception as exc:  # malformed channel attributes; the text may quote values: name the type only
+        raise InvalidStudyError(f"DICOM waveform attributes cannot be interpreted ({type(exc).__name__})") from exc
+
+
+def _ecg_from_dataset(ds: Any) -> EcgRecord:
     sop = str(ds.get("SOPClassUID", ""))
     if sop not in ECG_SOP_CLASSES:
         modality = ds.get("Modality", "unknown")
@@ -141,6 +164,7 @@ def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
         raw = np.asarray(ds.waveform_array(0), dtype=np.float64)  # samples × channels, scaled
     except Exception as exc:
         raise InvalidStudyError(f"DICOM waveform data cannot be decoded: {exc}") from exc
+    _check_rate(fs)
     channels = group.get("ChannelDefinitionSequence") or []
     names: list[str] = []
     scale: list[float] = []
@@ -148,7 +172,9 @@ def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
         names.append(_lead_name(ch, i))
         units_seq = ch.get("ChannelSensitivityUnitsSequence")
         unit = str(units_seq[0].CodeValue).lower() if units_seq else "uv"
-        scale.append(_UNIT_TO_MV.get(unit, 1e-3))
+        if unit not in _UNIT_TO_MV:
+            raise InvalidStudyError(f"DICOM waveform channel {i}: unknown units {unit!r}; expected uV, mV or V")
+        scale.append(_UNIT_TO_MV[unit])
     if raw.ndim != 2 or raw.shape[1] != len(names):
         raise InvalidStudyError(f"DICOM waveform has {raw.shape} samples but {len(names)} channel definitions")
     signal = (raw * np.asarray(scale)[None, :]).T.astype(np.float32)

@@ -60,8 +60,11 @@ class ModelCard(BaseModel):
 
     @property
     def headline(self) -> Evaluation | None:
-        """The figure to show: the latest recorded evaluation, else the held-out test split."""
-        return self.evaluations[-1] if self.evaluations else self.test or self.validation
+        """The figure to show: the latest evaluation on data other than the training set,
+        else the held-out test split (an evaluation on the training data is no accuracy)."""
+        training_digest = self.training.get("data_digest")
+        independent = [e for e in self.evaluations if e.dataset_digest != training_digest]
+        return independent[-1] if independent else self.test or self.validation
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

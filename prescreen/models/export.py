@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,15 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Any], Task, nn.Module]
     missing = [n for n in needed if not (run_dir / n).is_file()]
     if missing:
         raise ModelError(f"{run_dir} is not a finished training run (missing {', '.join(missing)})")
-    cfg = RunConfig.model_validate_json((run_dir / "run.json").read_text())
-    summary = json.loads((run_dir / "train.json").read_text())
+    try:
+        cfg = RunConfig.model_validate_json((run_dir / "run.json").read_text())
+        summary = json.loads((run_dir / "train.json").read_text())
+        with np.load(run_dir / "predictions.npz") as preds:
+            missing_keys = {"val_ids", "val_labels", "val_probs", "test_ids", "test_labels", "test_probs"} - set(preds)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{run_dir} holds a corrupt run file: {exc}") from exc
+    if missing_keys:
+        raise ModelError(f"{run_dir}/predictions.npz lacks {', '.join(sorted(missing_keys))}")
     task = get_task(cfg.task)
     net = task.build_network()
     try:

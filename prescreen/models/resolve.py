@@ -27,6 +27,7 @@ class Predictor:
     threshold: float
     predict: Callable[[list[FloatArray]], FloatArray]
     store_tag: str | None = None
+    training_digest: str | None = None
 
 
 def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor:
@@ -52,6 +53,7 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
             stored.card.operating_threshold,
             onnx.predict_signals,
             stored.tag,
+            stored.card.training.get("data_digest"),
         )
     folder = Path(model)
     if (folder / "model.onnx").is_file() and (folder / "card.json").is_file():
@@ -63,6 +65,7 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
             sha256_file(folder / "model.onnx"),
             onnx.card.operating_threshold,
             onnx.predict_signals,
+            training_digest=onnx.card.training.get("data_digest"),
         )
     return _from_run(task, folder)
 
@@ -76,7 +79,7 @@ def _from_run(task: Task, folder: Path) -> Predictor:
     from prescreen.models.export import load_run
     from prescreen.training.trainer import predict_probs
 
-    _cfg, _, run_task, net = load_run(folder)
+    _cfg, summary, run_task, net = load_run(folder)
     if run_task.name != task.name:
         raise ModelError(f"run {folder} trained {run_task.name}, not {task.name}")
     preds = np.load(folder / "predictions.npz")
@@ -85,4 +88,11 @@ def _from_run(task: Task, folder: Path) -> Predictor:
     def predict(signals: list[FloatArray]) -> FloatArray:
         return predict_probs(task, net, signals)
 
-    return Predictor(task.name, f"run-{folder.name}", sha256_file(folder / "checkpoint.pt"), threshold, predict)
+    return Predictor(
+        task.name,
+        f"run-{folder.name}",
+        sha256_file(folder / "checkpoint.pt"),
+        threshold,
+        predict,
+        training_digest=summary.get("data_digest"),
+    )

@@ -66,7 +66,12 @@ class ModelStore:
     def _active(self) -> dict[str, str]:
         if not self.active_file.is_file():
             return {}
-        data: dict[str, str] = json.loads(self.active_file.read_text())
+        try:
+            data = json.loads(self.active_file.read_text())
+        except ValueError as exc:
+            raise ModelError(f"{self.active_file} is corrupt ({exc}); fix or delete it and activate again") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ModelError(f"{self.active_file} is not a task → NAME:VERSION map; fix or delete it")
         return data
 
     def _write_active(self, active: dict[str, str]) -> None:

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
-from prescreen.errors import InvalidStudyError, ModelError
+from prescreen.errors import InvalidStudyError, ModelError, StudyTooLargeError
 from prescreen.serving.engine import ScreeningEngine
 from prescreen.serving.errors import error_response, install_error_handlers
 
@@ -88,7 +88,8 @@ def readyz(request: Request) -> JSONResponse:
 
 
 class UploadLimit:
-    """Refuse bodies whose declared size exceeds the limit before reading them (413)."""
+    """Refuse bodies over the limit (413): at once when ``Content-Length`` says so, and while
+    reading a chunked body that declares no length."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -101,6 +102,19 @@ class UploadLimit:
                 response = error_response(413, "too_large", f"the upload exceeds the limit of {self.limit} bytes")
                 await response(scope, receive, send)
                 return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.limit:
+                        raise StudyTooLargeError(f"the upload exceeds the limit of {self.limit} bytes")
+                return message
+
+            await self.app(scope, limited_receive, send)
+            return
         await self.app(scope, receive, send)
 
 

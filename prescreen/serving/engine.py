@@ -7,6 +7,7 @@ import io
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from prescreen.config import get_settings
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
 from prescreen.errors import (
     ExplanationNotFoundError,
@@ -128,11 +130,23 @@ class ScreeningEngine:
         """Keep the model input of a flagged image; the overlay is drawn when first asked for."""
         assert self.explanations_dir is not None
         self.explanations_dir.mkdir(parents=True, exist_ok=True)
+        self._expire_explanations()
         name = uuid.uuid4().hex
         np.save(self.explanations_dir / f"{name}.npy", frame)
         title = f"{result.task}: {result.label} (score {result.score:.2f})"
         (self.explanations_dir / f"{name}.json").write_text(json.dumps({"task": result.task, "title": title}))
         return name
+
+    def _expire_explanations(self) -> None:
+        """Delete explanation inputs and overlays older than the TTL: they are patient images."""
+        assert self.explanations_dir is not None
+        cutoff = time.time() - get_settings().explanation_ttl_hours * 3600
+        for path in self.explanations_dir.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
 
     def explanation_png(self, name: str) -> Path:
         """The overlay PNG of a flagged image, drawn on first request (occlusion sensitivity).
@@ -141,7 +155,7 @@ class ScreeningEngine:
             ExplanationNotFoundError: no such explanation.
         """
         folder = self.explanations_dir
-        if folder is None or not EXPLANATION_ID.match(name) or not (folder / f"{name}.json").is_file():
+        if folder is None or not EXPLANATION_ID.fullmatch(name) or not (folder / f"{name}.json").is_file():
             raise ExplanationNotFoundError(f"no explanation {name!r}")
         png = folder / f"{name}.png"
         if not png.is_file():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +18,8 @@ from prescreen.errors import (
     UnknownTaskError,
     UnsupportedStudyError,
 )
+
+log = logging.getLogger(__name__)
 
 
 def error_response(status: int, error: str, detail: str) -> JSONResponse:
@@ -50,7 +54,15 @@ def install_error_handlers(app: FastAPI) -> None:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
         return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error while handling a request: %s", type(exc).__name__)
+        return error_response(500, "internal_error", "the service failed on this request; it keeps serving")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
-        return error_response(exc.status_code, code.get(exc.status_code, "error"), str(exc.detail))
+        if isinstance(exc.__cause__, PrescreenError):  # e.g. the upload limit hit while parsing the form
+            status, error = status_for(exc.__cause__)
+            return error_response(status, error, str(exc.__cause__))
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+        return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))

@@ -64,7 +64,13 @@ def test_record_evaluation_shows_as_headline(tiny_run: Path, monkeypatch: pytest
     card = ModelCard.load(tiny_run / "card.json")
     stored = store.add(tiny_run / "model.onnx", card)
     assert card.test is not None
-    evaluation = card.test.model_copy(update={"split": "/data/elsewhere", "n": 7})
-    store.record_evaluation(stored.tag, evaluation)
+    elsewhere = card.test.model_copy(update={"split": "/data/elsewhere", "n": 7, "dataset_digest": "0" * 64})
+    store.record_evaluation(stored.tag, elsewhere)
     head = store.get(stored.tag).card.headline
     assert head is not None and head.split == "/data/elsewhere" and head.n == 7
+    # an evaluation on the training data is recorded but never becomes the headline figure
+    on_training = card.test.model_copy(update={"split": "/data/train", "n": 40})
+    store.record_evaluation(stored.tag, on_training)
+    stored_card = store.get(stored.tag).card
+    assert len(stored_card.evaluations) == 2
+    assert stored_card.headline is not None and stored_card.headline.split == "/data/elsewhere"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -150,3 +151,40 @@ def test_route_task() -> None:
         route_task({"x.png": b"\x89PNG"})
     with pytest.raises(UnsupportedStudyError, match="no model screens"):
         route_task({"notes.txt": b"hello"})
+
+
+def test_chunked_upload_over_limit_is_413(
+    tiny_model: StoredModel, synthetic_cinc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRESCREEN_MAX_UPLOAD_BYTES", "2000")
+    get_settings.cache_clear()
+    client = TestClient(create_app(ScreeningEngine(ModelStore())))
+    boundary = "b0undary"
+    dat = (synthetic_cinc / "S00000.dat").read_bytes()
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="S00000.dat"\r\n\r\n').encode()
+    body += dat + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 500):
+            yield body[i : i + 500]
+
+    r = client.post(
+        "/v1/screen", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [("r 1 0.0001 10", "outside"), ("r 1 900000 10", "outside")],
+)
+def test_absurd_sampling_rates_are_refused(client: TestClient, header: str, words: str) -> None:
+    hea = f"{header}\nr.dat 16 1000 16 0 0 0 0 ECG\n".encode()
+    r = client.post("/v1/screen", files=[("file", ("r.hea", hea)), ("file", ("r.dat", b"\x00\x00" * 10))])
+    assert r.status_code == 400 and words in r.json()["detail"], r.text
+
+
+def test_dot_file_names_are_refused(client: TestClient) -> None:
+    r = client.post("/v1/screen", files=[("file", ("x.hea", b"x 1 300 10\n")), ("file", ("..", b"abc"))])
+    assert r.status_code == 400

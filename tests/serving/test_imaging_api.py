@@ -130,3 +130,20 @@ def test_ct_without_task_is_422(client: TestClient) -> None:
     r = client.post("/v1/screen", files=[("file", ("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes()))])
     assert r.status_code == 422
     assert "no model screens" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("WindowWidth", 0), ("PhotometricInterpretation", "MONOCHROME3")],
+)
+def test_malformed_dicom_attributes_are_400(client: TestClient, attribute: str, value: object) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Modality = "CR"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.WindowCenter = 100
+    setattr(ds, attribute, value)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = client.post("/v1/screen", files=[("file", ("cr.dcm", buf.getvalue()))], data={"task": "chest-xray"})
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error", "detail"}
