@@ -20,6 +20,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("../shared/data"), description="Folder of labelled data sets")
     home: Path = Field(Path(".prescreen"), description="State: model store, caches, database")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under home")
     host: str = "127.0.0.1"
     port: int = 3000
     dicom_ae_title: str = "PRESCREEN"

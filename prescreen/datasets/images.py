@@ -176,9 +176,7 @@ def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
         image = image.convert("RGB")
     arr = np.asarray(image)
     gray = _to_gray(arr) if arr.ndim == 3 else arr.astype(np.float32)
-    return ImageStudy(
-        frames=_unit_range(gray[None, ...]), source={"format": fmt, "mode": image.mode}
-    )
+    return ImageStudy(frames=_unit_range(gray[None, ...]), source={"format": fmt, "mode": image.mode})
 
 
 def read_image_file(name: str, data: bytes, max_pixels: int) -> ImageStudy:

@@ -1,0 +1,1 @@
+"""Durable state: the database (SQLAlchemy 2 + Alembic) and the content-addressed blob store."""

@@ -1,0 +1,98 @@
+"""Content-addressed blob store: received files, keyed by their SHA-256.
+
+One small interface (:class:`BlobStore`) so that encryption at rest can wrap it later without
+touching callers. :class:`FileBlobStore` writes to a temporary file, fsyncs it, renames it into
+place and fsyncs the folder: once ``put`` returns, the bytes survive a crash or power loss, so a
+study may be acknowledged to its sender.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from prescreen.errors import PrescreenError
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobNotFoundError(PrescreenError):
+    """No blob with that key."""
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes) -> str:
+        """Store ``data`` durably; returns its key (idempotent: same bytes, same key)."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes stored under ``key`` (raises ``BlobNotFoundError``)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """Blobs as files ``<root>/<k[:2]>/<k[2:4]>/<k>``.
+
+    Args:
+        root: the folder (created if missing).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise BlobNotFoundError(f"not a blob key: {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    def put(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        path = self._path(key)
+        if path.is_file() and path.stat().st_size == len(data):
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return key
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobNotFoundError(f"no blob {key}") from exc
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
