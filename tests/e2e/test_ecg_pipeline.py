@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import run_cli
+from tests.fixtures_ecg import write_cinc_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -62,8 +63,13 @@ def test_train_export_activate(synthetic_cinc: Path, cli_env: dict[str, str], tm
     assert doc["model"]["version"] == tag.split(":")[1] and doc["dataset"]["n"] == 40
     assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+    assert "training data" in r.stderr  # evaluated on its own training set: said so
     listing = run_cli("models", "list", env=cli_env).stdout
-    assert str(synthetic_cinc) in listing.replace("\n", "") or "n=40" in listing
+    assert "held-out test split" in listing and "n=40" not in listing  # ... and never the headline
+    other = write_cinc_folder(tmp_path / "other", n_per_class=3, seed=7)
+    r = run_cli("evaluate", "ecg-rhythm", "--data", str(other), env=cli_env)
+    assert r.returncode == 0 and "training data" not in r.stderr, r.stderr
+    assert "n=12" in run_cli("models", "list", env=cli_env).stdout
 
 
 def test_same_seed_same_metrics(synthetic_cinc: Path, tmp_path: Path) -> None:
