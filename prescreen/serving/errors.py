@@ -26,21 +26,22 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail})
 
 
+# most specific first: StudyTooLarge and UnsupportedStudy are InvalidStudy errors too
+STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
+    (ExplanationNotFoundError, 404, "not_found"),
+    (StudyTooLargeError, 413, "too_large"),
+    (UnsupportedStudyError, 422, "unsupported_study"),
+    (InvalidStudyError, 400, "invalid_study"),
+    (UnknownTaskError, 400, "unknown_task"),
+    (ModelError, 503, "model_unavailable"),
+)
+
+
 def status_for(exc: PrescreenError) -> tuple[int, str]:
     """HTTP status and error code for a prescreen error."""
-    if isinstance(exc, ExplanationNotFoundError):
-        return 404, "not_found"
-    if isinstance(exc, StudyTooLargeError):
-        return 413, "too_large"
-    if isinstance(exc, UnsupportedStudyError):
-        return 422, "unsupported_study"
-    if isinstance(exc, InvalidStudyError):
-        return 400, "invalid_study"
-    if isinstance(exc, UnknownTaskError):
-        return 400, "unknown_task"
-    if isinstance(exc, ModelError):
-        return 503, "model_unavailable"
-    return 400, "bad_request"
+    return next(
+        ((status, code) for kind, status, code in STATUS_BY_ERROR if isinstance(exc, kind)), (400, "bad_request")
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
