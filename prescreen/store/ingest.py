@@ -1,0 +1,162 @@
+"""Storing received studies: the bytes go durably into the blob store first, then one
+transaction records study, series and instance. Only after both may the sender be told.
+
+The same SOP Instance UID twice is stored once (the second is reported as a duplicate). A
+late instance re-opens its study (``status`` back to ``received``, quiet period restarted).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.errors import InvalidStudyError
+from prescreen.store.blobs import BlobStore
+from prescreen.store.schema import Instance, Series, Study
+
+
+@dataclass(frozen=True)
+class Received:
+    """What was stored for one instance."""
+
+    study_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """The identifiers and context of one instance, from its DICOM header or the upload form."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    institution: str | None = None
+    sender: str | None = None
+    order_priority: str | None = None
+    file_name: str | None = None
+
+
+def dicom_meta(data: bytes, sender: str | None = None, institution: str | None = None) -> InstanceMeta:
+    """Identifiers of a DICOM instance.
+
+    Raises:
+        InvalidStudyError: not DICOM, or a UID the store needs is missing.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
+    if missing:
+        raise InvalidStudyError(f"DICOM instance lacks {', '.join(missing)}")
+    return InstanceMeta(
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
+        modality=str(ds.get("Modality", "")) or None,
+        body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
+        patient_id=str(ds.get("PatientID", "")) or None,
+        patient_name=str(ds.get("PatientName", "")) or None,
+        institution=institution or (str(ds.get("InstitutionName", "")) or None),
+        sender=sender,
+    )
+
+
+def store_instance(sessions: sessionmaker[Session], blobs: BlobStore, data: bytes, meta: InstanceMeta) -> Received:
+    """Persist one instance: blob (fsynced) first, then the rows, in one transaction."""
+    key = blobs.put(data)
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
+        if study is None:
+            study = Study(
+                study_uid=meta.study_uid,
+                patient_id=meta.patient_id,
+                patient_name=meta.patient_name,
+                institution=meta.institution,
+                sender=meta.sender,
+                order_priority=meta.order_priority,
+            )
+            session.add(study)
+            session.flush()
+        series = session.scalars(select(Series).where(Series.series_uid == meta.series_uid)).one_or_none()
+        if series is None:
+            series = Series(
+                study_id=study.id, series_uid=meta.series_uid, modality=meta.modality, body_part=meta.body_part
+            )
+            session.add(series)
+            session.flush()
+        exists = session.scalars(
+            select(Instance.id).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+        ).one_or_none()
+        if exists is None:
+            session.add(
+                Instance(
+                    series_id=series.id,
+                    sop_instance_uid=meta.sop_instance_uid,
+                    sop_class_uid=meta.sop_class_uid,
+                    file_name=meta.file_name,
+                    blob_key=key,
+                    size_bytes=len(data),
+                )
+            )
+            study.status = "received"  # a late instance re-opens a screened study
+            study.last_instance_at = now
+        return Received(study.id, study.study_uid, series.series_uid, meta.sop_instance_uid, exists is not None)
+
+
+def store_files(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    files: Mapping[str, bytes],
+    *,
+    modality: str | None = None,
+    institution: str | None = None,
+    sender: str | None = None,
+    patient_id: str | None = None,
+    patient_name: str | None = None,
+    order_priority: str | None = None,
+) -> list[Received]:
+    """Persist an HTTP upload: each DICOM file by its own UIDs; other files (a WFDB record) as
+    one new study and series with generated UIDs, one instance per file."""
+    if not files:
+        raise InvalidStudyError("no file was sent")
+    context = {"institution": institution, "sender": sender}
+    out: list[Received] = []
+    plain = {n: d for n, d in files.items() if not (len(d) >= 132 and d[128:132] == b"DICM")}
+    for name, data in files.items():
+        if name not in plain:
+            out.append(store_instance(sessions, blobs, data, dicom_meta(data, **context)))
+    if plain:
+        study_uid, series_uid = generate_uid(), generate_uid()
+        for name, data in sorted(plain.items()):
+            meta = InstanceMeta(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_instance_uid=generate_uid(),
+                modality=modality,
+                patient_id=patient_id,
+                patient_name=patient_name,
+                order_priority=order_priority,
+                file_name=name,
+                **context,
+            )
+            out.append(store_instance(sessions, blobs, data, meta))
+    return out
