@@ -33,13 +33,20 @@ def small_densenet(n_classes: int) -> nn.Module:
     )
 
 
-def image_reader(task: str, modalities: tuple[str, ...]) -> Callable[[Mapping[str, bytes]], ImageStudy]:
-    """Read one image file and check that a DICOM's modality is one the task screens."""
+def image_reader(
+    task: str, modalities: tuple[str, ...], body_parts: tuple[str, ...] | None = None
+) -> Callable[[Mapping[str, bytes]], ImageStudy]:
+    """Read one image file and check that a DICOM's modality (and body part, when the task
+    names the ones it covers) is one the task screens — also when the sender names the task."""
 
     def read(files: Mapping[str, bytes]) -> ImageStudy:
         study = read_image_files(dict(files), get_settings().max_image_pixels)
         if study.modality is not None and study.modality not in modalities:
             raise UnsupportedStudyError(f"{task} screens {'/'.join(modalities)} images, not modality {study.modality}")
+        if body_parts is not None and study.body_part is not None and study.body_part not in body_parts:
+            raise UnsupportedStudyError(
+                f"{task} screens {'/'.join(body_parts)} images, not body part {study.body_part}"
+            )
         return study
 
     return read
@@ -65,6 +72,7 @@ def image_task(
     *,
     normal_classes: tuple[str, ...],
     modalities: tuple[str, ...],
+    body_parts: tuple[str, ...] | None = None,
     preprocess: ImagePreprocess,
     default_data: str,
     load: Callable[[Path, Path | None, bool, str], LabelledSet],
@@ -80,7 +88,7 @@ def image_task(
         normal_classes=normal_classes,
         input_spec=image_spec(preprocess.size, notes),
         default_data=default_data,
-        read_files=image_reader(name, modalities),
+        read_files=image_reader(name, modalities, body_parts),
         preprocess=preprocess,
         windows=frames_as_batch,
         train_view=ImageAugment(flip=True),
@@ -112,6 +120,7 @@ def chest_xray() -> Task:
         CHEST_CLASSES,
         normal_classes=("normal",),
         modalities=("CR", "DX"),
+        body_parts=("CHEST",),
         preprocess=_CHEST_PRE,
         default_data="pneumoniamnist",
         load=_load_chest,

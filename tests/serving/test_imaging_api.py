@@ -147,3 +147,10 @@ def test_malformed_dicom_attributes_are_400(client: TestClient, attribute: str, 
     r = client.post("/v1/screen", files=[("file", ("cr.dcm", buf.getvalue()))], data={"task": "chest-xray"})
     assert r.status_code == 400, r.text
     assert set(r.json()) == {"error", "detail"}
+
+
+@pytest.mark.data
+def test_named_task_still_checks_the_body_part(client: TestClient, shared_data: Path) -> None:
+    hand = (shared_data / "dicom" / "RG3_J2KR.dcm").read_bytes()  # CR of an EXTREMITY
+    r = client.post("/v1/screen", files=[("file", ("rg3.dcm", hand))], data={"task": "chest-xray"})
+    assert r.status_code == 422 and "not body part EXTREMITY" in r.json()["detail"]
