@@ -108,14 +108,7 @@ class OnnxModel:
 
     def predict_signals(self, signals: list[FloatArray], batch: int = 256) -> FloatArray:
         """Probabilities per preprocessed signal (windows averaged)."""
-        windows = [self.task.windows(s) for s in signals]
-        owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
-        flat = np.concatenate(windows)
-        out = np.concatenate([self.predict_windows(flat[i : i + batch]) for i in range(0, len(flat), batch)])
-        probs = np.zeros((len(signals), len(self.task.classes)), dtype=np.float64)
-        np.add.at(probs, owner, out)
-        probs /= np.bincount(owner, minlength=len(signals))[:, None]
-        return probs.astype(np.float32)
+        return self.task.predict_by_windows(signals, self.predict_windows, batch)
 
     def screen_signal(self, signal: FloatArray) -> ScreenResult:
         probs = self.predict_signals([signal])[0]

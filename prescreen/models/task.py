@@ -67,6 +67,21 @@ class Task:
         scores: FloatArray = (1.0 - probs[:, self.normal_index].sum(axis=1)).astype(np.float32)
         return scores
 
+    def predict_by_windows(
+        self, signals: list[FloatArray], predict_windows: Callable[[FloatArray], FloatArray], batch: int = 256
+    ) -> FloatArray:
+        """Class probabilities per preprocessed signal: its windows (ECG segments, image frames)
+        go through ``predict_windows`` in batches and their probabilities are averaged."""
+        windows = [self.windows(s) for s in signals]
+        owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
+        flat = np.concatenate(windows)
+        out = np.concatenate([predict_windows(flat[i : i + batch]) for i in range(0, len(flat), batch)])
+        probs = np.zeros((len(signals), len(self.classes)), dtype=np.float64)
+        np.add.at(probs, owner, out)
+        probs /= np.bincount(owner, minlength=len(signals))[:, None]
+        result: FloatArray = probs.astype(np.float32)
+        return result
+
     def label_for(self, probs: npt.NDArray[Any], flagged: bool) -> str:
         """The reported label, consistent with the flag: the most likely class on its side."""
         side = [i for i, c in enumerate(self.classes) if (c in self.normal_classes) != flagged]

@@ -42,18 +42,13 @@ def seed_everything(seed: int, threads: int) -> None:
 def predict_probs(task: Task, net: nn.Module, signals: list[FloatArray], batch: int = 128) -> FloatArray:
     """Class probabilities per signal: windows through the network, averaged per signal."""
     net.eval()
-    windows = [task.windows(s) for s in signals]
-    owner = np.concatenate([np.full(len(w), i) for i, w in enumerate(windows)])
-    flat = np.concatenate(windows)
-    out = np.empty((len(flat), len(task.classes)), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, len(flat), batch):
-            logits = net(torch.from_numpy(flat[i : i + batch]))
-            out[i : i + batch] = torch.softmax(logits, dim=1).numpy()
-    probs = np.zeros((len(signals), len(task.classes)), dtype=np.float64)
-    np.add.at(probs, owner, out)
-    probs /= np.bincount(owner, minlength=len(signals))[:, None]
-    return probs.astype(np.float32)
+
+    def softmax(windows: FloatArray) -> FloatArray:
+        with torch.inference_mode():
+            out: FloatArray = torch.softmax(net(torch.from_numpy(windows)), dim=1).numpy()
+        return out
+
+    return task.predict_by_windows(signals, softmax, batch)
 
 
 @dataclass

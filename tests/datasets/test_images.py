@@ -189,26 +189,19 @@ def test_multi_frame_keeps_every_frame() -> None:
     assert study.frames[0, -1, -1] == 1.0 and study.frames[1, 0, -1] == 1.0
 
 
+def _region(spatial_format: int, x0: int, y0: int, x1: int, y1: int) -> Dataset:
+    region = Dataset()
+    region.RegionSpatialFormat = spatial_format
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = x0, y0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = x1, y1
+    return region
+
+
 def test_ultrasound_cropped_to_region() -> None:
     arr = _gradient(40, 48)
-    region = Dataset()
-    region.RegionSpatialFormat = 1
-    region.RegionLocationMinX0 = 4
-    region.RegionLocationMinY0 = 2
-    region.RegionLocationMaxX1 = 35
-    region.RegionLocationMaxY1 = 25
-    small = Dataset()  # a 2-D region below the minimum side is not a crop candidate
-    small.RegionSpatialFormat = 1
-    small.RegionLocationMinX0 = 0
-    small.RegionLocationMinY0 = 0
-    small.RegionLocationMaxX1 = 5
-    small.RegionLocationMaxY1 = 5
-    doppler = Dataset()  # spectral (format 3) regions are ignored, however large
-    doppler.RegionSpatialFormat = 3
-    doppler.RegionLocationMinX0 = 0
-    doppler.RegionLocationMinY0 = 0
-    doppler.RegionLocationMaxX1 = 47
-    doppler.RegionLocationMaxY1 = 39
+    region = _region(1, 4, 2, 35, 25)
+    small = _region(1, 0, 0, 5, 5)  # a 2-D region below the minimum side is not a crop candidate
+    doppler = _region(3, 0, 0, 47, 39)  # spectral (format 3) regions are ignored, however large
     data = _dicom(arr, modality="US", sop=US, SequenceOfUltrasoundRegions=[small, region, doppler])
     cropped = read_dicom_image(data, BIG).frames
     full = read_dicom_image(_dicom(arr, modality="US", sop=US), BIG).frames
@@ -219,12 +212,7 @@ def test_ultrasound_cropped_to_region() -> None:
 
 
 def test_ultrasound_without_2d_region_is_not_cropped() -> None:
-    region = Dataset()
-    region.RegionSpatialFormat = 3
-    region.RegionLocationMinX0 = 4
-    region.RegionLocationMinY0 = 2
-    region.RegionLocationMaxX1 = 35
-    region.RegionLocationMaxY1 = 25
+    region = _region(3, 4, 2, 35, 25)
     data = _dicom(_gradient(40, 48), modality="US", sop=US, SequenceOfUltrasoundRegions=[region])
     assert read_dicom_image(data, BIG).frames.shape == (1, 40, 48)
 
