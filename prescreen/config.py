@@ -6,8 +6,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -23,8 +27,22 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under home")
     host: str = "127.0.0.1"
     port: int = 3000
-    dicom_ae_title: str = "PRESCREEN"
-    dicom_port: int = 11112
+    dicom_ae_title: str = Field("PRESCREEN", description="AE title of the DICOM listener")
+    dicom_port: int = Field(11112, description="Port of the DICOM listener; 0 turns it off")
+    dicom_allowed_aes: CommaList = Field(
+        default_factory=list, description="Calling AE titles allowed to associate; empty allows all"
+    )
+    study_quiet_seconds: float = Field(10.0, description="A study is complete after this long with no new instance")
+    worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")
+    worker_poll_seconds: float = Field(0.5, description="How often an idle worker looks for work")
+    job_lease_seconds: float = Field(300.0, description="A running job whose worker is silent this long is retaken")
+    job_max_attempts: int = Field(3, description="Attempts before a job that keeps failing is marked failed")
+    sr_destinations: CommaList = Field(
+        default_factory=list, description="Where DICOM SR results go by C-STORE, each 'AE@host:port'"
+    )
+    delivery_max_attempts: int = Field(8, description="Attempts of one delivery before it is given up")
+    delivery_backoff_seconds: float = Field(2.0, description="First retry delay; doubles per attempt, capped at 5 min")
+    forward_to: str | None = Field(None, description="Edge node: central service URL that complete studies go to")
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     max_image_frames: int = Field(512, description="Most frames of one image study")
@@ -33,6 +51,14 @@ class Settings(BaseSettings):
     target_threshold: float = 0.95
     bootstrap_resamples: int = 1000
     onnx_threads: int = 2
+
+    @field_validator("dicom_allowed_aes", "sr_destinations", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """``A,B`` in the environment is the list ``[A, B]``."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def bentoml_home(self) -> Path:
