@@ -160,3 +160,25 @@ def store_files(
             )
             out.append(store_instance(sessions, blobs, data, meta))
     return out
+
+
+class Ingestor:
+    """The one entry point of received data: DICOM instances (listener, STOW-RS, upload) and
+    HTTP uploads. Every method returns only after the data is durable.
+
+    Args:
+        sessions: session factory of the migrated database.
+        blobs: where the received bytes go.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+
+    def store_dicom(self, data: bytes, *, sender: str | None = None, institution: str | None = None) -> Received:
+        """Store one DICOM Part 10 file (raises ``InvalidStudyError`` when it does not parse)."""
+        return store_instance(self.sessions, self.blobs, data, dicom_meta(data, sender=sender, institution=institution))
+
+    def store_upload(self, files: Mapping[str, bytes], **context: str | None) -> list[Received]:
+        """Store an HTTP upload (see :func:`store_files`)."""
+        return store_files(self.sessions, self.blobs, files, **context)
