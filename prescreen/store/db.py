@@ -28,17 +28,24 @@ def database_url(settings: Settings | None = None) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine; SQLite connections get WAL, a busy timeout and foreign keys."""
+    """An engine; SQLite connections get WAL, a busy timeout and foreign keys, and every
+    transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers wait for each other
+    instead of failing on a stale snapshot."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,228 @@
+"""The durable screening queue: studies become jobs when complete; workers claim, run and finish them.
+
+Every step is one short transaction guarded by a conditional ``UPDATE`` (the row must still be
+in the state that was read), so several workers, threads or processes never run one job twice
+at the same time. On PostgreSQL the claim also reads with ``FOR UPDATE SKIP LOCKED``; SQLite
+serialises writers (``BEGIN IMMEDIATE``). A worker killed mid-job leaves its job ``running``:
+once its lease expires another worker (or the restarted one) takes it again, and the result is
+unique per job, so it is never stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
+
+#: Job states; the last three are final.
+PENDING, RUNNING, DONE, UNSCREENABLE, FAILED = "pending", "running", "done", "unscreenable", "failed"
+OPEN_JOB_STATES = (PENDING, RUNNING)
+#: Order priorities screened first (DICOM Requested Procedure Priority / HL7 values).
+URGENT_PRIORITIES = ("STAT", "HIGH", "URGENT")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SeriesFile:
+    """One stored file of the series a job screens."""
+
+    name: str
+    blob_key: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker holds: what to screen and for which study."""
+
+    id: str
+    series_id: str
+    series_uid: str
+    study_id: str
+    modality: str | None
+    attempts: int
+    files: tuple[SeriesFile, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended. ``result`` holds the columns of a :class:`Result` when screened."""
+
+    state: str
+    reason: str | None = None
+    result: dict[str, object] | None = None
+
+
+def complete_studies(
+    sessions: sessionmaker[Session], quiet_seconds: float, *, forward_to: str | None = None, now: datetime | None = None
+) -> list[str]:
+    """Move studies quiet for ``quiet_seconds`` from ``received`` on; returns their ids.
+
+    A service makes one screening job per series (status ``screening``); an edge node
+    (``forward_to`` set) instead queues one forwarding delivery (status ``forwarding``).
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    with sessions.begin() as session:
+        ready = session.execute(
+            select(Study.id, Study.last_instance_at)
+            .where(Study.status == "received", Study.last_instance_at <= cutoff)
+            .order_by(Study.last_instance_at)
+            .limit(200)
+        ).all()
+    moved: list[str] = []
+    for study_id, last_instance_at in ready:
+        with sessions.begin() as session:
+            claimed = session.execute(
+                update(Study)
+                .where(Study.id == study_id, Study.status == "received", Study.last_instance_at == last_instance_at)
+                .values(status="forwarding" if forward_to else "screening", status_reason=None)
+            )
+            if claimed.rowcount != 1:
+                continue  # a late instance arrived, or another worker moved it
+            if forward_to:
+                session.add(Delivery(study_id=study_id, kind="stow", destination=forward_to))
+            else:
+                for series_id in session.scalars(select(Series.id).where(Series.study_id == study_id)):
+                    session.add(Job(series_id=series_id, state=PENDING))
+        moved.append(study_id)
+    return moved
+
+
+def claim_job(
+    sessions: sessionmaker[Session], worker: str, *, lease_seconds: float, now: datetime | None = None
+) -> ClaimedJob | None:
+    """Take the next runnable job (urgent studies first, then oldest), or ``None``.
+
+    Runnable: ``pending`` and not deferred, or ``running`` with an expired lease.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    with sessions.begin() as session:
+        urgent = case((Study.order_priority.in_(URGENT_PRIORITIES), 0), else_=1)
+        query = (
+            select(Job.id, Job.state, Job.attempts)
+            .join(Series, Series.id == Job.series_id)
+            .join(Study, Study.id == Series.study_id)
+            .where(
+                or_(
+                    and_(Job.state == PENDING, or_(Job.not_before.is_(None), Job.not_before <= now)),
+                    and_(Job.state == RUNNING, Job.locked_at < stale),
+                )
+            )
+            .order_by(urgent, Job.created_at)
+            .limit(1)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(of=Job, skip_locked=True)
+        row = session.execute(query).first()
+        if row is None:
+            return None
+        taken = session.execute(
+            update(Job)
+            .where(Job.id == row.id, Job.state == row.state, Job.attempts == row.attempts)
+            .values(state=RUNNING, locked_by=worker, locked_at=now, attempts=Job.attempts + 1)
+        )
+        if taken.rowcount != 1:
+            return None
+        series = session.execute(
+            select(Series.id, Series.series_uid, Series.study_id, Series.modality)
+            .join(Job, Job.series_id == Series.id)
+            .where(Job.id == row.id)
+        ).one()
+        instances = session.execute(
+            select(Instance.file_name, Instance.sop_instance_uid, Instance.blob_key)
+            .where(Instance.series_id == series.id)
+            .order_by(Instance.file_name, Instance.received_at)
+        ).all()
+        files = tuple(SeriesFile(name or f"{sop}.dcm", key) for name, sop, key in instances)
+        return ClaimedJob(row.id, series.id, series.series_uid, series.study_id, series.modality, row.attempts + 1, files)
+
+
+def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, reason: str, delay_seconds: float) -> bool:
+    """Give a job back after a transient failure, to run again after ``delay_seconds``."""
+    with sessions.begin() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == RUNNING, Job.locked_by == worker)
+            .values(
+                state=PENDING, locked_by=None, last_error=reason, not_before=utcnow() + timedelta(seconds=delay_seconds)
+            )
+        )
+        return done.rowcount == 1
+
+
+def finish_job(
+    sessions: sessionmaker[Session], job: ClaimedJob, worker: str, outcome: Outcome, *, sr_destinations: Iterable[str] = ()
+) -> str | None:
+    """Record a job's outcome and, when it was the study's last open job, the study's status.
+
+    The result row is unique per job: a job finished twice (a lease that expired under a slow
+    worker) stores one result. Returns the study's new status when it changed, else ``None``.
+    When a study ends ``screened``, one SR delivery per destination is queued in the same
+    transaction.
+    """
+    now = utcnow()
+    try:
+        with sessions.begin() as session:
+            if outcome.result is not None:
+                session.add(Result(job_id=job.id, series_id=job.series_id, **outcome.result))
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(state=outcome.state, last_error=outcome.reason, finished_at=now, locked_by=None)
+            )
+            session.flush()
+            return _settle_study(session, job.study_id, list(sr_destinations), now)
+    except IntegrityError:
+        return None  # another worker already finished this job
+
+
+def _settle_study(session: Session, study_id: str, sr_destinations: list[str], now: datetime) -> str | None:
+    study = session.get(Study, study_id)
+    if study is None or study.status != "screening":
+        return None  # re-opened by a late instance: its next round decides
+    jobs_of_study = select(Job.id).join(Series, Series.id == Job.series_id).where(Series.study_id == study_id)
+    open_jobs = session.scalar(select(func.count()).where(Job.id.in_(jobs_of_study), Job.state.in_(OPEN_JOB_STATES)))
+    if open_jobs:
+        return None
+    latest = _latest_jobs(session, study_id)
+    states = {state for state, _ in latest.values()}
+    if DONE in states:
+        status = "screened"
+    elif FAILED in states:
+        status = "failed"
+    else:
+        status = "unscreenable"
+    reasons = sorted({reason for state, reason in latest.values() if state != DONE and reason})
+    study.status = status
+    study.status_reason = "; ".join(reasons)[:2000] or None
+    study.screened_at = now
+    if status == "screened":
+        for destination in sr_destinations:
+            session.add(Delivery(study_id=study_id, kind="dicom-sr", destination=destination))
+    return status
+
+
+def _latest_jobs(session: Session, study_id: str) -> dict[str, tuple[str, str | None]]:
+    """The state and reason of the newest job of each series of a study."""
+    rows = session.execute(
+        select(Job.series_id, Job.state, Job.last_error)
+        .join(Series, Series.id == Job.series_id)
+        .where(Series.study_id == study_id)
+        .order_by(Job.created_at)
+    ).all()
+    return {series_id: (state, reason) for series_id, state, reason in rows}
