@@ -245,7 +245,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default from settings: 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default from settings: 3000)")] = None,
 ) -> None:
-    """Start the BentoML service with the active models (REST API under /v1)."""
+    """Start the service: the REST API under /v1 (BentoML), the screening workers and the DICOM
+    listener (AE PRESCREEN on port 11112 unless PRESCREEN_DICOM_AE_TITLE / PRESCREEN_DICOM_PORT say
+    otherwise; port 0 turns it off)."""
     import subprocess
 
     from prescreen.models.store import ModelStore
@@ -264,7 +266,12 @@ def serve(
         "--port",
         str(port or settings.port),
     ]
-    env = {**os.environ, "PRESCREEN_HOME": str(settings.home), "PRESCREEN_DATA_DIR": str(settings.data_dir)}
+    env = {
+        **os.environ,
+        "PRESCREEN_HOME": str(settings.home),
+        "PRESCREEN_DATA_DIR": str(settings.data_dir),
+        "PRESCREEN_HOST": host or settings.host,
+    }
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:

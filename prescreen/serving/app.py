@@ -123,7 +123,10 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     app = FastAPI(title="prescreen", version="0.1.0", description="AI pre-screening of medical studies")
     app.state.engine = engine
     install_error_handlers(app)
-    for router in (screen_router, models_router, health_router):
+    from prescreen.serving.dicomweb import dicomweb_router
+    from prescreen.serving.studies import studies_router
+
+    for router in (screen_router, models_router, studies_router, dicomweb_router, health_router):
         app.include_router(router)
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)
     return app

@@ -16,8 +16,10 @@ from prescreen.errors import (
     PrescreenError,
     StudyTooLargeError,
     UnknownTaskError,
+    UnsupportedMediaTypeError,
     UnsupportedStudyError,
 )
+from prescreen.store.views import StudyNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,14 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail})
 
 
-# most specific first: StudyTooLarge and UnsupportedStudy are InvalidStudy errors too
+# most specific first (the first match wins): StudyTooLarge, UnsupportedStudy and UnsupportedMediaType are
+# InvalidStudy errors too
 STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
     (ExplanationNotFoundError, 404, "not_found"),
+    (StudyNotFoundError, 404, "not_found"),
     (StudyTooLargeError, 413, "too_large"),
     (UnsupportedStudyError, 422, "unsupported_study"),
+    (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
     (InvalidStudyError, 400, "invalid_study"),
     (UnknownTaskError, 400, "unknown_task"),
     (ModelError, 503, "model_unavailable"),

@@ -1,4 +1,5 @@
-"""The BentoML service: loads the active ONNX models once and serves the FastAPI app.
+"""The BentoML service: loads the active ONNX models once and serves the FastAPI app; starts the
+store, the screening workers, the outbox and the DICOM listener beside it.
 
 Run with ``prescreen serve`` (or ``bentoml serve prescreen.serving.service:Prescreen``).
 """
@@ -14,6 +15,7 @@ import bentoml  # noqa: E402
 from prescreen.models.store import ModelStore  # noqa: E402
 from prescreen.serving.app import create_app  # noqa: E402
 from prescreen.serving.engine import ScreeningEngine  # noqa: E402
+from prescreen.serving.runtime import start_runtime  # noqa: E402
 
 api = create_app()
 
@@ -26,7 +28,13 @@ class Prescreen:
     def __init__(self) -> None:
         settings = get_settings()
         self.engine = ScreeningEngine(ModelStore(), explanations_dir=settings.home / "explanations")
+        self.runtime = start_runtime(settings, self.engine.screen)
         api.state.engine = self.engine
+        api.state.ingestor = self.runtime.ingestor
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+    def shutdown(self) -> None:
+        self.runtime.stop()
 
     @bentoml.api  # type: ignore[untyped-decorator]
     def tasks(self) -> list[str]:

@@ -15,12 +15,17 @@ from datetime import UTC, datetime
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.errors import InvalidStudyError
 from prescreen.store.blobs import BlobStore
 from prescreen.store.schema import Instance, Series, Study
+
+
+class MissingIdentifierError(InvalidStudyError):
+    """A DICOM instance without a UID the store files it by (study, series or SOP instance)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def dicom_meta(data: bytes, sender: str | None = None, institution: str | None =
         raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
-        raise InvalidStudyError(f"DICOM instance lacks {', '.join(missing)}")
+        raise MissingIdentifierError(f"DICOM instance lacks {', '.join(missing)}")
     return InstanceMeta(
         study_uid=str(ds.StudyInstanceUID),
         series_uid=str(ds.SeriesInstanceUID),
@@ -80,14 +85,29 @@ def dicom_meta(data: bytes, sender: str | None = None, institution: str | None =
 
 
 def store_instance(sessions: sessionmaker[Session], blobs: BlobStore, data: bytes, meta: InstanceMeta) -> Received:
-    """Persist one instance: blob (fsynced) first, then the rows, in one transaction."""
+    """Persist one instance: blob (fsynced) first, then the rows, in one transaction.
+
+    Two senders creating the same new study or series at once collide on a unique key; the
+    loser retries and finds the winner's rows.
+    """
     key = blobs.put(data)
+    for attempt in range(3):
+        try:
+            return _record_instance(sessions, key, len(data), meta)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _record_instance(sessions: sessionmaker[Session], key: str, size: int, meta: InstanceMeta) -> Received:
     now = datetime.now(UTC)
     with sessions.begin() as session:
         study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
         if study is None:
             study = Study(
                 study_uid=meta.study_uid,
+                received_at=now,
                 patient_id=meta.patient_id,
                 patient_name=meta.patient_name,
                 institution=meta.institution,
@@ -114,7 +134,7 @@ def store_instance(sessions: sessionmaker[Session], blobs: BlobStore, data: byte
                     sop_class_uid=meta.sop_class_uid,
                     file_name=meta.file_name,
                     blob_key=key,
-                    size_bytes=len(data),
+                    size_bytes=size,
                 )
             )
             study.status = "received"  # a late instance re-opens a screened study
@@ -146,6 +166,8 @@ def store_files(
             out.append(store_instance(sessions, blobs, data, dicom_meta(data, **context)))
     if plain:
         study_uid, series_uid = generate_uid(), generate_uid()
+        if modality is None and any(name.lower().endswith(".hea") for name in plain):
+            modality = "ECG"
         for name, data in sorted(plain.items()):
             meta = InstanceMeta(
                 study_uid=study_uid,
@@ -159,6 +181,8 @@ def store_files(
                 **context,
             )
             out.append(store_instance(sessions, blobs, data, meta))
+        with sessions.begin() as session:  # the upload is the whole study: no quiet period
+            session.execute(update(Study).where(Study.study_uid == study_uid).values(complete_at=datetime.now(UTC)))
     return out
 
 

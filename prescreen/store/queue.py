@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +27,11 @@ PENDING, RUNNING, DONE, UNSCREENABLE, FAILED = "pending", "running", "done", "un
 OPEN_JOB_STATES = (PENDING, RUNNING)
 #: Order priorities screened first (DICOM Requested Procedure Priority / HL7 values).
 URGENT_PRIORITIES = ("STAT", "HIGH", "URGENT")
+
+
+def changed(result: Any) -> int:
+    """Rows an ``UPDATE`` changed."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def utcnow() -> datetime:
@@ -79,7 +86,7 @@ def complete_studies(
     with sessions.begin() as session:
         ready = session.execute(
             select(Study.id, Study.last_instance_at)
-            .where(Study.status == "received", Study.last_instance_at <= cutoff)
+            .where(Study.status == "received", or_(Study.last_instance_at <= cutoff, Study.complete_at <= now))
             .order_by(Study.last_instance_at)
             .limit(200)
         ).all()
@@ -91,7 +98,7 @@ def complete_studies(
                 .where(Study.id == study_id, Study.status == "received", Study.last_instance_at == last_instance_at)
                 .values(status="forwarding" if forward_to else "screening", status_reason=None)
             )
-            if claimed.rowcount != 1:
+            if changed(claimed) != 1:
                 continue  # a late instance arrived, or another worker moved it
             if forward_to:
                 session.add(Delivery(study_id=study_id, kind="stow", destination=forward_to))
@@ -136,7 +143,7 @@ def claim_job(
             .where(Job.id == row.id, Job.state == row.state, Job.attempts == row.attempts)
             .values(state=RUNNING, locked_by=worker, locked_at=now, attempts=Job.attempts + 1)
         )
-        if taken.rowcount != 1:
+        if changed(taken) != 1:
             return None
         series = session.execute(
             select(Series.id, Series.series_uid, Series.study_id, Series.modality)
@@ -149,7 +156,8 @@ def claim_job(
             .order_by(Instance.file_name, Instance.received_at)
         ).all()
         files = tuple(SeriesFile(name or f"{sop}.dcm", key) for name, sop, key in instances)
-        return ClaimedJob(row.id, series.id, series.series_uid, series.study_id, series.modality, row.attempts + 1, files)
+        attempts = row.attempts + 1
+        return ClaimedJob(row.id, series.id, series.series_uid, series.study_id, series.modality, attempts, files)
 
 
 def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, reason: str, delay_seconds: float) -> bool:
@@ -162,11 +170,16 @@ def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, rea
                 state=PENDING, locked_by=None, last_error=reason, not_before=utcnow() + timedelta(seconds=delay_seconds)
             )
         )
-        return done.rowcount == 1
+        return changed(done) == 1
 
 
 def finish_job(
-    sessions: sessionmaker[Session], job: ClaimedJob, worker: str, outcome: Outcome, *, sr_destinations: Iterable[str] = ()
+    sessions: sessionmaker[Session],
+    job: ClaimedJob,
+    worker: str,
+    outcome: Outcome,
+    *,
+    sr_destinations: Iterable[str] = (),
 ) -> str | None:
     """Record a job's outcome and, when it was the study's last open job, the study's status.
 

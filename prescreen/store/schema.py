@@ -43,6 +43,8 @@ class Study(Base):
     last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     screened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: set when the sender says the study is whole (an HTTP upload): no quiet period to wait for
+    complete_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status_reason: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")

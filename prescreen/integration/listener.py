@@ -1,0 +1,137 @@
+"""The DICOM listener (pynetdicom): C-ECHO and C-STORE into the store.
+
+Protocol errors become protocol statuses here, at the edge: success (0x0000) only once the
+instance is durable; 0xC210 when the dataset cannot be decoded; 0xA900 when it lacks a UID the
+store needs; 0xA700 when it cannot be stored. The same SOP Instance UID twice is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from prescreen.config import Settings
+from prescreen.errors import InvalidStudyError
+from prescreen.store.ingest import Ingestor, MissingIdentifierError
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+STORAGE_CLASSES = [
+    uid.ComputedRadiographyImageStorage,
+    uid.DigitalXRayImageStorageForPresentation,
+    uid.DigitalXRayImageStorageForProcessing,
+    uid.UltrasoundImageStorage,
+    uid.UltrasoundMultiFrameImageStorage,
+    uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    uid.CTImageStorage,
+    uid.EnhancedCTImageStorage,
+    uid.MRImageStorage,
+    uid.EnhancedMRImageStorage,
+    uid.TwelveLeadECGWaveformStorage,
+    uid.GeneralECGWaveformStorage,
+    uid.AmbulatoryECGWaveformStorage,
+]
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_DECODE = 0xC210
+
+
+def _status(code: int, comment: str | None = None) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return status
+
+
+def store_status(ingestor: Ingestor, data: bytes, sender: str | None) -> Dataset:
+    """Store one encoded instance and say how it went, as a C-STORE response status."""
+    try:
+        received = ingestor.store_dicom(data, sender=sender)
+    except MissingIdentifierError as exc:
+        return _status(DATASET_MISMATCH, str(exc))
+    except InvalidStudyError:
+        return _status(CANNOT_DECODE, "the dataset could not be decoded")
+    except Exception:
+        log.exception("C-STORE from %s could not be stored", sender)
+        return _status(OUT_OF_RESOURCES, "the instance could not be stored")
+    if received.duplicate:
+        log.info("C-STORE from %s: duplicate instance, stored once", sender)
+    return _status(SUCCESS)
+
+
+def _handle_store(event: Any, ingestor: Ingestor) -> Dataset:
+    sender = str(event.assoc.requestor.ae_title).strip() or None
+    try:
+        data = event.encoded_dataset(include_meta=True)
+    except Exception:
+        return _status(CANNOT_DECODE, "the dataset could not be encoded as a file")
+    return store_status(ingestor, data, sender)
+
+
+def _handle_echo(_event: Any) -> int:
+    return SUCCESS
+
+
+def make_ae(settings: Settings) -> AE:
+    """An AE with the storage contexts, the AE title and the calling AE allow-list of ``settings``."""
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.maximum_pdu_size = 0  # no limit: large images in fewer PDUs
+    ae.network_timeout = 60
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.maximum_associations = 32
+    ae.add_supported_context(Verification)
+    for storage_class in STORAGE_CLASSES:
+        ae.add_supported_context(storage_class, TRANSFER_SYNTAXES)
+    if settings.dicom_allowed_aes:
+        ae.require_calling_aet = list(settings.dicom_allowed_aes)
+    return ae
+
+
+def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = None) -> ThreadedAssociationServer | None:
+    """Start listening (non-blocking); ``None`` when ``PRESCREEN_DICOM_PORT`` is 0."""
+    if settings.dicom_port == 0:
+        return None
+    ae = make_ae(settings)
+    handlers: list[Any] = [(evt.EVT_C_STORE, _handle_store, [ingestor]), (evt.EVT_C_ECHO, _handle_echo)]
+    address = (host or settings.host, settings.dicom_port)
+    server = ae.start_server(address, block=False, evt_handlers=handlers)
+    log.info("DICOM listener %s on %s:%d", settings.dicom_ae_title, *address)
+    return server

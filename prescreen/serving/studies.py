@@ -1,0 +1,113 @@
+"""Studies over HTTP: upload (202 at once, screened by the queue), list, one study, its FHIR report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from prescreen.config import get_settings
+from prescreen.errors import InvalidStudyError
+from prescreen.integration.fhir import diagnostic_report
+from prescreen.serving.dicomweb import IngestorDep
+from prescreen.serving.errors import error_response
+from prescreen.store.views import (
+    StudyFilter,
+    findings_of,
+    get_study,
+    list_studies,
+    study_detail,
+    study_summary,
+)
+
+studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+ORDER_PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")
+StatusName = Literal["received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded"]
+
+
+def _read_uploads(uploads: list[UploadFile]) -> dict[str, bytes]:
+    limit = get_settings().max_upload_bytes
+    files: dict[str, bytes] = {}
+    for upload in uploads:
+        name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+        if not name:
+            raise InvalidStudyError("every uploaded file needs a file name")
+        if name in files:
+            raise InvalidStudyError("the same file name was sent twice")
+        files[name] = upload.file.read(limit + 1)
+        if not files[name]:
+            raise InvalidStudyError("an uploaded file is empty")
+    return files
+
+
+@studies_router.post("", status_code=202)
+def upload_study(
+    ingestor: IngestorDep,
+    file: Annotated[list[UploadFile], File(description="A WFDB record (.hea with .dat/.mat) or DICOM files")],
+    patient_id: Annotated[str | None, Form(max_length=64)] = None,
+    patient_name: Annotated[str | None, Form(max_length=128)] = None,
+    institution: Annotated[str | None, Form(max_length=128)] = None,
+    order_priority: Annotated[str | None, Form(description=f"One of {', '.join(ORDER_PRIORITIES)}")] = None,
+) -> Any:
+    """Store a study and queue it for screening; answers 202 once the files are durable.
+
+    DICOM files are filed by their own UIDs (several studies may come in one upload); other
+    files (a WFDB record) become one new study. Poll ``GET /v1/studies/{study_id}``.
+    """
+    priority = order_priority.strip().upper() if order_priority else None
+    if priority and priority not in ORDER_PRIORITIES:
+        raise InvalidStudyError(f"order_priority must be one of {', '.join(ORDER_PRIORITIES)}")
+    files = _read_uploads(file)
+    limit = get_settings().max_upload_bytes
+    if sum(len(v) for v in files.values()) > limit:
+        return error_response(413, "too_large", f"the upload exceeds the limit of {limit} bytes")
+    received = ingestor.store_upload(
+        files,
+        sender="http",
+        institution=institution,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        order_priority=priority,
+    )
+    study_ids = list(dict.fromkeys(r.study_id for r in received))
+    return {
+        "study_id": study_ids[0],
+        "study_ids": study_ids,
+        "study_uid": received[0].study_uid,
+        "status": "received",
+        "instances": len(received),
+        "duplicates": sum(r.duplicate for r in received),
+    }
+
+
+@studies_router.get("")
+def search_studies(
+    ingestor: IngestorDep,
+    study_uid: str | None = None,
+    status: StatusName | None = None,
+    institution: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Studies, newest first, filtered by Study Instance UID, status and institution."""
+    where = StudyFilter(study_uid=study_uid, status=status, institution=institution, limit=limit, offset=offset)
+    with ingestor.sessions() as session:
+        return list_studies(session, where)
+
+
+@studies_router.get("/{study_id}")
+def read_study(ingestor: IngestorDep, study_id: str) -> dict[str, Any]:
+    """Status (received → screening → screened | failed | unscreenable) and per-series results."""
+    with ingestor.sessions() as session:
+        return study_detail(session, study_id)
+
+
+@studies_router.get("/{study_id}/fhir")
+def read_study_fhir(ingestor: IngestorDep, study_id: str, request: Request) -> JSONResponse:
+    """The FHIR R4 DiagnosticReport of a study, with one Observation per screened series."""
+    with ingestor.sessions() as session:
+        study = get_study(session, study_id)
+        report = diagnostic_report(study_summary(study), findings_of(session, study_id), base_url=str(request.base_url))
+    return JSONResponse(report, media_type="application/fhir+json")

@@ -1,0 +1,128 @@
+"""The screening worker: a thread that turns complete studies into jobs and runs them.
+
+Each service process runs ``PRESCREEN_WORKER_THREADS`` of them. The queue lives in the
+database (:mod:`prescreen.store.queue`), so a killed process loses nothing: its unfinished jobs
+are taken again once their lease has expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.config import Settings
+from prescreen.errors import InvalidStudyError, UnknownTaskError, UnsupportedStudyError
+from prescreen.models.onnx_model import ScreenResult
+from prescreen.store.blobs import BlobNotFoundError, BlobStore
+from prescreen.store.queue import (
+    DONE,
+    FAILED,
+    UNSCREENABLE,
+    ClaimedJob,
+    Outcome,
+    claim_job,
+    complete_studies,
+    defer_job,
+    finish_job,
+)
+
+log = logging.getLogger(__name__)
+
+Screen = Callable[[Mapping[str, bytes]], ScreenResult]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
+    """Screen the files of a job's series. Raises only on unexpected (maybe transient) errors."""
+    try:
+        files = {f.name: blobs.get(f.blob_key) for f in job.files}
+    except BlobNotFoundError as exc:
+        return Outcome(FAILED, f"a stored file is missing: {exc}")
+    if not files:
+        return Outcome(UNSCREENABLE, "the series has no instance")
+    try:
+        result = screen(files)
+    except (UnsupportedStudyError, UnknownTaskError) as exc:
+        return Outcome(UNSCREENABLE, str(exc))
+    except InvalidStudyError as exc:
+        return Outcome(FAILED, str(exc))
+    return Outcome(
+        DONE,
+        result={
+            "task": result.task,
+            "model_name": result.model_name,
+            "model_version": result.model_version,
+            "flagged": result.flagged,
+            "label": result.label,
+            "score": float(result.score),
+            "threshold": float(result.threshold),
+            "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+        },
+    )
+
+
+class ScreeningWorker:
+    """Polls the queue until stopped.
+
+    Args:
+        sessions: session factory of the migrated database.
+        blobs: the blob store the instances are in.
+        screen: screens one series' files (``ScreeningEngine.screen``).
+        settings: quiet period, lease, attempts, SR destinations.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, screen: Screen, settings: Settings) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+        self.screen = screen
+        self.settings = settings
+        self.name = worker_name()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> bool:
+        """Complete quiet studies, then run one job; ``True`` when a job ran."""
+        complete_studies(self.sessions, self.settings.study_quiet_seconds)
+        job = claim_job(self.sessions, self.name, lease_seconds=self.settings.job_lease_seconds)
+        if job is None:
+            return False
+        try:
+            outcome = run_job(self.screen, self.blobs, job)
+        except Exception as exc:  # a model or runtime failure: try again later, then give up
+            log.exception("job %s attempt %d failed", job.id, job.attempts)
+            reason = f"{type(exc).__name__} on attempt {job.attempts}"
+            if job.attempts < self.settings.job_max_attempts:
+                defer_job(self.sessions, job, self.name, reason, delay_seconds=2.0**job.attempts)
+                return True
+            outcome = Outcome(FAILED, reason)
+        status = finish_job(self.sessions, job, self.name, outcome, sr_destinations=self.settings.sr_destinations)
+        log.info("job %s: %s%s", job.id, outcome.state, f"; study {job.study_id} {status}" if status else "")
+        return True
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+            except Exception:  # the database may be briefly unavailable; keep the thread alive
+                log.exception("screening worker step failed")
+                busy = False
+            if not busy:
+                self._stop.wait(self.settings.worker_poll_seconds)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"screening-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,182 @@
+"""Read models of stored studies: lists with filters, one study with its series and results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, func, select
+from sqlalchemy.orm import Session
+
+from prescreen.errors import PrescreenError
+from prescreen.integration.findings import Finding, StudySummary
+from prescreen.store.queue import as_utc
+from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
+
+STUDY_STATUSES = ("received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded")
+
+
+class StudyNotFoundError(PrescreenError):
+    """No study with that id."""
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    study_uid: str | None = None
+    status: str | None = None
+    institution: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None
+
+
+def list_studies(session: Session, where: StudyFilter) -> dict[str, Any]:
+    """One page of studies, newest first, with the total that match."""
+    query = select(Study)
+    if where.study_uid:
+        query = query.where(Study.study_uid == where.study_uid)
+    if where.status:
+        query = query.where(Study.status == where.status)
+    if where.institution:
+        query = query.where(Study.institution == where.institution)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    studies = session.scalars(query.order_by(Study.received_at.desc()).limit(where.limit).offset(where.offset)).all()
+    flagged = _flagged_by_study(session, [s.id for s in studies])
+    items = [{**_study_json(s), "flagged": flagged.get(s.id)} for s in studies]
+    return {"items": items, "total": total, "limit": where.limit, "offset": where.offset}
+
+
+def get_study(session: Session, study_id: str) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise StudyNotFoundError(f"no study {study_id!r}")
+    return study
+
+
+def study_detail(session: Session, study_id: str) -> dict[str, Any]:
+    """A study with each series: its instances, newest job and result, and its deliveries."""
+    study = get_study(session, study_id)
+    series_out = []
+    findings = {f.series_uid: f for f in findings_of(session, study_id)}
+    for series in sorted(study.series, key=lambda s: s.series_uid):
+        job = session.scalars(select(Job).where(Job.series_id == series.id).order_by(Job.created_at.desc())).first()
+        count = session.scalar(select(func.count()).where(Instance.series_id == series.id))
+        finding = findings.get(series.series_uid)
+        series_out.append(
+            {
+                "series_uid": series.series_uid,
+                "modality": series.modality,
+                "body_part": series.body_part,
+                "instances": count,
+                "status": _series_status(job.state if job else None),
+                "reason": job.last_error if job and job.state != "done" else None,
+                "result": _finding_json(finding) if finding else None,
+            }
+        )
+    deliveries = session.scalars(select(Delivery).where(Delivery.study_id == study_id)).all()
+    return {
+        **_study_json(study),
+        "flagged": any(f.flagged for f in findings.values()) if findings else None,
+        "series": series_out,
+        "deliveries": [
+            {
+                "kind": d.kind,
+                "destination": d.destination,
+                "state": d.state,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "delivered_at": _iso(d.delivered_at),
+            }
+            for d in deliveries
+        ],
+    }
+
+
+def findings_of(session: Session, study_id: str) -> list[Finding]:
+    """The newest result of each series of a study."""
+    rows = session.execute(
+        select(Result, Series.series_uid)
+        .join(Series, Series.id == Result.series_id)
+        .where(Series.study_id == study_id)
+        .order_by(Result.created_at)
+    ).all()
+    latest: dict[str, Finding] = {}
+    for result, series_uid in rows:
+        latest[series_uid] = Finding(
+            series_uid=series_uid,
+            task=result.task,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            flagged=result.flagged,
+            label=result.label,
+            score=result.score,
+            threshold=result.threshold,
+            probabilities={str(k): float(v) for k, v in result.probabilities.items()},
+            created_at=as_utc(result.created_at),
+        )
+    return list(latest.values())
+
+
+def study_summary(study: Study) -> StudySummary:
+    return StudySummary(
+        id=study.id,
+        study_uid=study.study_uid,
+        status=study.status,
+        patient_id=study.patient_id,
+        patient_name=study.patient_name,
+        institution=study.institution,
+    )
+
+
+def _series_status(job_state: str | None) -> str:
+    return {None: "received", "pending": "screening", "running": "screening", "done": "screened"}.get(
+        job_state, job_state or "received"
+    )
+
+
+def _study_json(study: Study) -> dict[str, Any]:
+    return {
+        "study_id": study.id,
+        "id": study.id,
+        "study_uid": study.study_uid,
+        "status": study.status,
+        "reason": study.status_reason,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "institution": study.institution,
+        "sender": study.sender,
+        "order_priority": study.order_priority,
+        "received_at": _iso(study.received_at),
+        "last_instance_at": _iso(study.last_instance_at),
+        "screened_at": _iso(study.screened_at),
+    }
+
+
+def _finding_json(finding: Finding) -> dict[str, Any]:
+    return {
+        "task": finding.task,
+        "model": {"name": finding.model_name, "version": finding.model_version},
+        "flagged": finding.flagged,
+        "label": finding.label,
+        "score": finding.score,
+        "threshold": finding.threshold,
+        "probabilities": finding.probabilities,
+        "created_at": _iso(finding.created_at),
+    }
+
+
+def _flagged_by_study(session: Session, study_ids: list[str]) -> dict[str, bool]:
+    if not study_ids:
+        return {}
+    rows = session.execute(
+        select(Series.study_id, func.max(Result.flagged.cast(Integer)))
+        .join(Result, Result.series_id == Series.id)
+        .where(Series.study_id.in_(study_ids))
+        .group_by(Series.study_id)
+    ).all()
+    return {study_id: bool(flag) for study_id, flag in rows}
+
