@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.config import Settings
 from prescreen.errors import DeliveryError
 from prescreen.store.blobs import BlobStore
-from prescreen.store.queue import changed, complete_studies, utcnow
+from prescreen.store.queue import changed, complete_studies, utcnow, worker_name
 from prescreen.store.schema import Delivery, Instance, Series, Study
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def backoff_seconds(attempts: int, first: float) -> float:
     return float(min(first * 2.0 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS))
 
 
-def claim_delivery(sessions: sessionmaker[Session]) -> ClaimedDelivery | None:
+def claim_delivery(sessions: sessionmaker[Session], worker: str) -> ClaimedDelivery | None:
     now = utcnow()
     stale = now - timedelta(seconds=SENDING_LEASE_SECONDS)
     with sessions.begin() as session:
@@ -81,7 +81,7 @@ def claim_delivery(sessions: sessionmaker[Session]) -> ClaimedDelivery | None:
         taken = session.execute(
             update(Delivery)
             .where(Delivery.id == row.id, Delivery.state == row.state, Delivery.attempts == row.attempts)
-            .values(state=SENDING, locked_at=now, attempts=Delivery.attempts + 1)
+            .values(state=SENDING, locked_by=worker, locked_at=now, attempts=Delivery.attempts + 1)
         )
         if changed(taken) != 1:
             return None
@@ -102,7 +102,9 @@ def finish_delivery(
         delay = backoff_seconds(delivery.attempts, settings.delivery_backoff_seconds)
         values = {"state": PENDING, "last_error": error, "next_attempt_at": now + timedelta(seconds=delay)}
     with sessions.begin() as session:
-        session.execute(update(Delivery).where(Delivery.id == delivery.id).values(locked_at=None, **values))
+        session.execute(
+            update(Delivery).where(Delivery.id == delivery.id).values(locked_by=None, locked_at=None, **values)
+        )
         if delivery.kind == "stow" and error is None:
             session.execute(update(Study).where(Study.id == delivery.study_id).values(status="forwarded"))
     return str(values["state"])
@@ -166,6 +168,7 @@ class Outbox:
         self.sessions = sessions
         self.blobs = blobs
         self.settings = settings
+        self.name = worker_name()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,7 +176,7 @@ class Outbox:
         """Queue complete studies (edge node), then send one delivery; ``True`` when one was tried."""
         if self.settings.forward_to:
             complete_studies(self.sessions, self.settings.study_quiet_seconds, forward_to=self.settings.forward_to)
-        delivery = claim_delivery(self.sessions)
+        delivery = claim_delivery(self.sessions, self.name)
         if delivery is None:
             return False
         sender = SENDERS.get(delivery.kind)

@@ -16,6 +16,7 @@ from prescreen.serving.worker import Screen, ScreeningWorker
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
+from prescreen.store.queue import release_dead_locks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class Runtime:
 def start_runtime(settings: Settings, screen: Screen | None, *, listen: bool = True) -> Runtime:
     """Open the store and start the workers (when ``screen`` is given), the outbox and the listener."""
     runtime = Runtime(open_store(settings))
+    released = release_dead_locks(runtime.sessions)
+    if released:
+        log.info("took back %d jobs or deliveries of a process that died", released)
     if screen is not None:
         for _ in range(settings.worker_threads):
             worker = ScreeningWorker(runtime.sessions, runtime.ingestor.blobs, screen, settings)

@@ -8,10 +8,7 @@ are taken again once their lease has expired.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,15 +27,12 @@ from prescreen.store.queue import (
     complete_studies,
     defer_job,
     finish_job,
+    worker_name,
 )
 
 log = logging.getLogger(__name__)
 
 Screen = Callable[[Mapping[str, bytes]], ScreenResult]
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:

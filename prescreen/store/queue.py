@@ -10,6 +10,9 @@ unique per job, so it is never stored twice.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -71,6 +74,44 @@ class Outcome:
     state: str
     reason: str | None = None
     result: dict[str, object] | None = None
+
+
+def worker_name() -> str:
+    """``host:pid:random``: unique per worker, and tells which process on which host holds a lock."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _dead_here(locked_by: str | None) -> bool:
+    """Whether a lock holder ran on this host in a process that is gone."""
+    host, _, rest = (locked_by or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def release_dead_locks(sessions: sessionmaker[Session]) -> int:
+    """Give back jobs and deliveries held by processes of this host that died (SIGKILL, power
+    loss): they run again at once instead of after their lease. Returns how many."""
+    released = 0
+    with sessions.begin() as session:
+        for table, busy in ((Job, RUNNING), (Delivery, "sending")):
+            held = session.execute(select(table.id, table.locked_by).where(table.state == busy)).all()
+            dead = [row.id for row in held if _dead_here(row.locked_by)]
+            if dead:
+                result = session.execute(
+                    update(table)
+                    .where(table.id.in_(dead), table.state == busy)
+                    .values(state=PENDING, locked_by=None, locked_at=None)
+                )
+                released += changed(result)
+    return released
 
 
 def complete_studies(

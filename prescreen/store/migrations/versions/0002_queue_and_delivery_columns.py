@@ -21,6 +21,7 @@ def upgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.add_column(sa.Column('blob_key', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('locked_by', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('locked_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.text('CURRENT_TIMESTAMP')))
         batch_op.add_column(sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True))
@@ -52,6 +53,7 @@ def downgrade() -> None:
         batch_op.drop_column('delivered_at')
         batch_op.drop_column('created_at')
         batch_op.drop_column('locked_at')
+        batch_op.drop_column('locked_by')
         batch_op.drop_column('next_attempt_at')
         batch_op.drop_column('blob_key')
 

@@ -1,0 +1,151 @@
+"""DICOMweb STOW-RS (PS3.18 §10.5): ``POST /dicomweb/studies[/{study_uid}]`` stores DICOM instances.
+
+Each part is stored on its own: a part that is not DICOM (Failure Reason 0xC000), that belongs to
+another study than the one in the URL (0xA900) or that the store cannot take (0xA700) fails alone and
+is listed in the response; the others are stored. The answer is the Store Instances Response in
+``application/dicom+json`` with 200 (all stored), 202 (some failed) or 409 (none stored); a request that
+is not ``multipart/related; type="application/dicom"`` is refused with 415 before its body is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from prescreen.errors import InvalidStudyError, ModelError
+from prescreen.integration.stow import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    OUT_OF_RESOURCES,
+    FailedRef,
+    StoredRef,
+    multipart_boundary,
+    parse_multipart_related,
+    store_response,
+    stow_status,
+)
+from prescreen.store.ingest import Ingestor, dicom_meta
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+SENDER = "STOW-RS"
+PREAMBLE = bytes(128) + b"DICM"
+
+
+def as_part10(part: bytes) -> bytes:
+    """A part as a DICOM Part 10 file: one that opens with its File Meta Information (group 0002)
+    but lacks the 128-byte preamble and ``DICM`` prefix (what ``pydicom.dcmwrite`` gives for an
+    in-memory dataset, and so what e.g. dicomweb-client sends) gets them; any other part is unchanged.
+
+    Args:
+        part: the payload of one multipart part.
+    """
+    if part[128:132] != b"DICM" and part.startswith(b"\x02\x00"):
+        return PREAMBLE + part
+    return part
+
+
+def get_ingestor(request: Request) -> Ingestor:
+    """The ingestor of the app (``app.state.ingestor``).
+
+    Args:
+        request: the current request.
+
+    Raises:
+        ModelError: the service is starting and its store is not open yet (503).
+    """
+    ingestor: Ingestor | None = getattr(request.app.state, "ingestor", None)
+    if ingestor is None:
+        raise ModelError("the service is starting: the study store is not open yet")
+    return ingestor
+
+
+IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
+
+dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": 'DICOM Part 10 instances as multipart/related; type="application/dicom"',
+        "content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"description": text, "content": {DICOM_JSON: {}}}
+    for code, text in (
+        (200, "all instances stored"),
+        (202, "some instances stored, some failed (FailedSOPSequence)"),
+        (409, "no instance stored (FailedSOPSequence)"),
+    )
+}
+
+
+def store_parts(
+    ingestor: Ingestor, parts: Sequence[bytes], study_uid: str | None
+) -> tuple[list[StoredRef], list[FailedRef]]:
+    """Store each part on its own; a failing part does not stop the others.
+
+    Args:
+        ingestor: where the instances go.
+        parts: the DICOM Part 10 payloads of the request.
+        study_uid: the study named in the URL; instances of another study fail (0xA900).
+    """
+    stored: list[StoredRef] = []
+    failed: list[FailedRef] = []
+    for index, sent in enumerate(parts, start=1):
+        part = as_part10(sent)
+        try:
+            meta = dicom_meta(part, sender=SENDER)
+        except InvalidStudyError:
+            log.info("STOW-RS part %d of %d is not a readable DICOM instance", index, len(parts))
+            failed.append(FailedRef(None, None, CANNOT_UNDERSTAND))
+            continue
+        if study_uid is not None and meta.study_uid != study_uid:
+            log.info("STOW-RS part %d of %d belongs to another study than the URL's", index, len(parts))
+            failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, DATASET_DOES_NOT_MATCH))
+            continue
+        try:
+            received = ingestor.store_dicom(part, sender=SENDER)
+        except InvalidStudyError:
+            failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, CANNOT_UNDERSTAND))
+            continue
+        except (OSError, SQLAlchemyError) as exc:
+            log.error("STOW-RS part %d of %d could not be stored: %s", index, len(parts), type(exc).__name__)
+            failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, OUT_OF_RESOURCES))
+            continue
+        stored.append(StoredRef(meta.sop_class_uid, received.sop_instance_uid, received.study_uid, received.series_uid))
+    return stored, failed
+
+
+async def _stow(request: Request, ingestor: Ingestor, study_uid: str | None) -> Response:
+    content_type = request.headers.get("content-type", "")
+    multipart_boundary(content_type)  # 415 before the body is read
+    body = await request.body()
+    parts = await run_in_threadpool(parse_multipart_related, content_type, body)
+    stored, failed = await run_in_threadpool(store_parts, ingestor, parts, study_uid)
+    log.info("STOW-RS: %d instance(s) stored, %d failed", len(stored), len(failed))
+    content = store_response(stored, failed, f"{request.base_url}dicomweb")
+    return Response(json.dumps(content), status_code=stow_status(len(stored), len(failed)), media_type=DICOM_JSON)
+
+
+@dicomweb_router.post("/studies", response_class=Response, openapi_extra=_REQUEST_BODY, responses=_RESPONSES)
+async def store_instances(request: Request, ingestor: IngestorDep) -> Response:
+    """Store DICOM instances of any studies (STOW-RS)."""
+    return await _stow(request, ingestor, None)
+
+
+@dicomweb_router.post(
+    "/studies/{study_uid}", response_class=Response, openapi_extra=_REQUEST_BODY, responses=_RESPONSES
+)
+async def store_study_instances(request: Request, ingestor: IngestorDep, study_uid: str) -> Response:
+    """Store DICOM instances of the study ``study_uid`` (STOW-RS); instances of other studies fail."""
+    return await _stow(request, ingestor, study_uid)
