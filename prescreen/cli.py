@@ -278,6 +278,46 @@ def serve(
         raise typer.Exit(0) from None
 
 
+@app.command()
+@user_errors
+def edge(
+    forward_to: Annotated[
+        str, typer.Option(help="Central service URL (STOW-RS), e.g. http://central:3000, or AE@host:port (C-STORE)")
+    ],
+    host: Annotated[str | None, typer.Option(help="Address the DICOM listener binds (default from settings)")] = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM listener port (default from settings: 11112)")] = None,
+) -> None:
+    """Run an edge node: receive studies over DICOM, keep them durably, forward each complete study
+    to the central service with retry and backoff (until stopped with Ctrl-C / SIGTERM)."""
+    import signal
+    import threading
+
+    from prescreen.integration.dicom_send import DicomDestination
+    from prescreen.serving.runtime import start_runtime
+
+    settings = get_settings()
+    if not forward_to.startswith(("http://", "https://")):
+        DicomDestination.parse(forward_to)  # a bad AE@host:port fails here, with one line
+    settings.forward_to = forward_to.rstrip("/")
+    if host:
+        settings.host = host
+    if dicom_port is not None:
+        settings.dicom_port = dicom_port
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    runtime = start_runtime(settings, None)
+    console.print(
+        f"edge node: DICOM {settings.dicom_ae_title} on {settings.host}:{settings.dicom_port}, "
+        f"forwarding complete studies to {settings.forward_to}"
+    )
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -23,6 +23,10 @@ class StudyTooLargeError(InvalidStudyError):
     """A study over a size limit (bytes or pixels)."""
 
 
+class UnsupportedMediaTypeError(InvalidStudyError):
+    """A request body of a media type the endpoint does not take (e.g. STOW-RS not ``application/dicom``)."""
+
+
 class ExplanationNotFoundError(PrescreenError):
     """No explanation overlay of that name."""
 
@@ -41,3 +45,7 @@ class ModelError(PrescreenError):
 
 class ExportError(ModelError):
     """ONNX export failed, or the exported model disagrees with torch."""
+
+
+class DeliveryError(PrescreenError):
+    """A result could not be delivered (DICOM C-STORE, FHIR); the message says why."""

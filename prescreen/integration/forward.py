@@ -27,6 +27,7 @@ def stow_instances(base_url: str, instances: Sequence[bytes], *, timeout: float 
     except Exception as exc:
         raise DeliveryError(f"an instance of the study is not DICOM and cannot go by STOW-RS: {exc}") from exc
     client = DICOMwebClient(url=base_url.rstrip("/") + "/dicomweb", timeout=timeout)
+    client.set_http_retry_params(retry=False)  # the outbox retries, with its own backoff and log
     try:
         response = client.store_instances(datasets)
     except requests.RequestException as exc:

@@ -3,9 +3,10 @@
 Kinds:
     ``dicom-sr``: the study's DICOM SR, sent by C-STORE to ``AE@host:port``. The SR is made
         once, kept in the blob store, and every retry sends the same SOP Instance.
-    ``stow``: every instance of a study, sent by STOW-RS to a central prescreen (edge node).
-        The receiver stores a SOP Instance UID once, so a retry after a lost answer arrives
-        exactly once.
+    ``forward``: every instance of a study, sent to a central prescreen (edge node) by STOW-RS
+        when the destination is an ``http(s)://`` URL, else by C-STORE to ``AE@host:port``. The
+        receiver stores a SOP Instance UID once, so a retry after a lost answer arrives exactly
+        once.
 
 A delivery is claimed like a job (conditional update, lease); a process killed while sending
 leaves it ``sending`` and it is sent again after its lease.
@@ -105,7 +106,7 @@ def finish_delivery(
         session.execute(
             update(Delivery).where(Delivery.id == delivery.id).values(locked_by=None, locked_at=None, **values)
         )
-        if delivery.kind == "stow" and error is None:
+        if delivery.kind == "forward" and error is None:
             session.execute(update(Study).where(Study.id == delivery.study_id).values(status="forwarded"))
     return str(values["state"])
 
@@ -143,16 +144,22 @@ def send_sr(outbox: Outbox, delivery: ClaimedDelivery) -> None:
     c_store([sr], DicomDestination.parse(delivery.destination), calling_ae=outbox.settings.dicom_ae_title)
 
 
-def send_stow(outbox: Outbox, delivery: ClaimedDelivery) -> None:
-    """STOW-RS every instance of the study to ``{destination}/dicomweb``."""
+def send_study(outbox: Outbox, delivery: ClaimedDelivery) -> None:
+    """Every instance of the study, by STOW-RS to ``{destination}/dicomweb`` or by C-STORE."""
+    from prescreen.integration.dicom_send import DicomDestination, c_store
     from prescreen.integration.forward import stow_instances
 
     with outbox.sessions() as session:
         instances = study_instances(session, delivery.study_id)
-    stow_instances(delivery.destination, [outbox.blobs.get(key) for key, _ in instances])
+    files = [outbox.blobs.get(key) for key, _ in instances]
+    if delivery.destination.startswith(("http://", "https://")):
+        stow_instances(delivery.destination, files)
+    else:
+        datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+        c_store(datasets, DicomDestination.parse(delivery.destination), calling_ae=outbox.settings.dicom_ae_title)
 
 
-SENDERS: Mapping[str, Sender] = {"dicom-sr": send_sr, "stow": send_stow}
+SENDERS: Mapping[str, Sender] = {"dicom-sr": send_sr, "forward": send_study}
 
 
 class Outbox:

@@ -142,7 +142,7 @@ def complete_studies(
             if changed(claimed) != 1:
                 continue  # a late instance arrived, or another worker moved it
             if forward_to:
-                session.add(Delivery(study_id=study_id, kind="stow", destination=forward_to))
+                session.add(Delivery(study_id=study_id, kind="forward", destination=forward_to))
             else:
                 for series_id in session.scalars(select(Series.id).where(Series.study_id == study_id)):
                     session.add(Job(series_id=series_id, state=PENDING))
