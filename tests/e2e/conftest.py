@@ -40,7 +40,7 @@ def server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=cli_env,
+        env={**cli_env, "PRESCREEN_DICOM_PORT": str(free_port())},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
