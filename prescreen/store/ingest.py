@@ -161,9 +161,10 @@ def store_files(
     context = {"institution": institution, "sender": sender}
     out: list[Received] = []
     plain = {n: d for n, d in files.items() if not (len(d) >= 132 and d[128:132] == b"DICM")}
-    for name, data in files.items():
-        if name not in plain:
-            out.append(store_instance(sessions, blobs, data, dicom_meta(data, **context)))
+    # every DICOM file is read before any is stored: a bad file refuses the upload, all of it
+    metas = {name: dicom_meta(data, **context) for name, data in files.items() if name not in plain}
+    for name, meta in metas.items():
+        out.append(store_instance(sessions, blobs, files[name], meta))
     if plain:
         study_uid, series_uid = generate_uid(), generate_uid()
         if modality is None and any(name.lower().endswith(".hea") for name in plain):
