@@ -10,7 +10,7 @@ import pytest
 
 from prescreen.config import get_settings
 
-pytest_plugins = ["tests.fixtures_ecg", "tests.fixtures_images"]
+pytest_plugins = ["tests.fixtures_ecg", "tests.fixtures_images", "tests.fixtures_dicom"]
 
 REPO = Path(__file__).resolve().parent.parent
 

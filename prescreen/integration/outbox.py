@@ -26,7 +26,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
-from prescreen.errors import DeliveryError
+from prescreen.errors import DeliveryError, PrescreenError
 from prescreen.store.blobs import BlobStore
 from prescreen.store.queue import changed, complete_studies, utcnow, worker_name
 from prescreen.store.schema import Delivery, Instance, Series, Study
@@ -90,14 +90,20 @@ def claim_delivery(sessions: sessionmaker[Session], worker: str) -> ClaimedDeliv
 
 
 def finish_delivery(
-    sessions: sessionmaker[Session], delivery: ClaimedDelivery, error: str | None, settings: Settings
+    sessions: sessionmaker[Session],
+    delivery: ClaimedDelivery,
+    error: str | None,
+    settings: Settings,
+    *,
+    permanent: bool = False,
 ) -> str:
-    """Mark a delivery sent, or schedule its retry, or give it up after the last attempt."""
+    """Mark a delivery sent, or schedule its retry, or give it up after the last attempt (at once
+    when the error is ``permanent``)."""
     now = utcnow()
     values: dict[str, object]
     if error is None:
         values = {"state": DELIVERED, "delivered_at": now, "last_error": None}
-    elif delivery.attempts >= settings.delivery_max_attempts:
+    elif permanent or delivery.attempts >= settings.delivery_max_attempts:
         values = {"state": GAVE_UP, "last_error": error}
     else:
         delay = backoff_seconds(delivery.attempts, settings.delivery_backoff_seconds)
@@ -188,16 +194,19 @@ class Outbox:
             return False
         sender = SENDERS.get(delivery.kind)
         error: str | None = None
+        permanent = False
         try:
             if sender is None:
                 raise DeliveryError(f"no sender for deliveries of kind {delivery.kind!r}")
             sender(self, delivery)
         except DeliveryError as exc:
             error = str(exc)
+        except PrescreenError as exc:  # nothing to retry: the SR cannot be made, the destination is invalid
+            error, permanent = str(exc), True
         except Exception as exc:  # a bug or an unreachable peer: logged, retried
             log.exception("delivery %s attempt %d failed", delivery.id, delivery.attempts)
             error = f"{type(exc).__name__}: {exc}"[:500]
-        state = finish_delivery(self.sessions, delivery, error, self.settings)
+        state = finish_delivery(self.sessions, delivery, error, self.settings, permanent=permanent)
         log.info("delivery %s (%s) attempt %d: %s", delivery.id, delivery.kind, delivery.attempts, state)
         return True
 

@@ -65,8 +65,10 @@ def dicom_meta(data: bytes, sender: str | None = None, institution: str | None =
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+    except InvalidDicomError as exc:
+        raise InvalidStudyError(f"not a DICOM file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds on a corrupt stream (unknown VR, bad lengths, ...)
+        raise InvalidStudyError(f"a DICOM file that cannot be decoded ({type(exc).__name__})") from exc
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         raise MissingIdentifierError(f"DICOM instance lacks {', '.join(missing)}")
