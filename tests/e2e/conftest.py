@@ -33,35 +33,53 @@ def cli_env(isolated_home: Path) -> dict[str, str]:
     return {**os.environ, "PRESCREEN_HOME": str(isolated_home), "COLUMNS": "200"}
 
 
+def start_process(
+    cmd: list[str], env: dict[str, str], log_path: Path, ready_url: str | None
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own process group; wait until ``ready_url`` answers 200 (if given)."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if ready_url is None:
+        return proc
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(log_path.read_text(errors="replace")[-2000:])
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise AssertionError("server not ready in time")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal the whole process group; SIGKILL it if it has not ended in 20 s."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+def serve_command(port: int) -> list[str]:
+    return [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
 @pytest.fixture
 def server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """``prescreen serve`` as a process; yields its base URL once /readyz answers."""
     port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**cli_env, "PRESCREEN_DICOM_PORT": str(free_port())},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     base = f"http://127.0.0.1:{port}"
+    env = {**cli_env, "PRESCREEN_DICOM_PORT": str(free_port())}
+    proc = start_process(serve_command(port), env, tmp_path / "server.log", f"{base}/readyz")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "server not ready in time"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_process(proc)
