@@ -65,10 +65,16 @@ def dicom_meta(data: bytes, sender: str | None = None, institution: str | None =
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return _meta_of(ds, sender, institution)
+    except InvalidStudyError:
+        raise
     except InvalidDicomError as exc:
         raise InvalidStudyError(f"not a DICOM file: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on a corrupt stream (unknown VR, bad lengths, ...)
+    except Exception as exc:  # pydicom decodes lazily and raises many kinds (unknown VR, bad lengths, ...)
         raise InvalidStudyError(f"a DICOM file that cannot be decoded ({type(exc).__name__})") from exc
+
+
+def _meta_of(ds: pydicom.Dataset, sender: str | None, institution: str | None) -> InstanceMeta:
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         raise MissingIdentifierError(f"DICOM instance lacks {', '.join(missing)}")
