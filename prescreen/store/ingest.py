@@ -78,6 +78,9 @@ def _meta_of(ds: pydicom.Dataset, sender: str | None, institution: str | None) -
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         raise MissingIdentifierError(f"DICOM instance lacks {', '.join(missing)}")
+    too_long = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if len(str(ds.get(k))) > 64]
+    if too_long:
+        raise MissingIdentifierError(f"DICOM instance has a {too_long[0]} longer than 64 characters")
     return InstanceMeta(
         study_uid=str(ds.StudyInstanceUID),
         series_uid=str(ds.SeriesInstanceUID),
@@ -85,9 +88,9 @@ def _meta_of(ds: pydicom.Dataset, sender: str | None, institution: str | None) -
         sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
         modality=str(ds.get("Modality", "")) or None,
         body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
-        patient_id=str(ds.get("PatientID", "")) or None,
-        patient_name=str(ds.get("PatientName", "")) or None,
-        institution=institution or (str(ds.get("InstitutionName", "")) or None),
+        patient_id=str(ds.get("PatientID", ""))[:64] or None,
+        patient_name=str(ds.get("PatientName", ""))[:128] or None,
+        institution=(institution or str(ds.get("InstitutionName", "")))[:128] or None,
         sender=sender,
     )
 
