@@ -79,14 +79,13 @@ def claim_delivery(sessions: sessionmaker[Session], worker: str) -> ClaimedDeliv
         row = session.scalars(query).first()
         if row is None:
             return None
+        claimed = ClaimedDelivery(row.id, row.study_id, row.kind, row.destination, row.blob_key, row.attempts + 1)
         taken = session.execute(
             update(Delivery)
             .where(Delivery.id == row.id, Delivery.state == row.state, Delivery.attempts == row.attempts)
             .values(state=SENDING, locked_by=worker, locked_at=now, attempts=Delivery.attempts + 1)
         )
-        if changed(taken) != 1:
-            return None
-        return ClaimedDelivery(row.id, row.study_id, row.kind, row.destination, row.blob_key, row.attempts + 1)
+        return claimed if changed(taken) == 1 else None
 
 
 def finish_delivery(

@@ -255,7 +255,8 @@ def finish_job(
 
 
 def _settle_study(session: Session, study_id: str, sr_destinations: list[str], now: datetime) -> str | None:
-    study = session.get(Study, study_id)
+    # lock the study: two last jobs finishing at once, or a late instance arriving, are serialised
+    study = session.get(Study, study_id, with_for_update=True, populate_existing=True)
     if study is None or study.status != "screening":
         return None  # re-opened by a late instance: its next round decides
     jobs_of_study = select(Job.id).join(Series, Series.id == Job.series_id).where(Series.study_id == study_id)
