@@ -49,3 +49,23 @@ class ExportError(ModelError):
 
 class DeliveryError(PrescreenError):
     """A result could not be delivered (DICOM C-STORE, FHIR); the message says why."""
+
+
+class NotAuthenticatedError(PrescreenError):
+    """No valid credentials: a wrong login or password, a missing or expired token (HTTP 401)."""
+
+
+class ForbiddenError(PrescreenError):
+    """The user may not do this: a role, grade or specialty that does not allow it (HTTP 403)."""
+
+
+class ConflictError(PrescreenError):
+    """The resource's state does not allow it now: claimed by someone else, already final (HTTP 409)."""
+
+
+class NotFoundError(PrescreenError):
+    """No such resource (HTTP 404)."""
+
+
+class RulesError(PrescreenError):
+    """An invalid routing-rules file; the message names the rule and its line."""
