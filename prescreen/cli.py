@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and activate models in the model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+users_app = typer.Typer(help="Reading physicians: add and list users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+rules_app = typer.Typer(help="Routing rules: validate a rules file.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 # outside a terminal (pipes, CI logs) keep table rows whole instead of wrapping them at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
@@ -252,9 +256,11 @@ def serve(
 
     from prescreen.models.store import ModelStore
     from prescreen.serving.engine import ScreeningEngine
+    from prescreen.serving.runtime import load_routing_rules
 
     settings = get_settings()
     ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
+    load_routing_rules(settings)  # and here, naming the rule, if the routing rules are invalid
     cmd = [
         sys.executable,
         "-m",
@@ -316,6 +322,65 @@ def edge(
         pass
     finally:
         runtime.stop()
+
+
+@users_app.command("add")
+@user_errors
+def users_add(
+    name: Annotated[str, typer.Option(help="Full name, as shown on reports")],
+    login: Annotated[str, typer.Option(help="Login (lowercase)")],
+    grade: Annotated[str, typer.Option(help="resident, attending, associate_chief or chief")],
+    specialty: Annotated[list[str], typer.Option(help="A worklist the user reads (repeatable), e.g. cardiology")],
+    institution: Annotated[str | None, typer.Option(help="Institution of the user")] = None,
+    admin: Annotated[bool, typer.Option(help="May manage users")] = False,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+) -> None:
+    """Add a user; the password is asked for (or read from stdin) and stored only as an Argon2id hash."""
+    from prescreen.serving.runtime import open_store
+    from prescreen.store.users import add_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    specialties = [part.strip() for value in specialty for part in value.split(",") if part.strip()]
+    store = open_store(get_settings())
+    user = add_user(
+        store.sessions,
+        login=login,
+        name=name,
+        password=password,
+        grade=grade,
+        specialties=specialties,
+        institution=institution,
+        is_admin=admin,
+    )
+    console.print(f"added {user.login} ({user.grade}; {', '.join(user.specialties)})")
+
+
+@users_app.command("list")
+@user_errors
+def users_list() -> None:
+    """List users: login, name, grade, specialties."""
+    from rich.table import Table
+
+    from prescreen.serving.runtime import open_store
+    from prescreen.store.users import list_users
+
+    table = Table("login", "name", "grade", "specialties", "institution")
+    for user in list_users(open_store(get_settings()).sessions):
+        table.add_row(user.login, user.name, user.grade, ", ".join(user.specialties), user.institution or "")
+    console.print(table)
+
+
+@rules_app.command("check")
+@user_errors
+def rules_check(path: Annotated[Path, typer.Argument(help="A routing-rules YAML file")]) -> None:
+    """Validate a routing-rules file; an error names the rule and its line (exit 2)."""
+    from prescreen.triage.rules import load_rules
+
+    rules = load_rules(path)
+    console.print(f"ok: {len(rules.rules)} rules; worklists: {', '.join(rules.worklists())}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

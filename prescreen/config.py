@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(8, description="Attempts of one delivery before it is given up")
     delivery_backoff_seconds: float = Field(2.0, description="First retry delay; doubles per attempt, capped at 5 min")
     forward_to: str | None = Field(None, description="Edge node: central service URL that complete studies go to")
+    secret_key: SecretStr | None = Field(None, description="Token signing key; default: made once in home/secret.key")
+    token_ttl_minutes: int = Field(480, description="Lifetime of an access token / page session")
+    anonymous_permissions: CommaList = Field(
+        default_factory=lambda: ["screen", "ingest", "studies:read", "models:read"],
+        description="What callers without a token may do (senders on a trusted network); empty: nothing",
+    )
+    rules_path: Path | None = Field(None, description="Routing rules YAML; default: the shipped rules")
+    sla_stat_minutes: float = Field(30, description="Report target of a stat item")
+    sla_urgent_minutes: float = Field(120, description="Report target of an urgent item")
+    sla_routine_minutes: float = Field(240, description="Report target of a routine item (the 4-hour plan)")
+    claim_lease_minutes: float = Field(30, description="A claim expires after this; the item returns to the list")
+    max_report_chars: int = Field(20000, description="Longest report text accepted (413 above)")
+    escalation_webhook: str | None = Field(None, description="URL that escalation events are POSTed to")
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     max_image_frames: int = Field(512, description="Most frames of one image study")
@@ -51,7 +64,7 @@ class Settings(BaseSettings):
     bootstrap_resamples: int = 1000
     onnx_threads: int = 2
 
-    @field_validator("dicom_allowed_aes", "sr_destinations", mode="before")
+    @field_validator("dicom_allowed_aes", "sr_destinations", "anonymous_permissions", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``A,B`` in the environment is the list ``[A, B]``."""

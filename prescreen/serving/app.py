@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError, ModelError, StudyTooLargeError
+from prescreen.serving.auth import Permission, needs
 from prescreen.serving.engine import ScreeningEngine
 from prescreen.serving.errors import error_response, install_error_handlers
 
@@ -28,7 +29,7 @@ models_router = APIRouter(prefix="/v1", tags=["models"])
 health_router = APIRouter(tags=["health"])
 
 
-@screen_router.post("/screen")
+@screen_router.post("/screen", dependencies=needs(Permission.SCREEN))
 def screen(
     engine: EngineDep,
     file: Annotated[
@@ -51,13 +52,13 @@ def screen(
     return engine.screen(files, task).to_json()
 
 
-@screen_router.get("/explanations/{name}.png")
+@screen_router.get("/explanations/{name}.png", dependencies=needs(Permission.SCREEN))
 def explanation(engine: EngineDep, name: str) -> FileResponse:
     """The occlusion-sensitivity overlay PNG named in a screening response (drawn on first request)."""
     return FileResponse(engine.explanation_png(name), media_type="image/png")
 
 
-@models_router.get("/models")
+@models_router.get("/models", dependencies=needs(Permission.MODELS_READ))
 def list_models(engine: EngineDep) -> dict[str, Any]:
     """The models this service screens with, one per task, with their cards' headline figures."""
     out = []
@@ -76,12 +77,12 @@ def list_models(engine: EngineDep) -> dict[str, Any]:
     return {"models": out}
 
 
-@health_router.get("/healthz")
+@health_router.get("/healthz", dependencies=needs(Permission.HEALTH))
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health_router.get("/readyz")
+@health_router.get("/readyz", dependencies=needs(Permission.HEALTH))
 def readyz(request: Request) -> JSONResponse:
     ready = getattr(request.app.state, "engine", None) is not None
     return JSONResponse(status_code=200 if ready else 503, content={"status": "ready" if ready else "starting"})
@@ -125,8 +126,10 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     install_error_handlers(app)
     from prescreen.serving.dicomweb import dicomweb_router
     from prescreen.serving.studies import studies_router
+    from prescreen.serving.worklists import auth_router, worklists_router
 
-    for router in (screen_router, models_router, studies_router, dicomweb_router, health_router):
+    routers = (screen_router, models_router, studies_router, dicomweb_router, auth_router, worklists_router)
+    for router in (*routers, health_router):
         app.include_router(router)
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)
     return app

@@ -31,6 +31,7 @@ from prescreen.integration.stow import (
     store_response,
     stow_status,
 )
+from prescreen.serving.auth import Permission, needs
 from prescreen.store.ingest import Ingestor, dicom_meta
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def get_ingestor(request: Request) -> Ingestor:
 
 IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
 
-dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+#: every STOW-RS route needs the ``ingest`` permission
+dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=needs(Permission.INGEST))
 
 _REQUEST_BODY = {
     "requestBody": {

@@ -10,9 +10,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prescreen.errors import (
+    ConflictError,
     ExplanationNotFoundError,
+    ForbiddenError,
     InvalidStudyError,
     ModelError,
+    NotAuthenticatedError,
+    NotFoundError,
     PrescreenError,
     StudyTooLargeError,
     UnknownTaskError,
@@ -33,6 +37,10 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
 STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
     (ExplanationNotFoundError, 404, "not_found"),
     (StudyNotFoundError, 404, "not_found"),
+    (NotFoundError, 404, "not_found"),
+    (NotAuthenticatedError, 401, "not_authenticated"),
+    (ForbiddenError, 403, "forbidden"),
+    (ConflictError, 409, "conflict"),
     (StudyTooLargeError, 413, "too_large"),
     (UnsupportedStudyError, 422, "unsupported_study"),
     (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
@@ -53,7 +61,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PrescreenError)
     async def _prescreen(_: Request, exc: PrescreenError) -> JSONResponse:
         status, code = status_for(exc)
-        return error_response(status, code, str(exc))
+        response = error_response(status, code, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.config import Settings
 from prescreen.integration.listener import start_listener
 from prescreen.integration.outbox import Outbox
-from prescreen.serving.worker import Screen, ScreeningWorker
+from prescreen.serving.worker import Screen, ScreeningWorker, Triage
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import release_dead_locks
+from prescreen.triage.rules import RuleSet, load_default_rules, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,29 @@ class Runtime:
             self.outbox.stop()
 
 
+def load_routing_rules(settings: Settings) -> RuleSet:
+    """The routing rules of ``PRESCREEN_RULES_PATH``, else the shipped ones (raises ``RulesError``)."""
+    return load_rules(settings.rules_path) if settings.rules_path else load_default_rules()
+
+
 def start_runtime(settings: Settings, screen: Screen | None, *, listen: bool = True) -> Runtime:
-    """Open the store and start the workers (when ``screen`` is given), the outbox and the listener."""
+    """Open the store and start the workers (when ``screen`` is given), the outbox and the listener.
+
+    Raises:
+        RulesError: an invalid routing-rules file (the service must not start with it).
+    """
+    triage = None
+    if screen is not None:
+        from prescreen.serving.worklists import sla_targets
+
+        triage = Triage(load_routing_rules(settings), sla_targets(settings), settings.escalation_webhook)
     runtime = Runtime(open_store(settings))
     released = release_dead_locks(runtime.sessions)
     if released:
         log.info("took back %d jobs or deliveries of a process that died", released)
     if screen is not None:
         for _ in range(settings.worker_threads):
-            worker = ScreeningWorker(runtime.sessions, runtime.ingestor.blobs, screen, settings)
+            worker = ScreeningWorker(runtime.sessions, runtime.ingestor.blobs, screen, settings, triage)
             worker.start()
             runtime.workers.append(worker)
     runtime.outbox = Outbox(runtime.sessions, runtime.ingestor.blobs, settings)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError
 from prescreen.integration.fhir import diagnostic_report
+from prescreen.serving.auth import Permission, needs
 from prescreen.serving.dicomweb import IngestorDep
 from prescreen.serving.errors import error_response
 from prescreen.store.views import (
@@ -42,7 +43,7 @@ def _read_uploads(uploads: list[UploadFile]) -> dict[str, bytes]:
     return files
 
 
-@studies_router.post("", status_code=202)
+@studies_router.post("", status_code=202, dependencies=needs(Permission.INGEST))
 def upload_study(
     ingestor: IngestorDep,
     file: Annotated[list[UploadFile], File(description="A WFDB record (.hea with .dat/.mat) or DICOM files")],
@@ -82,7 +83,7 @@ def upload_study(
     }
 
 
-@studies_router.get("")
+@studies_router.get("", dependencies=needs(Permission.STUDIES_READ))
 def search_studies(
     ingestor: IngestorDep,
     study_uid: str | None = None,
@@ -97,14 +98,14 @@ def search_studies(
         return list_studies(session, where)
 
 
-@studies_router.get("/{study_id}")
+@studies_router.get("/{study_id}", dependencies=needs(Permission.STUDIES_READ))
 def read_study(ingestor: IngestorDep, study_id: str) -> dict[str, Any]:
     """Status (received → screening → screened | failed | unscreenable) and per-series results."""
     with ingestor.sessions() as session:
         return study_detail(session, study_id)
 
 
-@studies_router.get("/{study_id}/fhir")
+@studies_router.get("/{study_id}/fhir", dependencies=needs(Permission.STUDIES_READ))
 def read_study_fhir(ingestor: IngestorDep, study_id: str, request: Request) -> JSONResponse:
     """The FHIR R4 DiagnosticReport of a study, with one Observation per screened series."""
     with ingestor.sessions() as session:

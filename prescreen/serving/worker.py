@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
+import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
@@ -29,8 +31,46 @@ from prescreen.store.queue import (
     finish_job,
     worker_name,
 )
+from prescreen.store.worklist import escalate, triage_pending
+from prescreen.triage.priority import SlaTargets
+from prescreen.triage.rules import RuleSet
 
 log = logging.getLogger(__name__)
+
+
+class Triage:
+    """Routes screened studies into worklists and records SLA escalations (every 10 s), POSTing
+    new escalations to ``PRESCREEN_ESCALATION_WEBHOOK`` when set.
+
+    Args:
+        rules: the validated routing rules.
+        targets: the SLA targets per priority.
+        webhook: URL escalation events go to, or ``None``.
+    """
+
+    ESCALATION_EVERY_SECONDS = 10.0
+
+    def __init__(self, rules: RuleSet, targets: SlaTargets, webhook: str | None = None) -> None:
+        self.rules = rules
+        self.targets = targets
+        self.webhook = webhook
+        self._last_escalation = 0.0
+
+    def step(self, sessions: sessionmaker[Session]) -> None:
+        triage_pending(sessions, self.rules, self.targets)
+        if time.monotonic() - self._last_escalation >= self.ESCALATION_EVERY_SECONDS:
+            self._last_escalation = time.monotonic()
+            for event in escalate(sessions, self.targets):
+                log.info("item %s reached %d%% of its %s target", event["item_id"], event["level"], event["priority"])
+                self._notify(event)
+
+    def _notify(self, event: dict[str, object]) -> None:
+        if not self.webhook:
+            return
+        try:
+            httpx.post(self.webhook, json={"event": "escalation", **event}, timeout=5)
+        except httpx.HTTPError as exc:
+            log.warning("escalation webhook failed: %s", type(exc).__name__)
 
 Screen = Callable[[Mapping[str, bytes]], ScreenResult]
 
@@ -74,18 +114,29 @@ class ScreeningWorker:
         settings: quiet period, lease, attempts, SR destinations.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, screen: Screen, settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        screen: Screen,
+        settings: Settings,
+        triage: Triage | None = None,
+    ) -> None:
         self.sessions = sessions
         self.blobs = blobs
         self.screen = screen
         self.settings = settings
+        self.triage = triage
         self.name = worker_name()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def step(self) -> bool:
-        """Complete quiet studies, then run one job; ``True`` when a job ran."""
+        """Complete quiet studies, route screened ones to worklists, then run one job; ``True``
+        when a job ran."""
         complete_studies(self.sessions, self.settings.study_quiet_seconds)
+        if self.triage is not None:
+            self.triage.step(self.sessions)
         job = claim_job(self.sessions, self.name, lease_seconds=self.settings.job_lease_seconds)
         if job is None:
             return False

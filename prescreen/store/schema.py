@@ -45,6 +45,8 @@ class Study(Base):
     screened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: set when the sender says the study is whole (an HTTP upload): no quiet period to wait for
     complete_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: when the routing rules last turned this study into worklist items
+    triaged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status_reason: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")

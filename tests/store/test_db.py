@@ -31,7 +31,7 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
     assert {"studies", "series", "instances", "jobs", "results", "deliveries", "alembic_version"} <= tables
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:

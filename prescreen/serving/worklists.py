@@ -1,0 +1,163 @@
+"""Readers over HTTP: sign in, worklists of one's specialties, an item with its reports, the review
+actions, and turnaround statistics. The pages (``/ui``) call the same functions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel, Field
+
+from prescreen.config import Settings, get_settings
+from prescreen.errors import NotFoundError
+from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
+from prescreen.serving.dicomweb import IngestorDep
+from prescreen.store.users import authenticate
+from prescreen.store.worklist import (
+    DraftText,
+    act,
+    check_access,
+    count_open,
+    item_detail,
+    list_worklist,
+    turnaround_stats,
+)
+from prescreen.triage.priority import SlaTargets
+
+auth_router = APIRouter(prefix="/v1/auth", tags=["auth"])
+worklists_router = APIRouter(prefix="/v1", tags=["worklists"])
+
+ACTIONS = ("claim", "release", "sign", "amend")
+
+
+def sla_targets(settings: Settings | None = None) -> SlaTargets:
+    settings = settings or get_settings()
+    return SlaTargets(
+        stat=timedelta(minutes=settings.sla_stat_minutes),
+        urgent=timedelta(minutes=settings.sla_urgent_minutes),
+        routine=timedelta(minutes=settings.sla_routine_minutes),
+    )
+
+
+def claim_lease(settings: Settings | None = None) -> timedelta:
+    return timedelta(minutes=(settings or get_settings()).claim_lease_minutes)
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class DraftBody(BaseModel):
+    text: str = Field(description="The report text")
+    ai_agrees: bool | None = Field(None, description="Whether the reader agrees with the AI flag")
+
+
+class ReturnBody(BaseModel):
+    comment: str = Field(min_length=1, description="What the first reader should change")
+
+
+@auth_router.post("/token", dependencies=[Depends(require(Permission.HEALTH))])
+def token(ingestor: IngestorDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
+    """OAuth2 password flow: a bearer token for ``Authorization: Bearer ...`` (401 on a wrong login
+    or password, without saying which)."""
+    settings = get_settings()
+    user = authenticate(ingestor.sessions, form.username, form.password)
+    return Token(access_token=issue_token(user, settings), expires_in=settings.token_ttl_minutes * 60)
+
+
+@auth_router.get("/me")
+def me(user: Reader) -> dict[str, Any]:
+    """The signed-in user."""
+    return {
+        "id": user.id,
+        "login": user.login,
+        "name": user.name,
+        "grade": user.grade,
+        "specialties": list(user.specialties),
+        "institution": user.institution,
+    }
+
+
+@worklists_router.get("/worklists")
+def my_worklists(ingestor: IngestorDep, user: Reader) -> dict[str, Any]:
+    """The worklists of the user's specialties with their open item counts."""
+    with ingestor.sessions() as session:
+        return {"worklists": [{"worklist": w, "open": count_open(session, w)} for w in user.specialties]}
+
+
+@worklists_router.get("/worklists/{specialty}")
+def worklist(
+    ingestor: IngestorDep, user: Reader, specialty: str, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, Any]:
+    """Open items, most urgent first (effective priority aged by time to due, AI score, waiting time)."""
+    check_access(user, specialty)
+    with ingestor.sessions() as session:
+        items = list_worklist(session, specialty, sla_targets(), limit=limit)
+        return {"worklist": specialty, "items": items, "total": count_open(session, specialty)}
+
+
+@worklists_router.get("/worklist-items/{item_id}")
+def worklist_item(ingestor: IngestorDep, user: Reader, item_id: str) -> dict[str, Any]:
+    """An item: state, study, AI result, report versions with signatures, escalations, history."""
+    with ingestor.sessions() as session:
+        return item_detail(session, item_id, user, sla_targets())
+
+
+def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> dict[str, Any]:
+    with ingestor.sessions() as session:
+        return {**item_detail(session, item_id, user, sla_targets()), "state": state}
+
+
+@worklists_router.post("/worklist-items/{item_id}/draft")
+def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBody) -> dict[str, Any]:
+    """Save the draft report ``{"text", "ai_agrees"}`` (413 above ``PRESCREEN_MAX_REPORT_CHARS``)."""
+    settings = get_settings()
+    state = act(
+        ingestor.sessions,
+        item_id,
+        "draft",
+        user,
+        lease=claim_lease(settings),
+        draft=DraftText(body.text, body.ai_agrees),
+        max_chars=settings.max_report_chars,
+    )
+    return _after(ingestor, user, item_id, state)
+
+
+@worklists_router.post("/worklist-items/{item_id}/return")
+def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnBody) -> dict[str, Any]:
+    """Return a report under review to its first reader with a comment."""
+    settings = get_settings()
+    state = act(
+        ingestor.sessions,
+        item_id,
+        "return",
+        user,
+        lease=claim_lease(settings),
+        comment=body.comment,
+        max_chars=settings.max_report_chars,
+    )
+    return _after(ingestor, user, item_id, state)
+
+
+@worklists_router.post("/worklist-items/{item_id}/{action}")
+def item_action(ingestor: IngestorDep, user: Writer, item_id: str, action: str) -> dict[str, Any]:
+    """``claim`` (409 when someone else holds it), ``release``, ``sign`` (first reader: submit for
+    review; associate chief or above, not the first reader: co-sign → final), ``amend`` a final
+    report (a new version). ``draft`` and ``return`` take a JSON body (their own routes)."""
+    if action not in ACTIONS:
+        raise NotFoundError(f"no action {action!r}; one of claim, release, draft, sign, return, amend")
+    settings = get_settings()
+    state = act(ingestor.sessions, item_id, action, user, lease=claim_lease(settings))
+    return _after(ingestor, user, item_id, state)
+
+
+@worklists_router.get("/stats/turnaround")
+def turnaround(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
+    """Receipt → final report: p50/p95 minutes and the share within target, by worklist and priority."""
+    with ingestor.sessions() as session:
+        return {"groups": turnaround_stats(session, sla_targets())}

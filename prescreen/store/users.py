@@ -1,0 +1,127 @@
+"""Users: create, look up, check a password (Argon2id, a memory-hard KDF)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.errors import ConflictError, NotAuthenticatedError, PrescreenError
+from prescreen.store.schema_triage import User
+from prescreen.triage.review import GRADES
+
+_HASHER = PasswordHasher()
+LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+SPECIALTY = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+MIN_PASSWORD = 8
+
+
+class InvalidUserError(PrescreenError):
+    """A user that cannot be created as given (login, grade, specialty or password)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The signed-in user, as the API and the pages see them."""
+
+    id: str
+    login: str
+    name: str
+    grade: str
+    specialties: tuple[str, ...]
+    institution: str | None
+    is_admin: bool
+
+
+def principal(user: User) -> Principal:
+    return Principal(
+        user.id, user.login, user.name, user.grade, tuple(user.specialties or ()), user.institution, user.is_admin
+    )
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def add_user(
+    sessions: sessionmaker[Session],
+    *,
+    login: str,
+    name: str,
+    password: str,
+    grade: str,
+    specialties: Sequence[str],
+    institution: str | None = None,
+    is_admin: bool = False,
+) -> Principal:
+    """Create a user.
+
+    Raises:
+        InvalidUserError: a malformed login or specialty, an unknown grade, a short password.
+        ConflictError: the login is taken.
+    """
+    login = login.strip().lower()
+    if not LOGIN.fullmatch(login):
+        raise InvalidUserError(f"login {login!r}: 2–64 lowercase letters, digits, '.', '_' or '-'")
+    if grade not in GRADES:
+        raise InvalidUserError(f"grade {grade!r} is not one of {', '.join(GRADES)}")
+    bad = [s for s in specialties if not SPECIALTY.fullmatch(s)]
+    if bad:
+        raise InvalidUserError(f"specialty {bad[0]!r}: lowercase letters, digits and '-' (e.g. cardiology)")
+    if len(password) < MIN_PASSWORD:
+        raise InvalidUserError(f"the password needs at least {MIN_PASSWORD} characters")
+    if not name.strip():
+        raise InvalidUserError("the name is empty")
+    user = User(
+        login=login,
+        name=name.strip(),
+        password_hash=hash_password(password),
+        grade=grade,
+        specialties=sorted(set(specialties)),
+        institution=institution,
+        is_admin=is_admin,
+    )
+    try:
+        with sessions.begin() as session:
+            session.add(user)
+    except IntegrityError as exc:
+        raise ConflictError(f"login {login!r} is taken") from exc
+    return principal(user)
+
+
+def authenticate(sessions: sessionmaker[Session], login: str, password: str) -> Principal:
+    """The user with this login and password.
+
+    Raises:
+        NotAuthenticatedError: unknown login or wrong password (the same message for both).
+    """
+    with sessions() as session:
+        user = session.scalars(select(User).where(User.login == login.strip().lower())).one_or_none()
+    if user is None or not user.active:
+        _HASHER.hash(password)  # spend the same time as a real check: do not reveal which part was wrong
+        raise NotAuthenticatedError("wrong login or password")
+    try:
+        _HASHER.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise NotAuthenticatedError("wrong login or password") from None
+    return principal(user)
+
+
+def get_principal(sessions: sessionmaker[Session], user_id: str) -> Principal:
+    with sessions() as session:
+        user = session.get(User, user_id)
+    if user is None or not user.active:
+        raise NotAuthenticatedError("the user of this token no longer exists")
+    return principal(user)
+
+
+def list_users(sessions: sessionmaker[Session]) -> list[Principal]:
+    with sessions() as session:
+        return [principal(u) for u in session.scalars(select(User).order_by(User.login))]
+

@@ -1,0 +1,151 @@
+"""Authentication and permissions: tokens, the signing key, and an explicit permission on every route."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from prescreen.config import Settings, get_settings
+from prescreen.errors import NotAuthenticatedError
+from prescreen.serving.app import create_app
+from prescreen.serving.auth import issue_token, read_token, secret_key
+from prescreen.store.blobs import FileBlobStore
+from prescreen.store.db import make_engine, migrate, session_factory
+from prescreen.store.ingest import Ingestor
+from prescreen.store.users import Principal, add_user, authenticate
+
+USER = Principal("u1", "liwei", "Li Wei", "attending", ("cardiology",), None, False)
+
+
+def test_signing_key_is_made_once_and_private(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    first = secret_key(settings)
+    assert len(first) >= 40
+    assert secret_key(settings) == first
+    mode = stat.S_IMODE((tmp_path / "secret.key").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_a_configured_key_wins_and_is_not_written(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, secret_key=SecretStr("k" * 48))
+    assert secret_key(settings) == "k" * 48
+    assert not (tmp_path / "secret.key").exists()
+
+
+def test_token_round_trip_forgery_and_expiry(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, secret_key=SecretStr("a" * 48))
+    assert read_token(issue_token(USER, settings), settings) == "u1"
+    other = Settings(home=tmp_path, secret_key=SecretStr("b" * 48))
+    with pytest.raises(NotAuthenticatedError, match="not valid"):
+        read_token(issue_token(USER, other), settings)
+    expired = jwt.encode(
+        {"sub": "u1", "exp": datetime.now(UTC) - timedelta(seconds=5)}, "a" * 48, algorithm="HS256"
+    )
+    with pytest.raises(NotAuthenticatedError, match="expired"):
+        read_token(expired, settings)
+    with pytest.raises(NotAuthenticatedError):
+        read_token("not-a-token", settings)
+    unsigned = jwt.encode({"sub": "u1", "exp": datetime.now(UTC) + timedelta(hours=1)}, None, algorithm="none")
+    with pytest.raises(NotAuthenticatedError):
+        read_token(unsigned, settings)
+
+
+def _permissions(dependant: Any) -> set[str]:
+    found: set[str] = set()
+    call: Callable[..., Any] | None = dependant.call
+    if call is not None and hasattr(call, "permission"):
+        found.add(call.permission)
+    for sub in dependant.dependencies:
+        found |= _permissions(sub)
+    return found
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """APIRoutes, also inside included routers (FastAPI ≥ 0.16x keeps them behind a wrapper)."""
+    out: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            out.append(route)
+        elif hasattr(route, "original_router"):
+            out.extend(_api_routes(route.original_router.routes))
+    return out
+
+
+def test_every_api_route_has_an_explicit_permission() -> None:
+    app = create_app()
+    routes = _api_routes(app.routes)
+    assert len(routes) > 15
+    missing = [f"{sorted(r.methods)} {r.path}" for r in routes if not _permissions(r.dependant)]
+    assert missing == []
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    app = create_app()
+    app.state.ingestor = Ingestor(session_factory(make_engine(url)), FileBlobStore(tmp_path / "blobs"))
+    add_user(
+        app.state.ingestor.sessions,
+        login="liwei",
+        name="Li Wei",
+        password="pw-attending-1",
+        grade="attending",
+        specialties=["cardiology"],
+    )
+    return TestClient(app)
+
+
+def test_wrong_login_or_password_is_401_without_saying_which(client: TestClient) -> None:
+    wrong_password = client.post("/v1/auth/token", data={"username": "liwei", "password": "nope-nope"})
+    unknown_user = client.post("/v1/auth/token", data={"username": "nobody", "password": "pw-attending-1"})
+    assert wrong_password.status_code == unknown_user.status_code == 401
+    assert wrong_password.json()["detail"] == unknown_user.json()["detail"] == "wrong login or password"
+    assert wrong_password.headers["www-authenticate"] == "Bearer"
+
+
+def test_token_opens_the_reader_routes_and_anonymous_is_refused(client: TestClient) -> None:
+    assert client.get("/v1/worklists").status_code == 401
+    assert client.get("/v1/worklists", headers={"Authorization": "Bearer garbage"}).status_code == 401
+    token = client.post("/v1/auth/token", data={"username": "liwei", "password": "pw-attending-1"}).json()
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    me = client.get("/v1/auth/me", headers=headers).json()
+    assert (me["login"], me["grade"], me["specialties"]) == ("liwei", "attending", ["cardiology"])
+    assert client.get("/v1/worklists/cardiology", headers=headers).status_code == 200
+    refused = client.get("/v1/worklists/sonography", headers=headers)
+    assert refused.status_code == 403 and "specialties" in refused.json()["detail"]
+
+
+def test_anonymous_permissions_come_from_settings(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client.get("/v1/studies").status_code == 200  # default: senders on a trusted network may read status
+    monkeypatch.setenv("PRESCREEN_ANONYMOUS_PERMISSIONS", "")
+    get_settings.cache_clear()
+    try:
+        assert client.get("/v1/studies").status_code == 401
+        assert client.get("/healthz").status_code == 200  # health stays open
+    finally:
+        get_settings.cache_clear()
+
+
+def test_passwords_are_stored_as_argon2_hashes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    sessions = session_factory(make_engine(url))
+    add_user(sessions, login="a.b", name="A B", password="long-enough", grade="chief", specialties=["x"])
+    from sqlalchemy import select
+
+    from prescreen.store.schema_triage import User
+
+    with sessions() as session:
+        stored = session.scalars(select(User.password_hash)).one()
+    assert stored.startswith("$argon2id$") and "long-enough" not in stored
+    assert authenticate(sessions, "A.B", "long-enough").login == "a.b"
