@@ -97,3 +97,105 @@ def test_invalid_options_and_corrupt_state_exit_2(isolated_home: Path) -> None:
     (isolated_home / "active.json").write_text("{")
     code, out = run("models", "list")
     assert code == 2 and "active.json" in out and "corrupt" in out
+
+
+BAD_RULES = """rules:
+  - name: ecg
+    match:
+      task: ecg-rhythm
+    worklist: cardiology
+    priority: routine
+  - name: chest
+    match:
+      task: chest-xray
+    worklist: thoracic-radiology
+    priority: asap
+"""
+
+
+def test_rules_check_accepts_the_shipped_rules_and_names_the_bad_line(tmp_path: Path) -> None:
+    from prescreen.triage.rules import default_rules_path
+
+    code, out = run("rules", "check", str(default_rules_path()))
+    assert code == 0, out
+    assert "cardiology" in out and "ok:" in out
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(BAD_RULES)
+    code, out = run("rules", "check", str(bad))
+    assert code == 2
+    assert "line 11" in out and "chest" in out and "asap" in out
+
+
+def test_serve_refuses_to_start_on_an_invalid_rules_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prescreen.config import get_settings
+
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(BAD_RULES)
+    monkeypatch.setenv("PRESCREEN_RULES_PATH", str(bad))
+    get_settings.cache_clear()
+    try:
+        code, out = run("serve", "--port", "1")
+    finally:
+        get_settings.cache_clear()
+    assert code == 2
+    assert "chest" in out and "line 11" in out
+
+
+def test_users_add_reads_the_password_from_stdin_and_refuses_bad_input() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "users",
+            "add",
+            "--name",
+            "Li Wei",
+            "--login",
+            "liwei",
+            "--grade",
+            "attending",
+            "--specialty",
+            "cardiology",
+            "--password-stdin",
+        ],
+        input="pw-attending-1\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "liwei" in result.output
+    again = runner.invoke(
+        app,
+        [
+            "users",
+            "add",
+            "--name",
+            "L W",
+            "--login",
+            "liwei",
+            "--grade",
+            "attending",
+            "--specialty",
+            "cardiology",
+            "--password-stdin",
+        ],
+        input="pw-attending-2\n",
+    )
+    assert again.exit_code == 2 and "taken" in again.output
+    bad_grade = runner.invoke(
+        app,
+        [
+            "users",
+            "add",
+            "--name",
+            "X",
+            "--login",
+            "x1",
+            "--grade",
+            "professor",
+            "--specialty",
+            "cardiology",
+            "--password-stdin",
+        ],
+        input="long-password\n",
+    )
+    assert bad_grade.exit_code == 2 and "grade" in bad_grade.output
+    listing = runner.invoke(app, ["users", "list"])
+    assert listing.exit_code == 0 and "Li Wei" in listing.output and "pw-attending" not in listing.output
