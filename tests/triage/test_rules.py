@@ -64,6 +64,7 @@ def test_default_rules_ship_inside_the_package_and_load() -> None:
         "breast-us",
         "chest-xray-flagged",
         "chest-xray",
+        "ecg-not-screened",
         "not-screened",
         "catch-all",
     ]
@@ -98,6 +99,7 @@ def test_default_rules_ship_inside_the_package_and_load() -> None:
         (CHEST, Routing("thoracic-radiology", "routine", "chest-xray")),
         (CT, Routing("general-radiology", "routine", "not-screened")),
         (SeriesFacts(), Routing("general-radiology", "routine", "not-screened")),
+        (SeriesFacts(modality="ecg"), Routing("cardiology", "routine", "ecg-not-screened")),
         (SeriesFacts(task="knee-mri", score=0.9, flagged=True), Routing("general-radiology", "routine", "catch-all")),
     ],
 )
@@ -516,7 +518,7 @@ def test_cli_rules_check(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["rules", "check", str(default_rules_path())])
     assert result.exit_code == 0, result.output
-    assert "10 rules" in result.output
+    assert "11 rules" in result.output
     bad = tmp_path / "rules.yaml"
     bad.write_text(rule_text(rule("noisy-ecg", "{task: ecg-rhythm}", "ecg-repeat", "asap")), encoding="utf-8")
     result = runner.invoke(app, ["rules", "check", str(bad)])
