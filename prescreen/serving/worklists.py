@@ -18,6 +18,7 @@ from prescreen.store.users import authenticate
 from prescreen.store.worklist import (
     DraftText,
     act,
+    ai_agreement_stats,
     check_access,
     count_open,
     item_detail,
@@ -161,3 +162,10 @@ def turnaround(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
     """Receipt → final report: p50/p95 minutes and the share within target, by worklist and priority."""
     with ingestor.sessions() as session:
         return {"groups": turnaround_stats(session, sla_targets())}
+
+
+@worklists_router.get("/stats/ai-agreement")
+def ai_agreement(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
+    """How often final reports agree with the AI flag, per task and flag (in-service monitoring)."""
+    with ingestor.sessions() as session:
+        return {"groups": ai_agreement_stats(session)}

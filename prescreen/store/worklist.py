@@ -427,6 +427,24 @@ def turnaround_stats(session: Session, targets: SlaTargets) -> list[dict[str, An
     return out
 
 
+def ai_agreement_stats(session: Session) -> list[dict[str, Any]]:
+    """Physicians' agreement with the AI flag on final reports, per task and flag: the ground truth
+    that monitors each model in service (a disagreement on a flagged study is a false positive, on an
+    unflagged one a false negative, as the physician judged it)."""
+    rows = session.execute(
+        select(WorklistItem.task, WorklistItem.flagged, WorklistItem.ai_agrees).where(
+            WorklistItem.finalized_at.is_not(None), WorklistItem.ai_agrees.is_not(None), WorklistItem.task.is_not(None)
+        )
+    ).all()
+    groups: dict[tuple[str, bool], list[bool]] = {}
+    for task, flagged, agrees in rows:
+        groups.setdefault((str(task), bool(flagged)), []).append(bool(agrees))
+    return [
+        {"task": task, "flagged": flagged, "n": len(votes), "agree": round(sum(votes) / len(votes), 3)}
+        for (task, flagged), votes in sorted(groups.items())
+    ]
+
+
 def _priority(value: str) -> Priority:
     if value not in PRIORITIES:
         raise ValueError(f"priority {value!r} is not one of {', '.join(PRIORITIES)}")
