@@ -125,11 +125,12 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     app.state.engine = engine
     install_error_handlers(app)
     from prescreen.serving.dicomweb import dicomweb_router
+    from prescreen.serving.pages import pages_router
     from prescreen.serving.studies import studies_router
     from prescreen.serving.worklists import auth_router, worklists_router
 
-    routers = (screen_router, models_router, studies_router, dicomweb_router, auth_router, worklists_router)
-    for router in (*routers, health_router):
+    api_routers = (screen_router, models_router, studies_router, dicomweb_router, auth_router, worklists_router)
+    for router in (*api_routers, pages_router, health_router):
         app.include_router(router)
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)
     return app

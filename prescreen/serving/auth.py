@@ -88,13 +88,18 @@ _bearer = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
 def caller(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Principal | None:
     """The signed-in user (bearer token or session cookie), or ``None`` for an anonymous call."""
-    token = token or request.cookies.get(SESSION_COOKIE)
-    if not token:
+    cookie = None if token else request.cookies.get(SESSION_COOKIE)
+    if not token and not cookie:
         return None
     sessions = getattr(request.app.state, "ingestor", None)
     if sessions is None:
         raise NotAuthenticatedError("the service is starting")
-    return get_principal(sessions.sessions, read_token(token, get_settings()))
+    try:
+        return get_principal(sessions.sessions, read_token(token or cookie or "", get_settings()))
+    except NotAuthenticatedError:
+        if token:
+            raise  # a bad bearer token is an error; a stale page cookie is just no session
+        return None
 
 
 def require(permission: Permission) -> Callable[..., Any]:

@@ -191,8 +191,14 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
     item, study = load_item(session, item_id)
     check_access(user, item.worklist)
     now = utcnow()
-    names = {u.id: u.name for u in session.scalars(select(User))}
     reports = session.scalars(select(Report).where(Report.item_id == item.id).order_by(Report.version)).all()
+    events = session.scalars(select(ItemEvent).where(ItemEvent.item_id == item.id).order_by(ItemEvent.at)).all()
+    signers = select(Signature.user_id).where(Signature.report_id.in_([r.id for r in reports]))
+    user_ids = {item.first_reader_id, item.claimed_by, *(r.author_id for r in reports), *(e.user_id for e in events)}
+    names = {
+        u.id: u.name
+        for u in session.scalars(select(User).where(or_(User.id.in_([i for i in user_ids if i]), User.id.in_(signers))))
+    }
     versions = []
     for report in reports:
         signatures = session.scalars(
@@ -219,12 +225,12 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
             }
         )
     escalations = session.scalars(select(Escalation).where(Escalation.item_id == item.id).order_by(Escalation.at))
-    events = session.scalars(select(ItemEvent).where(ItemEvent.item_id == item.id).order_by(ItemEvent.at))
     state = _item_state(item, session)
     return {
         **item_summary(item, study, targets, now),
         "first_reader": names.get(item.first_reader_id or ""),
         "first_reader_id": item.first_reader_id,
+        "claimed_by_name": names.get(item.claimed_by or ""),
         "claim_expires": as_utc(item.claim_expires).isoformat() if item.claim_expires else None,
         "return_comment": item.return_comment,
         "ai_agrees": item.ai_agrees,
@@ -232,7 +238,13 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
         "reports": versions,
         "escalations": [{"level": e.level, "at": as_utc(e.at).isoformat()} for e in escalations],
         "history": [
-            {"action": e.action, "state": e.state, "by": names.get(e.user_id or ""), "at": as_utc(e.at).isoformat()}
+            {
+                "action": e.action,
+                "state": e.state,
+                "by": names.get(e.user_id or ""),
+                "at": as_utc(e.at).isoformat(),
+                "comment": (e.detail or {}).get("comment"),
+            }
             for e in events
         ],
         "allowed_actions": allowed_actions(state, Actor(user.id, user.grade), now),  # type: ignore[arg-type]
@@ -296,7 +308,10 @@ def act(
         item, _study = load_item(session, item_id, for_update=True)
         check_access(user, item.worklist)
         state = _item_state(item, session)
-        decision = decide(state, action, Actor(user.id, user.grade), now, lease)  # type: ignore[arg-type]
+        try:
+            decision = decide(state, action, Actor(user.id, user.grade), now, lease)  # type: ignore[arg-type]
+        except (ForbiddenError, ConflictError) as exc:
+            raise type(exc)(_with_names(session, str(exc), state)) from None
         done = session.execute(
             update(WorklistItem)
             .where(WorklistItem.id == item.id, WorklistItem.revision == item.revision)
@@ -311,8 +326,20 @@ def act(
         if changed(done) != 1:
             raise ConflictError("another reader changed this item at the same moment; reload it")
         _apply_report(session, item, action, user, decision.signature, decision.new_version, draft, comment, now)
-        session.add(ItemEvent(item_id=item.id, user_id=user.id, action=action, state=decision.state, at=now))
+        detail = {"comment": comment} if action == "return" and comment else None
+        session.add(
+            ItemEvent(item_id=item.id, user_id=user.id, action=action, state=decision.state, at=now, detail=detail)
+        )
         return decision.state
+
+
+def _with_names(session: Session, message: str, state: ItemState) -> str:
+    """The decision's reason with user ids replaced by names: readers see it."""
+    for user_id in {state.first_reader, state.claimed_by} - {None}:
+        user = session.get(User, user_id)
+        if user is not None and user_id:
+            message = message.replace(user_id, user.name)
+    return message
 
 
 def _apply_report(

@@ -1,0 +1,514 @@
+"""The readers' pages (``/ui``): sign in, the worklists of one's specialties, an item with its images
+or ECG trace, its reports and the review actions. Server-rendered (Jinja2) with a little plain
+JavaScript (countdowns, a list refresh every 15 s); nothing is built or downloaded.
+
+Sessions: ``POST /ui/login`` puts a token from :func:`~prescreen.serving.auth.issue_token` in the
+HttpOnly, ``SameSite=Strict`` cookie :data:`~prescreen.serving.auth.SESSION_COOKIE` (``Secure`` when
+served over HTTPS); no token is ever visible to JavaScript. A page without a valid session redirects
+to the login form (and comes back afterwards).
+
+CSRF: every action is a ``POST`` of a form to this origin and the session cookie is
+``SameSite=Strict``, so a browser never sends it with a request started by another site; no ``GET``
+changes anything. Pages also send a Content-Security-Policy that allows only this origin's scripts
+and styles (no inline script), and forbid framing.
+
+Every route carries one explicit permission (a dependency with a ``permission`` attribute, as
+:func:`~prescreen.serving.auth.require` marks them): ``health`` for the public ones (login form,
+stylesheet and script), ``worklists:read`` to see, ``reports:write`` to act.
+
+Nothing patient-identifying is logged here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from importlib.resources import files
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from prescreen.config import get_settings
+from prescreen.datasets.readers import ECG_SOP_CLASSES
+from prescreen.errors import ForbiddenError, InvalidStudyError, NotAuthenticatedError, NotFoundError, PrescreenError
+from prescreen.serving.auth import SESSION_COOKIE, Permission, caller, issue_token, permissions_of
+from prescreen.serving.dicomweb import get_ingestor
+from prescreen.serving.errors import status_for
+from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
+from prescreen.serving.worklists import claim_lease, sla_targets
+from prescreen.store.ingest import Ingestor
+from prescreen.store.queue import as_utc
+from prescreen.store.schema import Instance, Series
+from prescreen.store.schema_triage import Report, User
+from prescreen.store.users import Principal, authenticate
+from prescreen.store.views import study_detail
+from prescreen.store.worklist import DraftText, act, check_access, count_open, item_detail, list_worklist, load_item
+
+pages_router = APIRouter(prefix="/ui", include_in_schema=False)
+
+FLASH_COOKIE = "prescreen_flash"
+LIST_LIMIT = 100
+ACTIONS = ("claim", "release", "draft", "sign", "return", "amend")
+STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+STATE_LABELS = {
+    "unread": "Unread",
+    "claimed": "Claimed",
+    "draft": "Draft",
+    "awaiting_review": "Awaiting review",
+    "returned": "Returned",
+    "final": "Final",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+# --- who is signed in ----------------------------------------------------------------------
+
+
+def page_user(permission: Permission) -> Callable[[Request], Principal | None]:
+    """A dependency: the user of the session cookie, or ``None`` when there is no valid session
+    (the route then redirects to the login form). A signed-in user without ``permission`` gets 403."""
+
+    def dependency(request: Request) -> Principal | None:
+        if not request.cookies.get(SESSION_COOKIE):
+            return None
+        get_ingestor(request)  # 503 while the store is not open, rather than "sign in again"
+        try:
+            user = caller(request, None)  # the cookie only: pages never take a bearer token
+        except NotAuthenticatedError:  # expired, forged, or the user is gone
+            return None
+        if user is not None and permission not in permissions_of(user):
+            raise ForbiddenError(f"your role does not allow {permission.value}")
+        return user
+
+    dependency.permission = permission  # type: ignore[attr-defined]  # read by the route audit test
+    return dependency
+
+
+def public_page() -> None:
+    """The login form and the static files: open to anyone, without looking at the session."""
+
+
+public_page.permission = Permission.HEALTH  # type: ignore[attr-defined]
+
+PageReader = Annotated[Principal | None, Depends(page_user(Permission.WORKLISTS_READ))]
+PageWriter = Annotated[Principal | None, Depends(page_user(Permission.REPORTS_WRITE))]
+Public = [Depends(public_page)]
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a page of ours only (no open redirect)."""
+    if target and target.startswith("/ui/") and "//" not in target and "\\" not in target:
+        return target
+    return "/ui/"
+
+
+def to_login(request: Request) -> RedirectResponse:
+    """Redirect to the login form, coming back here afterwards; drops a stale session cookie."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    response = RedirectResponse(f"/ui/login?next={quote(_safe_next(target), safe='/')}", status_code=303)
+    if request.cookies.get(SESSION_COOKIE):
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _when(value: str | datetime | None) -> str:
+    if value is None:
+        return "—"
+    moment = as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: int | float | None) -> str:
+    if seconds is None:
+        return "—"
+    total = abs(int(seconds))
+    text = f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    return f"−{text}" if seconds < 0 else text
+
+
+def _person(name: str | None) -> str:
+    """A DICOM person name (``Family^Given^Middle``) as ``Family, Given Middle``."""
+    if not name:
+        return "—"
+    parts = [p.strip() for p in name.split("=")[0].split("^")]
+    family, given = parts[0], " ".join(p for p in parts[1:] if p)
+    return f"{family}, {given}" if family and given else family or given or "—"
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _event(action: str, state: str) -> str:
+    """An entry of an item's history in words."""
+    if action == "sign":
+        return {"awaiting_review": "Signed, submitted for review", "final": "Co-signed"}.get(state, "Signed")
+    labels = {
+        "claim": "Claimed",
+        "release": "Released",
+        "draft": "Saved draft",
+        "return": "Returned",
+        "amend": "Amended",
+    }
+    return labels.get(action, action)
+
+
+def _title(value: str | None) -> str:
+    return (value or "—").replace("-", " ").replace("_", " ").capitalize()
+
+
+_env = Environment(
+    loader=PackageLoader("prescreen.serving", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(
+    when=_when,
+    duration=_duration,
+    person=_person,
+    score=_score,
+    title=_title,
+    event=_event,
+    state_label=lambda s: STATE_LABELS.get(s, _title(s)),
+)
+
+
+def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    html = _env.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+
+
+def error_page(request: Request, user: Principal | None, exc: PrescreenError) -> HTMLResponse:
+    status, _ = status_for(exc)
+    titles = {403: "Not allowed", 404: "Not found", 409: "Not possible now"}
+    response = render(
+        "error.html",
+        status_code=status,
+        user=user,
+        status=status,
+        heading=titles.get(status, "Something went wrong"),
+        message=str(exc),
+        flash=_pop_flash(request),
+    )
+    return _shown(response, request)
+
+
+def _pop_flash(request: Request) -> dict[str, str] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(raw.encode()).decode())
+        return {"kind": str(value["kind"]), "text": str(value["text"])[:500]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _with_flash(response: Response, kind: str, text: str) -> Response:
+    payload = base64.urlsafe_b64encode(json.dumps({"kind": kind, "text": text[:500]}).encode()).decode()
+    response.set_cookie(FLASH_COOKIE, payload, max_age=60, path="/ui/", httponly=True, samesite="strict")
+    return response
+
+
+def _shown(response: HTMLResponse, request: Request) -> HTMLResponse:
+    if request.cookies.get(FLASH_COOKIE):
+        response.delete_cookie(FLASH_COOKIE, path="/ui/", httponly=True, samesite="strict")
+    return response
+
+
+def _user_names(session: Session, ids: Iterable[str | None]) -> dict[str, str]:
+    wanted = {i for i in ids if i}
+    if not wanted:
+        return {}
+    return {u.id: u.name for u in session.scalars(select(User).where(User.id.in_(wanted)))}
+
+
+# --- public: sign in and out, static files -------------------------------------------------
+
+
+@pages_router.get("/login", dependencies=Public)
+def login_form(request: Request, next: str = "/ui/") -> Response:
+    """The login form."""
+    return render("login.html", next=_safe_next(next), error=None, login="")
+
+
+@pages_router.post("/login", dependencies=Public)
+def login(
+    request: Request,
+    login: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "/ui/",
+) -> Response:
+    """Check the login and password; set the session cookie and go to the worklists (401 and the
+    form again when wrong, without saying which part)."""
+    ingestor = get_ingestor(request)
+    settings = get_settings()
+    try:
+        user = authenticate(ingestor.sessions, login, password)
+    except NotAuthenticatedError:
+        error = "wrong login or password"
+        return render("login.html", status_code=401, next=_safe_next(next), error=error, login=login)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        issue_token(user, settings),
+        max_age=settings.token_ttl_minutes * 60,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@pages_router.post("/logout", dependencies=Public)
+def logout() -> Response:
+    """End the session (the browser forgets the cookie)."""
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@pages_router.get("/static/{name}", dependencies=Public)
+def static(name: str) -> Response:
+    """The stylesheet and the script (an allow-list; nothing else is served)."""
+    media_type = STATIC.get(name)
+    if media_type is None:
+        raise NotFoundError(f"no static file {name!r}")
+    body = (files("prescreen.serving") / "static" / name).read_bytes()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    return Response(body, media_type=media_type, headers=headers)
+
+
+# --- worklists -----------------------------------------------------------------------------
+
+
+def _worklists(ingestor: Ingestor, user: Principal, only: str | None = None) -> list[dict[str, Any]]:
+    targets = sla_targets()
+    out: list[dict[str, Any]] = []
+    with ingestor.sessions() as session:
+        for specialty in [only] if only else user.specialties:
+            items = list_worklist(session, specialty, targets, limit=LIST_LIMIT)
+            out.append({"worklist": specialty, "items": items, "total": count_open(session, specialty)})
+        names = _user_names(session, (i["claimed_by"] for w in out for i in w["items"]))
+    for worklist in out:
+        for item in worklist["items"]:
+            item["claimed_by_name"] = names.get(item["claimed_by"] or "")
+    return out
+
+
+@pages_router.get("/")
+def worklists_page(request: Request, user: PageReader) -> Response:
+    """The worklists of the user's specialties: open items, most urgent first."""
+    if user is None:
+        return to_login(request)
+    lists = _worklists(get_ingestor(request), user)
+    return _shown(render("worklists.html", user=user, worklists=lists, flash=_pop_flash(request)), request)
+
+
+@pages_router.get("/worklists/{specialty}/rows")
+def worklist_rows(request: Request, user: PageReader, specialty: str) -> Response:
+    """The rows of one worklist (what the page's script swaps in every 15 s); 401 without a session."""
+    if user is None:
+        return Response("sign in again", status_code=401, media_type="text/plain")
+    check_access(user, specialty)
+    (worklist,) = _worklists(get_ingestor(request), user, only=specialty)
+    response = render("_rows.html", user=user, worklist=worklist)
+    response.headers["X-Total"] = str(worklist["total"])
+    return response
+
+
+# --- one item ------------------------------------------------------------------------------
+
+
+@pages_router.get("/items/{item_id}")
+def item_page(request: Request, user: PageReader, item_id: str) -> Response:
+    """An item: the AI result, a preview of each series, the reports with their signatures, the
+    escalations, the history, and the actions the user may take now."""
+    if user is None:
+        return to_login(request)
+    ingestor = get_ingestor(request)
+    try:
+        with ingestor.sessions() as session:
+            item = item_detail(session, item_id, user, sla_targets())
+            study = study_detail(session, item["study_id"])
+            draft = session.scalars(
+                select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())
+            ).first()
+            names = _user_names(session, [item["claimed_by"]])
+    except PrescreenError as exc:
+        return error_page(request, user, exc)
+    item["claimed_by_name"] = names.get(item["claimed_by"] or "")
+    editing = draft if draft is not None and draft.status == "draft" else None
+    response = render(
+        "item.html",
+        user=user,
+        item=item,
+        study=study,
+        draft_text=editing.text if editing else "",
+        draft_agrees=bool(editing and editing.ai_agrees),
+        flash=_pop_flash(request),
+    )
+    return _shown(response, request)
+
+
+_PREVIEW_CACHE: OrderedDict[str, bytes] = OrderedDict()
+_PREVIEW_LOCK = threading.Lock()
+_PREVIEW_CACHE_SIZE = 32
+_PREVIEW_VERSION = "1"
+
+
+def _series_files(session: Session, study_id: str, series_uid: str) -> list[tuple[str | None, str]]:
+    """``(file name, blob key)`` of what a preview needs: the DICOM ECG, the whole WFDB record, or
+    the first image."""
+    series = session.scalars(
+        select(Series).where(Series.study_id == study_id, Series.series_uid == series_uid)
+    ).one_or_none()
+    if series is None:
+        raise NotFoundError("no such series in this study")
+    instances = session.scalars(
+        select(Instance)
+        .where(Instance.series_id == series.id)
+        .order_by(Instance.received_at, Instance.file_name, Instance.sop_instance_uid)
+    ).all()
+    if not instances:
+        raise InvalidStudyError("the series has no files")
+    ecg = [i for i in instances if i.sop_class_uid in ECG_SOP_CLASSES]
+    if ecg:
+        return [(ecg[0].file_name, ecg[0].blob_key)]
+    if any((i.file_name or "").lower().endswith(".hea") for i in instances):
+        return [(i.file_name, i.blob_key) for i in instances]
+    return [(instances[0].file_name, instances[0].blob_key)]
+
+
+@pages_router.get("/items/{item_id}/series/{series_uid}.png")
+def series_preview(request: Request, user: PageReader, item_id: str, series_uid: str) -> Response:
+    """A PNG of the series: the first image in its window, or the ECG on its grid (401 without a
+    session, 403 outside the user's specialties; a series that cannot be drawn gives a PNG that says
+    why, with status 422)."""
+    if user is None:
+        return Response("sign in again", status_code=401, media_type="text/plain")
+    ingestor = get_ingestor(request)
+    with ingestor.sessions() as session:
+        item, study = load_item(session, item_id)
+        check_access(user, item.worklist)
+        try:
+            wanted = _series_files(session, study.id, series_uid)
+        except InvalidStudyError as exc:
+            return _png_response(placeholder_png(str(exc)), 422, None)
+    etag = '"' + hashlib.sha256("|".join([_PREVIEW_VERSION, *(k for _, k in wanted)]).encode()).hexdigest()[:32] + '"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
+    with _PREVIEW_LOCK:
+        cached = _PREVIEW_CACHE.get(etag)
+        if cached is not None:
+            _PREVIEW_CACHE.move_to_end(etag)
+    if cached is not None:
+        return _png_response(cached, 200, etag)
+    try:
+        png = series_png(
+            [SeriesFile(name, ingestor.blobs.get(key)) for name, key in wanted],
+            max_pixels=get_settings().max_image_pixels,
+        )
+    except PrescreenError as exc:
+        return _png_response(placeholder_png(str(exc)), 422, None)
+    with _PREVIEW_LOCK:
+        _PREVIEW_CACHE[etag] = png
+        while len(_PREVIEW_CACHE) > _PREVIEW_CACHE_SIZE:
+            _PREVIEW_CACHE.popitem(last=False)
+    return _png_response(png, 200, etag)
+
+
+def _png_response(png: bytes, status: int, etag: str | None) -> Response:
+    headers = {"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
+    if etag:
+        headers["ETag"] = etag
+    return Response(png, status_code=status, media_type="image/png", headers=headers)
+
+
+# --- actions (POST, then redirect back: post/redirect/get) ---------------------------------
+
+
+def _is_saved(ingestor: Ingestor, item_id: str, draft: DraftText) -> bool:
+    """Whether the item's current draft already holds this text (signing then saves nothing)."""
+    with ingestor.sessions() as session:
+        report = session.scalars(
+            select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())
+        ).first()
+    return (
+        report is not None
+        and report.status == "draft"
+        and report.text == draft.text
+        and report.ai_agrees == draft.ai_agrees
+    )
+
+
+_DONE = {
+    "claim": "Claimed: the item is yours while you read it.",
+    "release": "Released: the item is back in the worklist.",
+    "draft": "Draft saved.",
+    "awaiting_review": "Signed and submitted for review.",
+    "final": "Co-signed: the report is final.",
+    "return": "Returned to the first reader with your comment.",
+    "amend": "A new version of the report was started as a draft.",
+}
+
+
+@pages_router.post("/items/{item_id}/{action}")
+def item_action(
+    request: Request,
+    user: PageWriter,
+    item_id: str,
+    action: str,
+    text: Annotated[str | None, Form()] = None,
+    ai_agrees: Annotated[str | None, Form()] = None,
+    comment: Annotated[str | None, Form()] = None,
+) -> Response:
+    """One action from the item page's forms: ``claim``, ``release``, ``draft`` (``text``,
+    ``ai_agrees``), ``sign`` (with ``text``: saves that draft first), ``return`` (``comment``) or
+    ``amend``; then back to the item with what happened (or why not) as a message."""
+    if user is None:
+        return to_login(request)
+    if action not in ACTIONS:
+        raise NotFoundError(f"no action {action!r}; one of {', '.join(ACTIONS)}")
+    ingestor = get_ingestor(request)
+    settings = get_settings()
+    back = RedirectResponse(f"/ui/items/{quote(item_id, safe='')}", status_code=303)
+    options: Mapping[str, Any] = {"lease": claim_lease(settings), "max_chars": settings.max_report_chars}
+    try:
+        if action == "return" and not (comment or "").strip():
+            raise InvalidStudyError("write a comment for the first reader: what should change")
+        draft = DraftText((text or "").replace("\r\n", "\n"), ai_agrees is not None)
+        if action == "draft" or (action == "sign" and text is not None and not _is_saved(ingestor, item_id, draft)):
+            state = act(ingestor.sessions, item_id, "draft", user, draft=draft, **options)
+        if action != "draft":
+            note = comment if action == "return" else None
+            state = act(ingestor.sessions, item_id, action, user, comment=note, **options)
+    except PrescreenError as exc:
+        return _with_flash(back, "error", str(exc))
+    return _with_flash(back, "ok", _DONE.get(state if action == "sign" else action, "Done."))
