@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     sla_stat_minutes: float = Field(30, description="Report target of a stat item")
     sla_urgent_minutes: float = Field(120, description="Report target of an urgent item")
     sla_routine_minutes: float = Field(240, description="Report target of a routine item (the 4-hour plan)")
-    claim_lease_minutes: float = Field(30, description="A claim expires after this; the item returns to the list")
+    claim_lease_minutes: float = Field(30, gt=0, description="A claim expires after this; the item returns to the list")
     max_report_chars: int = Field(20000, description="Longest report text accepted (413 above)")
     escalation_webhook: str | None = Field(None, description="URL that escalation events are POSTed to")
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")

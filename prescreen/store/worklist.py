@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -84,9 +84,16 @@ def triage_study(session: Session, study_id: str, rules: RuleSet, targets: SlaTa
         return []
     facts = series_facts(session, study)
     routings = route_study(rules, facts)
-    top = max((f for f in facts if f.score is not None), key=lambda f: f.score or 0.0, default=None)
+    by_worklist: dict[str, list[SeriesFacts]] = {}
+    for fact in facts or [SeriesFacts()]:
+        routed = rules.route(fact)
+        if routed is not None:
+            by_worklist.setdefault(routed.worklist, []).append(fact)
     received = as_utc(study.received_at)
     for routing in routings:
+        # the AI result shown (and sorted by) is that of the series routed to this worklist
+        mine = [f for f in by_worklist.get(routing.worklist, []) if f.score is not None]
+        top = max(mine, key=lambda f: f.score or 0.0, default=None)
         item = session.scalars(
             select(WorklistItem).where(WorklistItem.study_id == study_id, WorklistItem.worklist == routing.worklist)
         ).one_or_none()
@@ -103,11 +110,12 @@ def triage_study(session: Session, study_id: str, rules: RuleSet, targets: SlaTa
             session.add(item)
         elif item.open and rank(routing.priority) < rank(_priority(item.priority)):  # re-screened: more urgent
             item.priority, item.rule, item.due_at = routing.priority, routing.rule, min(as_utc(item.due_at), due)
-        item.task = top.task if top else None
-        item.label = top.label if top else None
-        item.flagged = top.flagged if top else None
-        item.score = top.score if top else None
-        item.revision = (item.revision or 0) + 1
+        if item.open is not False:  # a final report keeps the result it was read with
+            item.task = top.task if top else None
+            item.label = top.label if top else None
+            item.flagged = top.flagged if top else None
+            item.score = top.score if top else None
+            item.revision = (item.revision or 0) + 1
     study.triaged_at = utcnow()
     return routings
 
@@ -120,7 +128,7 @@ def list_worklist(
 ) -> list[dict[str, Any]]:
     """The open items of a worklist, most urgent first: effective priority (aged by the time left
     to the due time), then AI score, then waiting time. One index range query per band."""
-    now = now or utcnow()
+    now = (now or utcnow()).astimezone(UTC)  # SQLite compares stored UTC clock times
     out: list[dict[str, Any]] = []
     for band, (low, high) in band_bounds(now, targets).items():
         if len(out) >= limit:
@@ -400,8 +408,17 @@ def _apply_report(
 
 def escalate(sessions: sessionmaker[Session], targets: SlaTargets, now: datetime | None = None) -> list[dict[str, Any]]:
     """Record the 75 % and 100 % escalations that open items have reached; returns the new ones."""
-    now = now or utcnow()
+    now = (now or utcnow()).astimezone(UTC)
     new: list[dict[str, Any]] = []
+    try:
+        return _escalate(sessions, targets, now, new)
+    except IntegrityError:  # another worker recorded the same escalation at the same moment
+        return []
+
+
+def _escalate(
+    sessions: sessionmaker[Session], targets: SlaTargets, now: datetime, new: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     with sessions.begin() as session:
         for level in (100, 75):
             fraction = level / 100
@@ -409,12 +426,14 @@ def escalate(sessions: sessionmaker[Session], targets: SlaTargets, now: datetime
                 target = targets.target(priority)
                 reached = now - target * fraction  # received at or before this → level reached
                 rows = session.scalars(
-                    select(WorklistItem).where(
+                    select(WorklistItem)
+                    .where(
                         WorklistItem.open.is_(True),
                         WorklistItem.priority == priority,
                         WorklistItem.escalation < level,
                         WorklistItem.received_at <= reached,
                     )
+                    .with_for_update(skip_locked=True)
                 ).all()
                 for item in rows:
                     item.escalation = level
