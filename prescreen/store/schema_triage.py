@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prescreen.store.schema import Base, _now, _uuid
@@ -36,7 +36,9 @@ class WorklistItem(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "worklist", name="uq_items_study_worklist"),
         Index("ix_items_open_due", "worklist", "open", "due_at"),
-        Index("ix_items_open_score", "worklist", "open", "score"),
+        # the order within a band: score DESC NULLS LAST, then waiting time (migration 0003 writes the
+        # NULLS LAST that PostgreSQL needs; SQLite sorts NULLs last in DESC order by itself)
+        Index("ix_items_open_rank", "worklist", "open", text("score DESC"), "received_at", "due_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_uuid)

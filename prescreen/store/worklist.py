@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, NotFoundError, StudyTooLargeError
 from prescreen.store.queue import as_utc, changed, utcnow
@@ -129,22 +129,29 @@ def list_worklist(
     """The open items of a worklist, most urgent first: effective priority (aged by the time left
     to the due time), then AI score, then waiting time. One index range query per band."""
     now = (now or utcnow()).astimezone(UTC)  # SQLite compares stored UTC clock times
-    out: list[dict[str, Any]] = []
+    picked: list[tuple[str, str]] = []
     for band, (low, high) in band_bounds(now, targets).items():
-        if len(out) >= limit:
+        if len(picked) >= limit:
             break
-        query = select(WorklistItem, Study).join(Study, Study.id == WorklistItem.study_id)
-        query = query.where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
+        # ids first, from the index (worklist, open, score DESC NULLS LAST, received_at, due_at); the
+        # studies are joined for the page's rows only
+        query = select(WorklistItem.id).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
         if low is not None:
             query = query.where(WorklistItem.due_at > low)
         if high is not None:
             query = query.where(WorklistItem.due_at <= high)
-        query = query.order_by(
-            WorklistItem.score.is_(None), WorklistItem.score.desc(), WorklistItem.received_at
-        ).limit(limit - len(out))
-        for item, study in session.execute(query):
-            out.append(item_summary(item, study, targets, now, band=band))
-    return out
+        query = query.order_by(WorklistItem.score.desc().nulls_last(), WorklistItem.received_at)
+        picked += [(item_id, band) for item_id in session.scalars(query.limit(limit - len(picked)))]
+    if not picked:
+        return []
+    rows = session.execute(
+        select(WorklistItem, Study)
+        .join(Study, Study.id == WorklistItem.study_id)
+        .where(WorklistItem.id.in_([item_id for item_id, _ in picked]))
+        .options(selectinload(Study.series))
+    ).all()
+    found = {item.id: (item, study) for item, study in rows}
+    return [item_summary(*found[item_id], targets, now, band=band) for item_id, band in picked if item_id in found]
 
 
 def count_open(session: Session, worklist: str) -> int:

@@ -65,7 +65,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('worklist_items', schema=None) as batch_op:
         batch_op.create_index('ix_items_open_due', ['worklist', 'open', 'due_at'], unique=False)
-        batch_op.create_index('ix_items_open_score', ['worklist', 'open', 'score'], unique=False)
+        # the worklist order within a band: score DESC NULLS LAST, then waiting time; due_at rides along
+        score = 'score DESC NULLS LAST' if op.get_bind().dialect.name == 'postgresql' else 'score DESC'
+        batch_op.create_index('ix_items_open_rank', ['worklist', 'open', sa.text(score), 'received_at', 'due_at'])
         batch_op.create_index(batch_op.f('ix_worklist_items_study_id'), ['study_id'], unique=False)
 
     op.create_table('escalations',
@@ -158,7 +160,7 @@ def downgrade() -> None:
     op.drop_table('escalations')
     with op.batch_alter_table('worklist_items', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_worklist_items_study_id'))
-        batch_op.drop_index('ix_items_open_score')
+        batch_op.drop_index('ix_items_open_rank')
         batch_op.drop_index('ix_items_open_due')
 
     op.drop_table('worklist_items')
