@@ -26,11 +26,7 @@ def open_store(settings: Settings) -> Ingestor:
     """Migrate the database to the newest schema and open it with the blob store."""
     url = database_url(settings)
     migrate(url)
-    engine = make_engine(url)
-    if engine.dialect.name == "sqlite":  # statistics, so that SQLite picks the worklist indexes
-        with engine.begin() as connection:
-            connection.exec_driver_sql("PRAGMA optimize=0x10002")
-    return Ingestor(session_factory(engine), FileBlobStore(settings.home / "blobs"))
+    return Ingestor(session_factory(make_engine(url)), FileBlobStore(settings.home / "blobs"))
 
 
 @dataclass

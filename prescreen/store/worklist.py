@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import DateTime, func, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -130,16 +130,22 @@ def list_worklist(
     to the due time), then AI score, then waiting time. One index range query per band."""
     now = (now or utcnow()).astimezone(UTC)  # SQLite compares stored UTC clock times
     picked: list[tuple[str, str]] = []
+    sqlite = session.get_bind().dialect.name == "sqlite"
     for band, (low, high) in band_bounds(now, targets).items():
         if len(picked) >= limit:
             break
         # ids first, from the index (worklist, open, score DESC NULLS LAST, received_at, due_at); the
         # studies are joined for the page's rows only
+        due: Any = WorklistItem.due_at
+        if sqlite and _band_size(session, worklist, low, high) > SQLITE_SORT_LIMIT:
+            # SQLite would range-scan the due index and sort the whole band; "+due_at" keeps it off
+            # that index, so it walks the rank index in order and stops after `limit` rows
+            due = literal_column("+worklist_items.due_at", DateTime(timezone=True))
         query = select(WorklistItem.id).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
         if low is not None:
-            query = query.where(WorklistItem.due_at > low)
+            query = query.where(due > low)
         if high is not None:
-            query = query.where(WorklistItem.due_at <= high)
+            query = query.where(due <= high)
         query = query.order_by(WorklistItem.score.desc().nulls_last(), WorklistItem.received_at)
         picked += [(item_id, band) for item_id in session.scalars(query.limit(limit - len(picked)))]
     if not picked:
@@ -152,6 +158,18 @@ def list_worklist(
     ).all()
     found = {item.id: (item, study) for item, study in rows}
     return [item_summary(*found[item_id], targets, now, band=band) for item_id, band in picked if item_id in found]
+
+
+SQLITE_SORT_LIMIT = 1000
+
+
+def _band_size(session: Session, worklist: str, low: datetime | None, high: datetime | None) -> int:
+    query = select(func.count()).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
+    if low is not None:
+        query = query.where(WorklistItem.due_at > low)
+    if high is not None:
+        query = query.where(WorklistItem.due_at <= high)
+    return int(session.scalar(query) or 0)
 
 
 def count_open(session: Session, worklist: str) -> int:
