@@ -69,3 +69,7 @@ class NotFoundError(PrescreenError):
 
 class RulesError(PrescreenError):
     """An invalid routing-rules file; the message names the rule and its line."""
+
+
+class TooManyAttemptsError(PrescreenError):
+    """Too many failed sign-ins for one login in a short time (HTTP 429)."""

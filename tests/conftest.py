@@ -44,6 +44,9 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("PRESCREEN_DATA_DIR", str(data_dir()))
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
     get_settings.cache_clear()
+    from prescreen.store.users import THROTTLE
+
+    THROTTLE._failed.clear()  # failed sign-ins of one test do not lock out the next
     yield home
     get_settings.cache_clear()
 

@@ -40,7 +40,14 @@ from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
 from prescreen.datasets.readers import ECG_SOP_CLASSES
-from prescreen.errors import ForbiddenError, InvalidStudyError, NotAuthenticatedError, NotFoundError, PrescreenError
+from prescreen.errors import (
+    ForbiddenError,
+    InvalidStudyError,
+    NotAuthenticatedError,
+    NotFoundError,
+    PrescreenError,
+    TooManyAttemptsError,
+)
 from prescreen.serving.auth import SESSION_COOKIE, Permission, caller, issue_token, permissions_of
 from prescreen.serving.dicomweb import get_ingestor
 from prescreen.serving.errors import status_for
@@ -272,6 +279,8 @@ def login(
     except NotAuthenticatedError:
         error = "wrong login or password"
         return render("login.html", status_code=401, next=_safe_next(next), error=error, login=login)
+    except TooManyAttemptsError as exc:
+        return render("login.html", status_code=429, next=_safe_next(next), error=str(exc), login=login)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from prescreen.errors import ConflictError, NotAuthenticatedError, PrescreenError
+from prescreen.errors import ConflictError, NotAuthenticatedError, PrescreenError, TooManyAttemptsError
 from prescreen.store.schema_triage import User
 from prescreen.triage.review import GRADES
 
@@ -95,21 +98,59 @@ def add_user(
     return principal(user)
 
 
+class SignInThrottle:
+    """At most ``failures`` failed sign-ins per login within ``window_seconds`` (per process);
+    then every attempt for that login is refused until the oldest failure leaves the window."""
+
+    def __init__(self, failures: int = 5, window_seconds: float = 300.0) -> None:
+        self.failures = failures
+        self.window = window_seconds
+        self._failed: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, login: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = self._failed.get(login)
+            while recent and now - recent[0] > self.window:
+                recent.popleft()
+            if recent is not None and len(recent) >= self.failures:
+                wait = int(self.window - (now - recent[0])) + 1
+                raise TooManyAttemptsError(f"too many failed sign-ins; try again in {wait} s")
+
+    def failed(self, login: str) -> None:
+        with self._lock:
+            self._failed.setdefault(login, deque()).append(time.monotonic())
+
+    def succeeded(self, login: str) -> None:
+        with self._lock:
+            self._failed.pop(login, None)
+
+
+THROTTLE = SignInThrottle()
+
+
 def authenticate(sessions: sessionmaker[Session], login: str, password: str) -> Principal:
     """The user with this login and password.
 
     Raises:
         NotAuthenticatedError: unknown login or wrong password (the same message for both).
+        TooManyAttemptsError: too many recent failures for this login.
     """
+    login = login.strip().lower()
+    THROTTLE.check(login)
     with sessions() as session:
-        user = session.scalars(select(User).where(User.login == login.strip().lower())).one_or_none()
+        user = session.scalars(select(User).where(User.login == login)).one_or_none()
     if user is None or not user.active:
         _HASHER.hash(password)  # spend the same time as a real check: do not reveal which part was wrong
+        THROTTLE.failed(login)
         raise NotAuthenticatedError("wrong login or password")
     try:
         _HASHER.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
+        THROTTLE.failed(login)
         raise NotAuthenticatedError("wrong login or password") from None
+    THROTTLE.succeeded(login)
     return principal(user)
 
 

@@ -149,3 +149,12 @@ def test_passwords_are_stored_as_argon2_hashes(tmp_path: Path) -> None:
         stored = session.scalars(select(User.password_hash)).one()
     assert stored.startswith("$argon2id$") and "long-enough" not in stored
     assert authenticate(sessions, "A.B", "long-enough").login == "a.b"
+
+
+def test_repeated_wrong_passwords_lock_the_login_for_a_while(client: TestClient) -> None:
+    for _ in range(5):
+        assert client.post("/v1/auth/token", data={"username": "liwei", "password": "guess-guess"}).status_code == 401
+    locked = client.post("/v1/auth/token", data={"username": "liwei", "password": "pw-attending-1"})
+    assert locked.status_code == 429 and "try again" in locked.json()["detail"]
+    other = client.post("/v1/auth/token", data={"username": "someone", "password": "x-x-x-x-x"})
+    assert other.status_code == 401  # other logins are not affected
