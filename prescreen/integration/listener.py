@@ -88,20 +88,22 @@ def store_status(ingestor: Ingestor, data: bytes, sender: str | None) -> Dataset
         return _status(DATASET_MISMATCH, str(exc))
     except InvalidStudyError:
         return _status(CANNOT_DECODE, "the dataset could not be decoded")
-    except Exception:
-        log.exception("C-STORE from %s could not be stored", sender)
+    except Exception as exc:  # the type only: a database error's text may quote patient fields
+        log.error("C-STORE from %s could not be stored: %s", sender, type(exc).__name__)
         return _status(OUT_OF_RESOURCES, "the instance could not be stored")
     if received.duplicate:
         log.info("C-STORE from %s: duplicate instance, stored once", sender)
     return _status(SUCCESS)
 
 
-def _handle_store(event: Any, ingestor: Ingestor) -> Dataset:
+def _handle_store(event: Any, ingestor: Ingestor, limit: int) -> Dataset:
     sender = str(event.assoc.requestor.ae_title).strip() or None
     try:
         data = event.encoded_dataset(include_meta=True)
     except Exception:
         return _status(CANNOT_DECODE, "the dataset could not be encoded as a file")
+    if len(data) > limit:
+        return _status(OUT_OF_RESOURCES, f"instance over the limit of {limit} bytes")
     return store_status(ingestor, data, sender)
 
 
@@ -130,7 +132,8 @@ def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = No
     if settings.dicom_port == 0:
         return None
     ae = make_ae(settings)
-    handlers: list[Any] = [(evt.EVT_C_STORE, _handle_store, [ingestor]), (evt.EVT_C_ECHO, _handle_echo)]
+    limit = settings.max_upload_bytes
+    handlers: list[Any] = [(evt.EVT_C_STORE, _handle_store, [ingestor, limit]), (evt.EVT_C_ECHO, _handle_echo)]
     address = (host or settings.host, settings.dicom_port)
     server = ae.start_server(address, block=False, evt_handlers=handlers)
     log.info("DICOM listener %s on %s:%d", settings.dicom_ae_title, *address)

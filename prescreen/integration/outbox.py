@@ -203,8 +203,8 @@ class Outbox:
         except PrescreenError as exc:  # nothing to retry: the SR cannot be made, the destination is invalid
             error, permanent = str(exc), True
         except Exception as exc:  # a bug or an unreachable peer: logged, retried
-            log.exception("delivery %s attempt %d failed", delivery.id, delivery.attempts)
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("delivery %s attempt %d failed: %s", delivery.id, delivery.attempts, type(exc).__name__)
+            error = f"{type(exc).__name__} (see the service log)"
         state = finish_delivery(self.sessions, delivery, error, self.settings, permanent=permanent)
         log.info("delivery %s (%s) attempt %d: %s", delivery.id, delivery.kind, delivery.attempts, state)
         return True
@@ -213,8 +213,8 @@ class Outbox:
         while not self._stop.is_set():
             try:
                 busy = self.step()
-            except Exception:
-                log.exception("outbox step failed")
+            except Exception as exc:
+                log.error("outbox step failed: %s", type(exc).__name__)
                 busy = False
             if not busy:
                 self._stop.wait(self.settings.worker_poll_seconds)

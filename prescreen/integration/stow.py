@@ -12,6 +12,7 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,10 @@ def _content_type(value: str) -> email.message.Message:
     return message
 
 
+#: RFC 2046 boundary characters, 1-70 of them, not ending in a space
+BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+
+
 def multipart_boundary(content_type: str) -> str:
     """The boundary of a STOW-RS request, once its media type is checked.
 
@@ -89,6 +94,8 @@ def multipart_boundary(content_type: str) -> str:
     boundary = _param(message, "boundary")
     if not boundary:
         raise InvalidStudyError("the multipart/related content type has no boundary")
+    if not BOUNDARY.fullmatch(boundary):
+        raise InvalidStudyError("the multipart boundary must be 1-70 ASCII characters (RFC 2046)")
     return boundary
 
 

@@ -12,7 +12,7 @@ from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError, ModelError, StudyTooLargeError
 from prescreen.serving.auth import Permission, needs
 from prescreen.serving.engine import ScreeningEngine
-from prescreen.serving.errors import error_response, install_error_handlers
+from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
 
 
 def get_engine(request: Request) -> ScreeningEngine:
@@ -133,4 +133,5 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     for router in (*api_routers, pages_router, health_router):
         app.include_router(router)
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)
+    app.add_middleware(CatchAll)
     return app

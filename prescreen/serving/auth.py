@@ -9,12 +9,13 @@ a trusted network; set it empty to require a token everywhere).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import jwt
@@ -56,10 +57,22 @@ def secret_key(settings: Settings) -> str:
     path = settings.home / "secret.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48))
-    return Path(path).read_text().strip()
+        # written whole to a private temp file, then linked into place: a concurrent start or a
+        # crash never leaves an empty or half-written key, and the first writer wins
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+        finally:
+            os.unlink(temp)
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise NotAuthenticatedError(f"the signing key in {path} is too short; delete it to make a new one")
+    return key
 
 
 def issue_token(user: Principal, settings: Settings) -> str:

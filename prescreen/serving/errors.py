@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.errors import (
     ConflictError,
@@ -85,3 +86,30 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(status, error, str(exc.__cause__))
         codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
         return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+
+
+class CatchAll:
+    """Answer an unexpected error with a JSON 500 and log only its type: Starlette would re-raise
+    it to the server, which logs the whole message and traceback (that may quote patient data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception as exc:
+            log.error("unexpected error while handling a request: %s", type(exc).__name__)
+            if not started:
+                response = error_response(500, "internal_error", "the service failed on this request; it keeps serving")
+                await response(scope, receive, send)

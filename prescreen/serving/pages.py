@@ -497,6 +497,7 @@ def item_action(
     text: Annotated[str | None, Form()] = None,
     ai_agrees: Annotated[str | None, Form()] = None,
     comment: Annotated[str | None, Form()] = None,
+    text_sha256: Annotated[str | None, Form(max_length=64)] = None,
 ) -> Response:
     """One action from the item page's forms: ``claim``, ``release``, ``draft`` (``text``,
     ``ai_agrees``), ``sign`` (with ``text``: saves that draft first), ``return`` (``comment``) or
@@ -517,7 +518,9 @@ def item_action(
             state = act(ingestor.sessions, item_id, "draft", user, draft=draft, **options)
         if action != "draft":
             note = comment if action == "return" else None
-            state = act(ingestor.sessions, item_id, action, user, comment=note, **options)
+            # a co-sign covers the text the reviewer had on screen (409 if it changed meanwhile)
+            digest = text_sha256 if action == "sign" and text is None else None
+            state = act(ingestor.sessions, item_id, action, user, comment=note, text_sha256=digest, **options)
     except PrescreenError as exc:
         return _with_flash(back, "error", str(exc))
     return _with_flash(back, "ok", _DONE.get(state if action == "sign" else action, "Done."))

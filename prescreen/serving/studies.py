@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError
 from prescreen.integration.fhir import diagnostic_report
-from prescreen.serving.auth import Permission, needs
+from prescreen.serving.auth import Permission, needs, require
 from prescreen.serving.dicomweb import IngestorDep
 from prescreen.serving.errors import error_response
+from prescreen.store.schema_triage import WorklistItem
+from prescreen.store.users import Principal
 from prescreen.store.views import (
     StudyFilter,
     findings_of,
@@ -24,6 +30,7 @@ from prescreen.store.views import (
 
 studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ORDER_PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")
 StatusName = Literal["received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded"]
 
@@ -35,6 +42,8 @@ def _read_uploads(uploads: list[UploadFile]) -> dict[str, bytes]:
         name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
         if not name:
             raise InvalidStudyError("every uploaded file needs a file name")
+        if len(name) > 128 or not SAFE_NAME.fullmatch(name):
+            raise InvalidStudyError("a file name must be 1-128 letters, digits, '.', '_' or '-'")
         if name in files:
             raise InvalidStudyError("the same file name was sent twice")
         files[name] = upload.file.read(limit + 1)
@@ -83,9 +92,37 @@ def upload_study(
     }
 
 
-@studies_router.get("", dependencies=needs(Permission.STUDIES_READ))
+StudyReader = Annotated[Principal | None, Depends(require(Permission.STUDIES_READ))]
+PATIENT_FIELDS = ("patient_id", "patient_name")
+
+
+def _patient_visible(session: Session, user: Principal | None, study_id: str) -> bool:
+    """Patient identifiers go to admins and to readers of a worklist the study is in; senders
+    (anonymous callers) and other readers see status and results only."""
+    if user is None:
+        return False
+    if user.is_admin:
+        return True
+    return (
+        session.scalar(
+            select(func.count()).where(
+                WorklistItem.study_id == study_id, WorklistItem.worklist.in_(list(user.specialties))
+            )
+        )
+        or 0
+    ) > 0
+
+
+def _redact(session: Session, user: Principal | None, study: dict[str, Any]) -> dict[str, Any]:
+    if _patient_visible(session, user, study["id"]):
+        return study
+    return {**study, **dict.fromkeys(PATIENT_FIELDS)}
+
+
+@studies_router.get("")
 def search_studies(
     ingestor: IngestorDep,
+    user: StudyReader,
     study_uid: str | None = None,
     status: StatusName | None = None,
     institution: str | None = None,
@@ -95,20 +132,26 @@ def search_studies(
     """Studies, newest first, filtered by Study Instance UID, status and institution."""
     where = StudyFilter(study_uid=study_uid, status=status, institution=institution, limit=limit, offset=offset)
     with ingestor.sessions() as session:
-        return list_studies(session, where)
+        page = list_studies(session, where)
+        return {**page, "items": [_redact(session, user, item) for item in page["items"]]}
 
 
-@studies_router.get("/{study_id}", dependencies=needs(Permission.STUDIES_READ))
-def read_study(ingestor: IngestorDep, study_id: str) -> dict[str, Any]:
-    """Status (received → screening → screened | failed | unscreenable) and per-series results."""
+@studies_router.get("/{study_id}")
+def read_study(ingestor: IngestorDep, user: StudyReader, study_id: str) -> dict[str, Any]:
+    """Status (received → screening → screened | failed | unscreenable) and per-series results.
+    Patient identifiers only for readers of a worklist the study is in."""
     with ingestor.sessions() as session:
-        return study_detail(session, study_id)
+        return _redact(session, user, study_detail(session, study_id))
 
 
-@studies_router.get("/{study_id}/fhir", dependencies=needs(Permission.STUDIES_READ))
-def read_study_fhir(ingestor: IngestorDep, study_id: str, request: Request) -> JSONResponse:
-    """The FHIR R4 DiagnosticReport of a study, with one Observation per screened series."""
+@studies_router.get("/{study_id}/fhir")
+def read_study_fhir(ingestor: IngestorDep, user: StudyReader, study_id: str, request: Request) -> JSONResponse:
+    """The FHIR R4 DiagnosticReport of a study, with one Observation per screened series (the
+    patient named only for readers of a worklist the study is in)."""
     with ingestor.sessions() as session:
         study = get_study(session, study_id)
-        report = diagnostic_report(study_summary(study), findings_of(session, study_id), base_url=str(request.base_url))
+        summary = study_summary(study)
+        if not _patient_visible(session, user, study_id):
+            summary = dataclasses.replace(summary, patient_id=None, patient_name=None)
+        report = diagnostic_report(summary, findings_of(session, study_id), base_url=str(request.base_url))
     return JSONResponse(report, media_type="application/fhir+json")

@@ -28,6 +28,7 @@ from prescreen.store.queue import (
     claim_job,
     complete_studies,
     defer_job,
+    fail_exhausted_jobs,
     finish_job,
     worker_name,
 )
@@ -137,13 +138,24 @@ class ScreeningWorker:
         complete_studies(self.sessions, self.settings.study_quiet_seconds)
         if self.triage is not None:
             self.triage.step(self.sessions)
-        job = claim_job(self.sessions, self.name, lease_seconds=self.settings.job_lease_seconds)
+        fail_exhausted_jobs(
+            self.sessions,
+            lease_seconds=self.settings.job_lease_seconds,
+            max_attempts=self.settings.job_max_attempts,
+            sr_destinations=self.settings.sr_destinations,
+        )
+        job = claim_job(
+            self.sessions,
+            self.name,
+            lease_seconds=self.settings.job_lease_seconds,
+            max_attempts=self.settings.job_max_attempts,
+        )
         if job is None:
             return False
         try:
             outcome = run_job(self.screen, self.blobs, job)
         except Exception as exc:  # a model or runtime failure: try again later, then give up
-            log.exception("job %s attempt %d failed", job.id, job.attempts)
+            log.error("job %s attempt %d failed: %s", job.id, job.attempts, type(exc).__name__)
             reason = f"{type(exc).__name__} on attempt {job.attempts}"
             if job.attempts < self.settings.job_max_attempts:
                 defer_job(self.sessions, job, self.name, reason, delay_seconds=2.0**job.attempts)
@@ -157,8 +169,8 @@ class ScreeningWorker:
         while not self._stop.is_set():
             try:
                 busy = self.step()
-            except Exception:  # the database may be briefly unavailable; keep the thread alive
-                log.exception("screening worker step failed")
+            except Exception as exc:  # the database may be briefly unavailable; keep the thread alive
+                log.error("screening worker step failed: %s", type(exc).__name__)
                 busy = False
             if not busy:
                 self._stop.wait(self.settings.worker_poll_seconds)

@@ -57,6 +57,12 @@ class DraftBody(BaseModel):
     ai_agrees: bool | None = Field(None, description="Whether the reader agrees with the AI flag")
 
 
+class SignBody(BaseModel):
+    text_sha256: str | None = Field(
+        None, description="SHA-256 of the report text the signer read (from the item's reports); 409 if it changed"
+    )
+
+
 class ReturnBody(BaseModel):
     comment: str = Field(min_length=1, description="What the first reader should change")
 
@@ -146,14 +152,17 @@ def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnB
 
 
 @worklists_router.post("/worklist-items/{item_id}/{action}")
-def item_action(ingestor: IngestorDep, user: Writer, item_id: str, action: str) -> dict[str, Any]:
+def item_action(
+    ingestor: IngestorDep, user: Writer, item_id: str, action: str, body: SignBody | None = None
+) -> dict[str, Any]:
     """``claim`` (409 when someone else holds it), ``release``, ``sign`` (first reader: submit for
     review; associate chief or above, not the first reader: co-sign → final), ``amend`` a final
     report (a new version). ``draft`` and ``return`` take a JSON body (their own routes)."""
     if action not in ACTIONS:
         raise NotFoundError(f"no action {action!r}; one of claim, release, draft, sign, return, amend")
     settings = get_settings()
-    state = act(ingestor.sessions, item_id, action, user, lease=claim_lease(settings))
+    digest = body.text_sha256 if body is not None and action == "sign" else None
+    state = act(ingestor.sessions, item_id, action, user, lease=claim_lease(settings), text_sha256=digest)
     return _after(ingestor, user, item_id, state)
 
 

@@ -78,9 +78,11 @@ def _meta_of(ds: pydicom.Dataset, sender: str | None, institution: str | None) -
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         raise MissingIdentifierError(f"DICOM instance lacks {', '.join(missing)}")
-    too_long = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if len(str(ds.get(k))) > 64]
+    limits = {"StudyInstanceUID": 64, "SeriesInstanceUID": 64, "SOPInstanceUID": 64, "SOPClassUID": 64}
+    limits |= {"Modality": 16, "BodyPartExamined": 64}
+    too_long = [k for k, n in limits.items() if len(str(ds.get(k, ""))) > n]
     if too_long:
-        raise MissingIdentifierError(f"DICOM instance has a {too_long[0]} longer than 64 characters")
+        raise MissingIdentifierError(f"DICOM instance has a {too_long[0]} longer than {limits[too_long[0]]} characters")
     return InstanceMeta(
         study_uid=str(ds.StudyInstanceUID),
         series_uid=str(ds.SeriesInstanceUID),
@@ -134,6 +136,8 @@ def _record_instance(sessions: sessionmaker[Session], key: str, size: int, meta:
             )
             session.add(series)
             session.flush()
+        elif series.study_id != study.id:  # rolls the whole transaction back: nothing half-stored
+            raise MissingIdentifierError("the Series Instance UID belongs to another study")
         exists = session.scalars(
             select(Instance.id).where(Instance.sop_instance_uid == meta.sop_instance_uid)
         ).one_or_none()

@@ -160,11 +160,17 @@ def complete_studies(
 
 
 def claim_job(
-    sessions: sessionmaker[Session], worker: str, *, lease_seconds: float, now: datetime | None = None
+    sessions: sessionmaker[Session],
+    worker: str,
+    *,
+    lease_seconds: float,
+    max_attempts: int | None = None,
+    now: datetime | None = None,
 ) -> ClaimedJob | None:
     """Take the next runnable job (urgent studies first, then oldest), or ``None``.
 
-    Runnable: ``pending`` and not deferred, or ``running`` with an expired lease.
+    Runnable: ``pending`` and not deferred, or ``running`` with an expired lease; and, with
+    ``max_attempts``, not yet tried that often (:func:`fail_exhausted_jobs` ends those).
     """
     now = now or utcnow()
     stale = now - timedelta(seconds=lease_seconds)
@@ -178,7 +184,8 @@ def claim_job(
                 or_(
                     and_(Job.state == PENDING, or_(Job.not_before.is_(None), Job.not_before <= now)),
                     and_(Job.state == RUNNING, Job.locked_at < stale),
-                )
+                ),
+                Job.attempts < (max_attempts if max_attempts is not None else 2**31 - 1),
             )
             .order_by(urgent, Job.created_at)
             .limit(1)
@@ -241,17 +248,60 @@ def finish_job(
     now = utcnow()
     try:
         with sessions.begin() as session:
-            if outcome.result is not None:
-                session.add(Result(job_id=job.id, series_id=job.series_id, **outcome.result))
-            session.execute(
+            mine = session.execute(
                 update(Job)
-                .where(Job.id == job.id)
+                .where(Job.id == job.id, Job.state == RUNNING, Job.locked_by == worker)
                 .values(state=outcome.state, last_error=outcome.reason, finished_at=now, locked_by=None)
             )
+            if changed(mine) != 1:
+                raise _LeaseLost  # another worker took the job after this one's lease expired
+            if outcome.result is not None:
+                session.add(Result(job_id=job.id, series_id=job.series_id, **outcome.result))
             session.flush()
             return _settle_study(session, job.study_id, list(sr_destinations), now)
-    except IntegrityError:
-        return None  # another worker already finished this job
+    except (IntegrityError, _LeaseLost):
+        return None  # the job is (or will be) finished by the worker that holds it
+
+
+class _LeaseLost(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+def fail_exhausted_jobs(
+    sessions: sessionmaker[Session],
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+    sr_destinations: Iterable[str] = (),
+    now: datetime | None = None,
+) -> int:
+    """Fail jobs that used up their attempts while their worker died (a series that crashes the
+    process or exhausts its memory would otherwise be retried for ever). Returns how many."""
+    now = now or utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    with sessions() as session:
+        rows = session.execute(
+            select(Job.id, Job.state, Job.attempts, Series.study_id)
+            .join(Series, Series.id == Job.series_id)
+            .where(
+                Job.attempts >= max_attempts,
+                or_(Job.state == PENDING, and_(Job.state == RUNNING, Job.locked_at < stale)),
+            )
+        ).all()
+    failed = 0
+    for job_id, state, attempts, study_id in rows:
+        reason = f"the screening process stopped during each of {attempts} attempts (a crash or out of memory)"
+        with sessions.begin() as session:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == state, Job.attempts == attempts)
+                .values(state=FAILED, last_error=reason, finished_at=now, locked_by=None)
+            )
+            if changed(done) == 1:
+                session.flush()
+                _settle_study(session, study_id, list(sr_destinations), now)
+                failed += 1
+    return failed
 
 
 def _settle_study(session: Session, study_id: str, sr_destinations: list[str], now: datetime) -> str | None:

@@ -243,6 +243,7 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
                 "status": report.status,
                 "text": report.text,
                 "ai_agrees": report.ai_agrees,
+                "text_sha256": _digest(report.text),
                 "author": names.get(report.author_id),
                 "updated_at": as_utc(report.updated_at).isoformat(),
                 "signatures": [
@@ -323,8 +324,12 @@ def act(
     draft: DraftText | None = None,
     comment: str | None = None,
     max_chars: int = 20000,
+    text_sha256: str | None = None,
 ) -> str:
     """Apply one reader action (claim, release, draft, sign, return, amend); returns the new state.
+
+    ``text_sha256`` (for ``sign``) is the digest of the report text the signer read: a sign over a
+    text that has changed since is refused (409), so a signature always covers what was read.
 
     Raises:
         NotFoundError: no such item.
@@ -341,6 +346,10 @@ def act(
         item, _study = load_item(session, item_id, for_update=True)
         check_access(user, item.worklist)
         state = _item_state(item, session)
+        if action == "sign" and text_sha256 is not None:
+            current = _current_report(session, item.id)
+            if current is None or _digest(current.text) != text_sha256.lower():
+                raise ConflictError("the report text changed since you opened it; reload it and read it again")
         try:
             decision = decide(state, action, Actor(user.id, user.grade), now, lease)  # type: ignore[arg-type]
         except (ForbiddenError, ConflictError) as exc:
@@ -364,6 +373,10 @@ def act(
             ItemEvent(item_id=item.id, user_id=user.id, action=action, state=decision.state, at=now, detail=detail)
         )
         return decision.state
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _with_names(session: Session, message: str, state: ItemState) -> str:
@@ -413,7 +426,7 @@ def _apply_report(
         if report is not None:
             report.status = "draft"
     elif action == "sign" and report is not None and signature is not None:
-        digest = hashlib.sha256(report.text.encode()).hexdigest()
+        digest = _digest(report.text)
         session.add(
             Signature(report_id=report.id, user_id=user.id, kind=signature, text=report.text, text_sha256=digest)
         )

@@ -158,3 +158,13 @@ def test_repeated_wrong_passwords_lock_the_login_for_a_while(client: TestClient)
     assert locked.status_code == 429 and "try again" in locked.json()["detail"]
     other = client.post("/v1/auth/token", data={"username": "someone", "password": "x-x-x-x-x"})
     assert other.status_code == 401  # other logins are not affected
+
+
+@pytest.mark.parametrize("name", ["my record.hea", "x" * 140 + ".dat", "rec;rm.hea"])
+def test_upload_file_names_outside_the_safe_pattern_are_a_400_and_nothing_is_stored(
+    client: TestClient, name: str
+) -> None:
+    files = [("file", ("ok.hea", b"ok 1 500 10\n")), ("file", (name, b"\x00" * 20))]
+    response = client.post("/v1/studies", files=files)
+    assert response.status_code == 400 and "file name" in response.json()["detail"]
+    assert client.get("/v1/studies").json()["total"] == 0

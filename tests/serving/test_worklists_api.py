@@ -237,3 +237,32 @@ def test_full_review_over_http_then_turnaround_stats(api: Api) -> None:
     status, body = api.post("ann.attending", f"/v1/worklist-items/{item}/amend")
     assert (status, body["state"]) == (200, "draft")
     assert [(r["version"], r["status"]) for r in body["reports"]] == [(1, "superseded"), (2, "draft")]
+
+
+def test_a_cosign_covers_the_text_the_reviewer_read(api: Api) -> None:
+    item_id = api.item(ecg("af", 0.93))
+    submit(api, item_id, text="AF, rate 120.")
+    _, seen = api.get("cy.assoc", f"/v1/worklist-items/{item_id}")
+    digest = seen["reports"][-1]["text_sha256"]
+    stale = "0" * 64
+    status, body = api.post("cy.assoc", f"/v1/worklist-items/{item_id}/sign", json={"text_sha256": stale})
+    assert status == 409 and "changed" in body["detail"]
+    status, body = api.post("cy.assoc", f"/v1/worklist-items/{item_id}/sign", json={"text_sha256": digest})
+    assert (status, body["state"]) == (200, "final")
+    [cosign] = [s for s in body["reports"][-1]["signatures"] if s["kind"] == "cosigned"]
+    assert cosign["text_sha256"] == digest
+
+
+def test_study_routes_show_patient_identifiers_only_to_readers_of_its_worklists(api: Api) -> None:
+    item_id = api.item(ecg("af", 0.93))
+    _, item = api.get("ann.attending", f"/v1/worklist-items/{item_id}")
+    study_id = item["study_id"]
+    _, mine = api.get("ann.attending", f"/v1/studies/{study_id}")
+    assert mine["patient_id"]
+    for login in (None, "eve.sono"):  # a sender without a token; a reader of another specialty
+        status, other = api.get(login, f"/v1/studies/{study_id}")
+        assert status == 200 and other["patient_id"] is None and other["patient_name"] is None
+        listing = api.get(login, "/v1/studies")[1]
+        assert all(row["patient_id"] is None for row in listing["items"])
+        fhir = api.get(login, f"/v1/studies/{study_id}/fhir")[1]
+        assert "reference" not in fhir.get("subject", {})
