@@ -95,6 +95,7 @@ def finish_delivery(
     settings: Settings,
     *,
     permanent: bool = False,
+    worker: str | None = None,
 ) -> str:
     """Mark a delivery sent, or schedule its retry, or give it up after the last attempt (at once
     when the error is ``permanent``)."""
@@ -108,9 +109,11 @@ def finish_delivery(
         delay = backoff_seconds(delivery.attempts, settings.delivery_backoff_seconds)
         values = {"state": PENDING, "last_error": error, "next_attempt_at": now + timedelta(seconds=delay)}
     with sessions.begin() as session:
-        session.execute(
-            update(Delivery).where(Delivery.id == delivery.id).values(locked_by=None, locked_at=None, **values)
-        )
+        mine = update(Delivery).where(Delivery.id == delivery.id)
+        if worker is not None:  # only the holder of the lease records the outcome
+            mine = mine.where(Delivery.state == SENDING, Delivery.locked_by == worker)
+        if changed(session.execute(mine.values(locked_by=None, locked_at=None, **values))) != 1:
+            return "taken over"
         if delivery.kind == "forward" and error is None:
             session.execute(update(Study).where(Study.id == delivery.study_id).values(status="forwarded"))
     return str(values["state"])
@@ -205,7 +208,7 @@ class Outbox:
         except Exception as exc:  # a bug or an unreachable peer: logged, retried
             log.error("delivery %s attempt %d failed: %s", delivery.id, delivery.attempts, type(exc).__name__)
             error = f"{type(exc).__name__} (see the service log)"
-        state = finish_delivery(self.sessions, delivery, error, self.settings, permanent=permanent)
+        state = finish_delivery(self.sessions, delivery, error, self.settings, permanent=permanent, worker=self.name)
         log.info("delivery %s (%s) attempt %d: %s", delivery.id, delivery.kind, delivery.attempts, state)
         return True
 
