@@ -289,7 +289,7 @@ def login(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=settings.cookie_secure if settings.cookie_secure is not None else request.url.scheme == "https",
     )
     return response
 
