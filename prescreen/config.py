@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, description="Token signing key; default: made once in home/secret.key")
     token_ttl_minutes: int = Field(480, description="Lifetime of an access token / page session")
     cookie_secure: bool | None = Field(
-        None, description="Mark the session cookie Secure; default: when the request came over HTTPS (set true behind TLS)"
+        None, description="Session cookie Secure flag; default: when the request came over HTTPS (set true behind TLS)"
     )
     anonymous_permissions: CommaList = Field(
         default_factory=lambda: ["screen", "ingest", "studies:read", "models:read"],
