@@ -8,6 +8,7 @@ store needs; 0xA700 when it cannot be stored. The same SOP Instance UID twice is
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydicom import uid
@@ -24,7 +25,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -97,13 +98,16 @@ def store_status(ingestor: Ingestor, data: bytes, sender: str | None) -> Dataset
 
 
 def _handle_store(event: Any, ingestor: Ingestor, limit: int) -> Dataset:
+    """The instance arrives in a temporary Part 10 file (pynetdicom writes it as the PDUs come in,
+    so a large instance does not sit in memory); over ``limit`` bytes it is refused unread."""
     sender = str(event.assoc.requestor.ae_title).strip() or None
     try:
-        data = event.encoded_dataset(include_meta=True)
-    except Exception:
-        return _status(CANNOT_DECODE, "the dataset could not be encoded as a file")
-    if len(data) > limit:
-        return _status(OUT_OF_RESOURCES, f"instance over the limit of {limit} bytes")
+        path = Path(event.dataset_path)
+        if path.stat().st_size > limit:
+            return _status(OUT_OF_RESOURCES, f"instance over the limit of {limit} bytes")
+        data = path.read_bytes()
+    except OSError:
+        return _status(OUT_OF_RESOURCES, "the instance could not be received")
     return store_status(ingestor, data, sender)
 
 
@@ -113,6 +117,7 @@ def _handle_echo(_event: Any) -> int:
 
 def make_ae(settings: Settings) -> AE:
     """An AE with the storage contexts, the AE title and the calling AE allow-list of ``settings``."""
+    _config.STORE_RECV_CHUNKED_DATASET = True  # received datasets go to a temporary file, not memory
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.maximum_pdu_size = 0  # no limit: large images in fewer PDUs
     ae.network_timeout = 60

@@ -120,9 +120,13 @@ def start(tmp_path: Path) -> Iterator[StartListener]:
     """Starts listeners (allow-list and blob store chosen per test); all shut down afterwards."""
     servers: list[ThreadedAssociationServer] = []
 
-    def _start(allowed: list[str] | None = None, blobs: object | None = None) -> Listener:
+    def _start(allowed: list[str] | None = None, blobs: object | None = None, limit: int = 200_000_000) -> Listener:
         settings = Settings(
-            dicom_port=free_port(), dicom_ae_title=AE_TITLE, dicom_allowed_aes=allowed or [], home=tmp_path
+            dicom_port=free_port(),
+            dicom_ae_title=AE_TITLE,
+            dicom_allowed_aes=allowed or [],
+            home=tmp_path,
+            max_upload_bytes=limit,
         )
         ingestor = open_store(settings)
         if blobs is not None:
@@ -360,3 +364,15 @@ def test_concurrent_senders_of_one_study(start: StartListener, tmp_path: Path) -
     with listener.ingestor.sessions() as session:
         uids = set(session.scalars(select(Instance.sop_instance_uid)))
     assert uids == {str(pydicom.dcmread(f).SOPInstanceUID) for batch in batches for f in batch}
+
+
+def test_an_instance_over_the_size_limit_is_refused_with_0xA700_and_not_stored(
+    start: StartListener, tmp_path: Path
+) -> None:
+    listener = start(limit=20_000)
+    small = write(synthetic("CR", size=64), tmp_path / "small.dcm")  # ~4 kB
+    big = write(synthetic("CR", size=256), tmp_path / "big.dcm")  # ~66 kB
+    assert storescu(listener.port, small).returncode == 0
+    refused = storescu(listener.port, big)
+    assert refused.returncode != 0
+    assert listener.counts() == (1, 1, 1)
