@@ -77,12 +77,17 @@ def secret_key(settings: Settings) -> str:
 
 def issue_token(user: Principal, settings: Settings) -> str:
     now = datetime.now(UTC)
-    claims = {"sub": user.id, "iat": now, "exp": now + timedelta(minutes=settings.token_ttl_minutes)}
+    claims = {
+        "sub": user.id,
+        "ver": user.token_version,
+        "iat": now,
+        "exp": now + timedelta(minutes=settings.token_ttl_minutes),
+    }
     return jwt.encode(claims, secret_key(settings), algorithm=ALGORITHM)
 
 
 def read_token(token: str, settings: Settings) -> str:
-    """The user id a token was issued to.
+    """The user id a token was issued to (see :func:`read_token_version` for its version).
 
     Raises:
         NotAuthenticatedError: a token that is malformed, forged or expired.
@@ -94,6 +99,12 @@ def read_token(token: str, settings: Settings) -> str:
     except jwt.InvalidTokenError:
         raise NotAuthenticatedError("the token is not valid") from None
     return str(claims["sub"])
+
+
+def read_token_version(token: str, settings: Settings) -> int:
+    """The user's token version the token was issued with (0 for a token without one)."""
+    claims = jwt.decode(token, secret_key(settings), algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+    return int(claims.get("ver", 0))
 
 
 _bearer = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
@@ -108,7 +119,10 @@ def caller(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> 
     if sessions is None:
         raise NotAuthenticatedError("the service is starting")
     try:
-        return get_principal(sessions.sessions, read_token(token or cookie or "", get_settings()))
+        raw = token or cookie or ""
+        settings = get_settings()
+        user_id = read_token(raw, settings)
+        return get_principal(sessions.sessions, user_id, read_token_version(raw, settings))
     except NotAuthenticatedError:
         if token:
             raise  # a bad bearer token is an error; a stale page cookie is just no session

@@ -57,7 +57,7 @@ from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import as_utc
 from prescreen.store.schema import Instance, Series
 from prescreen.store.schema_triage import Report, User
-from prescreen.store.users import Principal, authenticate
+from prescreen.store.users import Principal, authenticate, sign_out_everywhere
 from prescreen.store.views import study_detail
 from prescreen.store.worklist import DraftText, act, check_access, count_open, item_detail, list_worklist, load_item
 
@@ -295,8 +295,10 @@ def login(
 
 
 @pages_router.post("/logout", dependencies=Public)
-def logout() -> Response:
-    """End the session (the browser forgets the cookie)."""
+def logout(request: Request, user: Annotated[Principal | None, Depends(caller)]) -> Response:
+    """End the session: every token of the user stops working, and the browser forgets the cookie."""
+    if user is not None:
+        sign_out_everywhere(get_ingestor(request).sessions, user.id)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

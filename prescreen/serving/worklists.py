@@ -14,7 +14,7 @@ from prescreen.config import Settings, get_settings
 from prescreen.errors import NotFoundError
 from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
 from prescreen.serving.dicomweb import IngestorDep
-from prescreen.store.users import authenticate
+from prescreen.store.users import authenticate, sign_out_everywhere
 from prescreen.store.worklist import (
     DraftText,
     act,
@@ -74,6 +74,12 @@ def token(ingestor: IngestorDep, form: Annotated[OAuth2PasswordRequestForm, Depe
     settings = get_settings()
     user = authenticate(ingestor.sessions, form.username, form.password)
     return Token(access_token=issue_token(user, settings), expires_in=settings.token_ttl_minutes * 60)
+
+
+@auth_router.post("/logout", status_code=204)
+def logout(ingestor: IngestorDep, user: Reader) -> None:
+    """Sign out everywhere: every token issued to the user so far stops working."""
+    sign_out_everywhere(ingestor.sessions, user.id)
 
 
 @auth_router.get("/me")

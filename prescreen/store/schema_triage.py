@@ -26,6 +26,8 @@ class User(Base):
     institution: Mapped[str | None] = mapped_column(String(128))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: in every token issued; signing out everywhere bumps it, so older tokens stop working
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -40,11 +40,19 @@ class Principal:
     specialties: tuple[str, ...]
     institution: str | None
     is_admin: bool
+    token_version: int = 0
 
 
 def principal(user: User) -> Principal:
     return Principal(
-        user.id, user.login, user.name, user.grade, tuple(user.specialties or ()), user.institution, user.is_admin
+        user.id,
+        user.login,
+        user.name,
+        user.grade,
+        tuple(user.specialties or ()),
+        user.institution,
+        user.is_admin,
+        user.token_version or 0,
     )
 
 
@@ -154,12 +162,24 @@ def authenticate(sessions: sessionmaker[Session], login: str, password: str) -> 
     return principal(user)
 
 
-def get_principal(sessions: sessionmaker[Session], user_id: str) -> Principal:
+def get_principal(sessions: sessionmaker[Session], user_id: str, token_version: int | None = None) -> Principal:
+    """The user a token was issued to (raises ``NotAuthenticatedError`` when the user is gone or
+    has signed out everywhere since the token was issued)."""
     with sessions() as session:
         user = session.get(User, user_id)
     if user is None or not user.active:
         raise NotAuthenticatedError("the user of this token no longer exists")
+    if token_version is not None and token_version != (user.token_version or 0):
+        raise NotAuthenticatedError("this session was signed out; sign in again")
     return principal(user)
+
+
+def sign_out_everywhere(sessions: sessionmaker[Session], user_id: str) -> None:
+    """Invalidate every token issued to the user so far."""
+    with sessions.begin() as session:
+        user = session.get(User, user_id, with_for_update=True)
+        if user is not None:
+            user.token_version = (user.token_version or 0) + 1
 
 
 def list_users(sessions: sessionmaker[Session]) -> list[Principal]:

@@ -168,3 +168,17 @@ def test_upload_file_names_outside_the_safe_pattern_are_a_400_and_nothing_is_sto
     response = client.post("/v1/studies", files=files)
     assert response.status_code == 400 and "file name" in response.json()["detail"]
     assert client.get("/v1/studies").json()["total"] == 0
+
+
+def test_logout_revokes_every_token_of_the_user(client: TestClient) -> None:
+    def token() -> dict[str, str]:
+        got = client.post("/v1/auth/token", data={"username": "liwei", "password": "pw-attending-1"}).json()
+        return {"Authorization": f"Bearer {got['access_token']}"}
+
+    laptop, phone = token(), token()
+    assert client.get("/v1/auth/me", headers=phone).status_code == 200
+    assert client.post("/v1/auth/logout", headers=laptop).status_code == 204
+    for headers in (laptop, phone):
+        refused = client.get("/v1/auth/me", headers=headers)
+        assert refused.status_code == 401 and "signed out" in refused.json()["detail"]
+    assert client.get("/v1/auth/me", headers=token()).status_code == 200  # a new sign-in works

@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('institution', sa.String(length=128), nullable=True),
     sa.Column('is_admin', sa.Boolean(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('token_version', sa.Integer(), nullable=False, server_default='0'),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
