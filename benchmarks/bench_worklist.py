@@ -67,10 +67,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.errors import ConflictError
 from prescreen.store.db import make_engine, migrate, session_factory
 from prescreen.store.queue import changed, utcnow
+from prescreen.store.reading import act
 from prescreen.store.schema import Series, Study
 from prescreen.store.schema_triage import ItemEvent, WorklistItem
 from prescreen.store.users import Principal, add_user
-from prescreen.store.worklist import act, item_summary, list_worklist
+from prescreen.store.worklist import item_summary, list_worklist
 from prescreen.triage.priority import Priority, SlaTargets, due_at, rank, sort_key
 
 WORKLIST = "cardiology"

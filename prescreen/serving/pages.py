@@ -55,11 +55,12 @@ from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
 from prescreen.serving.worklists import claim_lease, sla_targets
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import as_utc
+from prescreen.store.reading import DraftText, act, item_detail
 from prescreen.store.schema import Instance, Series
 from prescreen.store.schema_triage import Report, User
 from prescreen.store.users import Principal, authenticate, sign_out_everywhere
 from prescreen.store.views import study_detail
-from prescreen.store.worklist import DraftText, act, check_access, count_open, item_detail, list_worklist, load_item
+from prescreen.store.worklist import check_access, count_open, list_worklist, load_item
 
 pages_router = APIRouter(prefix="/ui", include_in_schema=False)
 

@@ -32,7 +32,8 @@ from prescreen.store.queue import (
     finish_job,
     worker_name,
 )
-from prescreen.store.worklist import escalate, triage_pending
+from prescreen.store.sla import escalate
+from prescreen.store.worklist import triage_pending
 from prescreen.triage.priority import SlaTargets
 from prescreen.triage.rules import RuleSet
 

@@ -14,17 +14,10 @@ from prescreen.config import Settings, get_settings
 from prescreen.errors import NotFoundError
 from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
 from prescreen.serving.dicomweb import IngestorDep
+from prescreen.store.reading import DraftText, act, item_detail
+from prescreen.store.sla import ai_agreement_stats, turnaround_stats
 from prescreen.store.users import authenticate, sign_out_everywhere
-from prescreen.store.worklist import (
-    DraftText,
-    act,
-    ai_agreement_stats,
-    check_access,
-    count_open,
-    item_detail,
-    list_worklist,
-    turnaround_stats,
-)
+from prescreen.store.worklist import check_access, count_open, list_worklist
 from prescreen.triage.priority import SlaTargets
 
 auth_router = APIRouter(prefix="/v1/auth", tags=["auth"])

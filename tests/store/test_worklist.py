@@ -42,18 +42,12 @@ from prescreen.store.queue import (
     utcnow,
     worker_name,
 )
+from prescreen.store.reading import DraftText, act, item_detail
 from prescreen.store.schema import Series, Study
 from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, WorklistItem
+from prescreen.store.sla import escalate, turnaround_stats
 from prescreen.store.users import Principal, add_user
-from prescreen.store.worklist import (
-    DraftText,
-    act,
-    escalate,
-    item_detail,
-    list_worklist,
-    triage_pending,
-    turnaround_stats,
-)
+from prescreen.store.worklist import list_worklist, triage_pending
 from prescreen.triage.priority import Priority, SlaTargets
 from prescreen.triage.rules import load_default_rules
 

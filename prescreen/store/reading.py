@@ -1,0 +1,238 @@
+"""Reading an item: its detail, and the reader actions (claim, release, draft, sign, return,
+amend) applied through the review state machine of :mod:`prescreen.triage.review`.
+
+Each action is one transaction. A claim is a conditional ``UPDATE`` on the item's revision (with
+the row locked on PostgreSQL), so of two concurrent claims exactly one wins, also across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError
+from prescreen.store.queue import as_utc, changed, utcnow
+from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, User, WorklistItem
+from prescreen.store.users import Principal
+from prescreen.store.worklist import check_access, item_summary, load_item
+from prescreen.triage.priority import SlaTargets
+from prescreen.triage.review import Actor, ItemState, allowed_actions, decide
+
+
+def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTargets) -> dict[str, Any]:
+    """An item with its study, report versions with their signatures, escalations and history."""
+    item, study = load_item(session, item_id)
+    check_access(user, item.worklist)
+    now = utcnow()
+    reports = session.scalars(select(Report).where(Report.item_id == item.id).order_by(Report.version)).all()
+    events = session.scalars(select(ItemEvent).where(ItemEvent.item_id == item.id).order_by(ItemEvent.at)).all()
+    signers = select(Signature.user_id).where(Signature.report_id.in_([r.id for r in reports]))
+    user_ids = {item.first_reader_id, item.claimed_by, *(r.author_id for r in reports), *(e.user_id for e in events)}
+    names = {
+        u.id: u.name
+        for u in session.scalars(select(User).where(or_(User.id.in_([i for i in user_ids if i]), User.id.in_(signers))))
+    }
+    versions = []
+    for report in reports:
+        signatures = session.scalars(
+            select(Signature).where(Signature.report_id == report.id).order_by(Signature.signed_at)
+        ).all()
+        versions.append(
+            {
+                "version": report.version,
+                "status": report.status,
+                "text": report.text,
+                "ai_agrees": report.ai_agrees,
+                "text_sha256": _digest(report.text),
+                "author": names.get(report.author_id),
+                "updated_at": as_utc(report.updated_at).isoformat(),
+                "signatures": [
+                    {
+                        "by": names.get(s.user_id),
+                        "user_id": s.user_id,
+                        "kind": s.kind,
+                        "signed_at": as_utc(s.signed_at).isoformat(),
+                        "text_sha256": s.text_sha256,
+                    }
+                    for s in signatures
+                ],
+            }
+        )
+    escalations = session.scalars(select(Escalation).where(Escalation.item_id == item.id).order_by(Escalation.at))
+    state = _item_state(item, session)
+    return {
+        **item_summary(item, study, targets, now),
+        "first_reader": names.get(item.first_reader_id or ""),
+        "first_reader_id": item.first_reader_id,
+        "claimed_by_name": names.get(item.claimed_by or ""),
+        "claim_expires": as_utc(item.claim_expires).isoformat() if item.claim_expires else None,
+        "return_comment": item.return_comment,
+        "ai_agrees": item.ai_agrees,
+        "finalized_at": as_utc(item.finalized_at).isoformat() if item.finalized_at else None,
+        "reports": versions,
+        "escalations": [{"level": e.level, "at": as_utc(e.at).isoformat()} for e in escalations],
+        "history": [
+            {
+                "action": e.action,
+                "state": e.state,
+                "by": names.get(e.user_id or ""),
+                "at": as_utc(e.at).isoformat(),
+                "comment": (e.detail or {}).get("comment"),
+            }
+            for e in events
+        ],
+        "allowed_actions": allowed_actions(state, Actor(user.id, user.grade), now),  # type: ignore[arg-type]
+    }
+
+
+@dataclass(frozen=True)
+class DraftText:
+    text: str
+    ai_agrees: bool | None
+
+
+def _current_report(session: Session, item_id: str) -> Report | None:
+    return session.scalars(select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())).first()
+
+
+def _item_state(item: WorklistItem, session: Session) -> ItemState:
+    report = _current_report(session, item.id)
+    return ItemState(
+        state=item.state,
+        first_reader=item.first_reader_id,
+        claimed_by=item.claimed_by,
+        claim_expires=as_utc(item.claim_expires) if item.claim_expires else None,
+        has_draft=report is not None and report.status == "draft" and bool(report.text.strip()),
+    )
+
+
+def act(
+    sessions: sessionmaker[Session],
+    item_id: str,
+    action: str,
+    user: Principal,
+    *,
+    lease: timedelta,
+    draft: DraftText | None = None,
+    comment: str | None = None,
+    max_chars: int = 20000,
+    text_sha256: str | None = None,
+) -> str:
+    """Apply one reader action (claim, release, draft, sign, return, amend); returns the new state.
+
+    ``text_sha256`` (for ``sign``) is the digest of the report text the signer read: a sign over a
+    text that has changed since is refused (409), so a signature always covers what was read.
+
+    Raises:
+        NotFoundError: no such item.
+        ForbiddenError: the user may not (specialty, grade, own report, someone else's claim).
+        ConflictError: the item's state does not allow it, or another reader won the race.
+        StudyTooLargeError: a report text over ``max_chars``.
+    """
+    if draft is not None and len(draft.text) > max_chars:
+        raise StudyTooLargeError(f"the report text exceeds {max_chars} characters")
+    if comment is not None and len(comment) > max_chars:
+        raise StudyTooLargeError(f"the comment exceeds {max_chars} characters")
+    now = utcnow()
+    with sessions.begin() as session:
+        item, _study = load_item(session, item_id, for_update=True)
+        check_access(user, item.worklist)
+        state = _item_state(item, session)
+        if action == "sign" and text_sha256 is not None:
+            current = _current_report(session, item.id)
+            if current is None or _digest(current.text) != text_sha256.lower():
+                raise ConflictError("the report text changed since you opened it; reload it and read it again")
+        try:
+            decision = decide(state, action, Actor(user.id, user.grade), now, lease)  # type: ignore[arg-type]
+        except (ForbiddenError, ConflictError) as exc:
+            raise type(exc)(_with_names(session, str(exc), state)) from None
+        done = session.execute(
+            update(WorklistItem)
+            .where(WorklistItem.id == item.id, WorklistItem.revision == item.revision)
+            .values(
+                state=decision.state,
+                first_reader_id=decision.first_reader,
+                claimed_by=decision.claimed_by,
+                claim_expires=decision.claim_expires,
+                revision=item.revision + 1,
+            )
+        )
+        if changed(done) != 1:
+            raise ConflictError("another reader changed this item at the same moment; reload it")
+        _apply_report(session, item, action, user, decision.signature, decision.new_version, draft, comment, now)
+        detail = {"comment": comment} if action == "return" and comment else None
+        session.add(
+            ItemEvent(item_id=item.id, user_id=user.id, action=action, state=decision.state, at=now, detail=detail)
+        )
+        return decision.state
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _with_names(session: Session, message: str, state: ItemState) -> str:
+    """The decision's reason with user ids replaced by names: readers see it."""
+    for user_id in {state.first_reader, state.claimed_by} - {None}:
+        user = session.get(User, user_id)
+        if user is not None and user_id:
+            message = message.replace(user_id, user.name)
+    return message
+
+
+def _apply_report(
+    session: Session,
+    item: WorklistItem,
+    action: str,
+    user: Principal,
+    signature: str | None,
+    new_version: bool,
+    draft: DraftText | None,
+    comment: str | None,
+    now: datetime,
+) -> None:
+    report = _current_report(session, item.id)
+    if action == "draft":
+        if draft is None:
+            raise InvalidStudyError('a draft needs a JSON body {"text": ..., "ai_agrees": true|false}')
+        if report is None or report.status not in ("draft",):
+            report = Report(item_id=item.id, version=(report.version + 1) if report else 1, author_id=user.id)
+            session.add(report)
+        report.text, report.ai_agrees, report.author_id, report.status = draft.text, draft.ai_agrees, user.id, "draft"
+        report.updated_at = now
+    elif action == "amend" and new_version and report is not None:
+        report.status = "superseded"
+        session.add(
+            Report(
+                item_id=item.id,
+                version=report.version + 1,
+                text=report.text,
+                ai_agrees=report.ai_agrees,
+                author_id=user.id,
+                status="draft",
+            )
+        )
+        session.execute(update(WorklistItem).where(WorklistItem.id == item.id).values(open=True, finalized_at=None))
+    elif action == "return":
+        session.execute(update(WorklistItem).where(WorklistItem.id == item.id).values(return_comment=comment))
+        if report is not None:
+            report.status = "draft"
+    elif action == "sign" and report is not None and signature is not None:
+        digest = _digest(report.text)
+        session.add(
+            Signature(report_id=report.id, user_id=user.id, kind=signature, text=report.text, text_sha256=digest)
+        )
+        if signature == "submitted":
+            report.status = "submitted"
+        elif signature == "cosigned":
+            report.status = "final"
+            session.execute(
+                update(WorklistItem)
+                .where(WorklistItem.id == item.id)
+                .values(open=False, finalized_at=now, ai_agrees=report.ai_agrees, return_comment=None)
+            )

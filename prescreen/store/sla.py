@@ -1,0 +1,110 @@
+"""Service levels: escalations at 75 % and 100 % of an item's target, turnaround statistics, and
+the physicians' agreement with the AI flag (in-service monitoring of the models)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.store.queue import as_utc, utcnow
+from prescreen.store.schema_triage import Escalation, WorklistItem
+from prescreen.store.worklist import as_priority
+from prescreen.triage.priority import PRIORITIES, SlaTargets
+
+
+def escalate(sessions: sessionmaker[Session], targets: SlaTargets, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Record the 75 % and 100 % escalations that open items have reached; returns the new ones."""
+    now = (now or utcnow()).astimezone(UTC)
+    new: list[dict[str, Any]] = []
+    try:
+        return _escalate(sessions, targets, now, new)
+    except IntegrityError:  # another worker recorded the same escalation at the same moment
+        return []
+
+
+def _escalate(
+    sessions: sessionmaker[Session], targets: SlaTargets, now: datetime, new: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    with sessions.begin() as session:
+        for level in (100, 75):
+            fraction = level / 100
+            for priority in PRIORITIES:
+                target = targets.target(priority)
+                reached = now - target * fraction  # received at or before this → level reached
+                rows = session.scalars(
+                    select(WorklistItem)
+                    .where(
+                        WorklistItem.open.is_(True),
+                        WorklistItem.priority == priority,
+                        WorklistItem.escalation < level,
+                        WorklistItem.received_at <= reached,
+                    )
+                    .with_for_update(skip_locked=True)
+                ).all()
+                for item in rows:
+                    item.escalation = level
+                    session.add(Escalation(item_id=item.id, level=level, at=now))
+                    new.append({"item_id": item.id, "worklist": item.worklist, "level": level, "priority": priority})
+    return new
+
+
+def turnaround_stats(session: Session, targets: SlaTargets) -> list[dict[str, Any]]:
+    """Receipt → final report, p50/p95 (minutes) and the share within target, by worklist and priority."""
+    rows = session.execute(
+        select(WorklistItem.worklist, WorklistItem.priority, WorklistItem.received_at, WorklistItem.finalized_at).where(
+            WorklistItem.finalized_at.is_not(None)
+        )
+    ).all()
+    groups: dict[tuple[str, str], list[float]] = {}
+    for worklist, priority, received, finalized in rows:
+        if finalized is None:
+            continue
+        waited = (as_utc(finalized) - as_utc(received)).total_seconds() / 60
+        groups.setdefault((worklist, priority), []).append(waited)
+    out = []
+    for (worklist, priority), minutes in sorted(groups.items()):
+        minutes.sort()
+        target = targets.target(as_priority(priority)).total_seconds() / 60
+        out.append(
+            {
+                "worklist": worklist,
+                "priority": priority,
+                "n": len(minutes),
+                "p50_minutes": round(_quantile(minutes, 0.5), 1),
+                "p95_minutes": round(_quantile(minutes, 0.95), 1),
+                "within_target": round(sum(m <= target for m in minutes) / len(minutes), 3),
+                "target_minutes": target,
+            }
+        )
+    return out
+
+
+def ai_agreement_stats(session: Session) -> list[dict[str, Any]]:
+    """Physicians' agreement with the AI flag on final reports, per task and flag: the ground truth
+    that monitors each model in service (a disagreement on a flagged study is a false positive, on an
+    unflagged one a false negative, as the physician judged it)."""
+    rows = session.execute(
+        select(WorklistItem.task, WorklistItem.flagged, WorklistItem.ai_agrees).where(
+            WorklistItem.finalized_at.is_not(None), WorklistItem.ai_agrees.is_not(None), WorklistItem.task.is_not(None)
+        )
+    ).all()
+    groups: dict[tuple[str, bool], list[bool]] = {}
+    for task, flagged, agrees in rows:
+        groups.setdefault((str(task), bool(flagged)), []).append(bool(agrees))
+    return [
+        {"task": task, "flagged": flagged, "n": len(votes), "agree": round(sum(votes) / len(votes), 3)}
+        for (task, flagged), votes in sorted(groups.items())
+    ]
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    position = (len(sorted_values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
