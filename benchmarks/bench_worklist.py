@@ -2,7 +2,7 @@
 replayed day comparing reading orders with and without AI prioritisation.
 
 1. Worklist query: a fresh database (SQLite file migrated with ``migrate``; PostgreSQL in a throwaway
-   cluster, ``initdb`` + ``pg_ctl`` as in ``tests/store/conftest.py``) gets ``--items`` open items in
+   cluster, ``initdb`` + ``pg_ctl`` from ``tests/pg_cluster.py``) gets ``--items`` open items in
    the ``cardiology`` worklist, bulk-inserted with their studies (one ECG series each): priorities
    10 % stat / 30 % urgent / 60 % routine, received uniformly over the last 4 h, AI scores uniform,
    20 % unscored. ``list_worklist(session, "cardiology", targets, limit=50)`` is timed ``--calls``
@@ -37,17 +37,12 @@ Usage: ``python benchmarks/bench_worklist.py [--items 100000] [--calls 200] [--b
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import multiprocessing as mp
 import os
-import pwd
 import random
-import shlex
-import shutil
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -74,100 +69,21 @@ from prescreen.store.users import Principal, add_user
 from prescreen.store.worklist import item_summary, list_worklist
 from prescreen.triage.priority import Priority, SlaTargets, due_at, rank, sort_key
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: one throwaway cluster
+from tests.pg_cluster import PG_USER, PgCluster
+
 WORKLIST = "cardiology"
 CLAIM_WORKLIST = "cardiology-claims"
 TARGETS = SlaTargets()
 LEASE = timedelta(minutes=30)
 LIMIT = 50
 GOAL_P95_MS = 50.0
-PG_USER = "postgres"
-
-
-# -- a throwaway PostgreSQL cluster (the logic of tests/store/conftest.py) ------------------------
-def pg_bin_dir() -> Path | None:
-    """The folder of ``initdb``/``pg_ctl``: on PATH, else the newest Debian/Ubuntu install."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name.split(".")[0] or 0)
-    )
-    for folder in reversed(candidates):
-        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
-            return Path(folder)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Cluster:
-    """A throwaway PostgreSQL cluster in a temporary folder (run as ``postgres`` when we are root)."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.as_user: str | None = None
-        if os.geteuid() == 0:
-            pwd.getpwnam(PG_USER)  # KeyError: no user to run the server as
-            self.as_user = PG_USER
-        # under /tmp (not $TMPDIR, which may be private to root) so that the server's user reaches it
-        self.root = Path(tempfile.mkdtemp(prefix="prescreen-pg-", dir="/tmp" if self.as_user else None))
-        self.data = self.root / "data"
-        self.sockets = self.root / "sock"
-        self.sockets.mkdir()
-        self.log = self.root / "server.log"
-        self.log.touch()
-        if self.as_user is not None:
-            entry = pwd.getpwnam(self.as_user)
-            for path in (self.root, self.sockets, self.log):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        self.root.chmod(0o700)
-        self.port = 0
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bin_dir / args[0]), *args[1:]]
-        if self.as_user is not None:
-            if shutil.which("runuser"):
-                cmd = ["runuser", "-u", self.as_user, "--", *cmd]
-            else:
-                cmd = ["su", self.as_user, "-s", "/bin/sh", "-c", shlex.join(cmd)]
-        return subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=120, check=False)
-
-    def start(self) -> None:
-        done = self._run("initdb", "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{done.stdout}\n{done.stderr}")
-        for _ in range(3):  # the free port may be taken in between: try another
-            self.port = free_port()
-            options = (
-                f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-            )
-            done = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
-            )
-            if done.returncode == 0:
-                return
-        raise RuntimeError(f"pg_ctl start failed:\n{done.stdout}\n{done.stderr}\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        try:
-            if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh database in a throwaway cluster; its SQLAlchemy URL."""
-    bin_dir = pg_bin_dir()
-    if bin_dir is None:
-        raise RuntimeError("initdb/pg_ctl not found")
-    cluster = Cluster(bin_dir)
+    cluster = PgCluster()
     try:
         cluster.start()
         with psycopg.connect(f"host=127.0.0.1 port={cluster.port} user={PG_USER} dbname=postgres") as conn:

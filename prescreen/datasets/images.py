@@ -155,14 +155,13 @@ def _crop_us_region(frames: FloatArray, ds: Any) -> FloatArray:
     return np.ascontiguousarray(frames[:, y0 : y1 + 1, x0 : x1 + 1])
 
 
-def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
-    """Decode PNG/JPEG (8- or 16-bit gray, palette, RGB, RGBA) into one grayscale frame.
+def open_raster(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode a PNG/JPEG with Pillow, refusing it before decoding when it has too many pixels.
 
     Raises:
         InvalidStudyError: not an image Pillow can decode.
         StudyTooLargeError: more pixels than ``max_pixels``.
     """
-    image: Image.Image
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
@@ -170,6 +169,17 @@ def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidStudyError(f"not a readable PNG/JPEG image: {exc}") from exc
+    return image
+
+
+def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
+    """Decode PNG/JPEG (8- or 16-bit gray, palette, RGB, RGBA) into one grayscale frame.
+
+    Raises:
+        InvalidStudyError: not an image Pillow can decode.
+        StudyTooLargeError: more pixels than ``max_pixels``.
+    """
+    image = open_raster(data, max_pixels)
     fmt = image.format or "raster"
     image = ImageOps.exif_transpose(image)  # phone photos carry their orientation in EXIF
     if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):

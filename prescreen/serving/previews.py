@@ -26,11 +26,12 @@ import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from prescreen.datasets.ecg import EcgRecord
+from prescreen.datasets.images import open_raster
 from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom, read_dicom_ecg, read_ecg_files
 from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError
 
@@ -147,14 +148,7 @@ def _png(pixels: npt.NDArray[np.uint8], max_side: int) -> bytes:
 
 def raster_png(data: bytes, *, max_pixels: int, max_side: int = MAX_SIDE) -> bytes:
     """A PNG/JPEG upload re-encoded as a PNG of at most ``max_side`` pixels a side."""
-    image: Image.Image
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > max_pixels:
-            raise StudyTooLargeError(f"the image has {image.width * image.height} pixels; the limit is {max_pixels}")
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidStudyError("not an image that can be shown (DICOM, PNG or JPEG)") from exc
+    image = open_raster(data, max_pixels)
     image = image.convert("RGB" if image.mode not in ("L", "I;16", "I") else "L")
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()

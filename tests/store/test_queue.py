@@ -434,21 +434,6 @@ def test_concurrent_processes_claim_every_job_exactly_once(sessions: Sessions, d
     assert sorted(claimed) == sorted(ids), "a job was never claimed"
 
 
-SETTLE_RACE = (
-    "finish_job reads the study's open jobs without locking the study: on PostgreSQL (READ COMMITTED) two "
-    "workers finishing a study's last two jobs at once each still see the other's job running, so neither "
-    "settles it and the study stays 'screening' for ever"
-)
-REOPEN_RACE = (
-    "finish_job's settle overwrites the study's status read before a late instance committed: on PostgreSQL a "
-    "late instance stored while the last job finishes is lost (study 'screened', never screened again)"
-)
-
-
-def _race_on_postgresql(request: pytest.FixtureRequest, sessions: Sessions, reason: str) -> None:
-    """Once a known race: ``_settle_study`` now locks the study row (kept as documentation)."""
-
-
 def _hold_settle_open(
     monkeypatch: pytest.MonkeyPatch, sessions: Sessions, while_open: Callable[[], object]
 ) -> Callable[[], None]:
@@ -486,9 +471,10 @@ def _hold_settle_open(
 
 
 def test_last_two_jobs_finishing_at_once_settle_the_study(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, sessions: Sessions, blobs: FileBlobStore
+    monkeypatch: pytest.MonkeyPatch, sessions: Sessions, blobs: FileBlobStore
 ) -> None:
-    _race_on_postgresql(request, sessions, SETTLE_RACE)
+    """Settling locks the study row: without it, on PostgreSQL each of two workers finishing the last
+    two jobs at once still sees the other's job running, and the study stays 'screening'."""
     study_id = make_screening_study(sessions, blobs, n_series=2)
     first, second = claim(sessions, "one"), claim(sessions, "two")
     statuses: list[str | None] = []
@@ -504,9 +490,9 @@ def test_last_two_jobs_finishing_at_once_settle_the_study(
 
 
 def test_late_instance_during_the_last_finish_reopens_the_study(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, sessions: Sessions, blobs: FileBlobStore
+    monkeypatch: pytest.MonkeyPatch, sessions: Sessions, blobs: FileBlobStore
 ) -> None:
-    _race_on_postgresql(request, sessions, REOPEN_RACE)
+    """Settling re-reads the locked study: a late instance stored meanwhile keeps it re-opened."""
     study_uid, series_uid = new_uid(), new_uid()
     study_id = put(sessions, blobs, study_uid, series_uid).study_id
     complete_studies(sessions, QUIET, now=later(QUIET + 1))
@@ -553,12 +539,6 @@ def make_due(sessions: Sessions, delivery_id: str) -> None:
 
 
 OUTBOX = Settings(delivery_max_attempts=3, delivery_backoff_seconds=1)
-ATTEMPTS_OFF_BY_ONE = (
-    "claim_delivery reads the row as an ORM object, and the ORM-enabled UPDATE (attempts + 1) synchronises "
-    "that object, so ClaimedDelivery.attempts is row.attempts + 1 = one more than the stored count: the first "
-    "try reports attempt 2, the first retry waits 2 x delivery_backoff_seconds, and a delivery is given up "
-    "after delivery_max_attempts - 1 tries"
-)
 
 
 def fail_once(sessions: Sessions, delivery_id: str) -> datetime:

@@ -719,12 +719,6 @@ def test_an_item_first_seen_past_due_is_escalated_to_100_directly(sessions: Sess
     assert count(sessions, Escalation) == 1
 
 
-ESCALATE_RACE = (
-    "escalate() neither locks the open items it selects nor tolerates the unique (item, level) key: on "
-    "PostgreSQL two callers at once (every worker thread and every service process runs Triage.step) both "
-    "see the item unescalated, and the second's INSERT of the same Escalation raises IntegrityError out of "
-    "escalate(), failing that worker's step (triage_pending, by contrast, locks the study)"
-)
 
 
 def _pausing(targets: SlaTargets, at_call: int, pause: threading.Event, resume: threading.Event) -> SlaTargets:
@@ -743,7 +737,7 @@ def _pausing(targets: SlaTargets, at_call: int, pause: threading.Event, resume: 
 
 
 def test_two_escalation_runs_at_once_record_each_level_once_without_failing(
-    request: pytest.FixtureRequest, sessions: Sessions, blobs: BlobStore, database_url: str
+    sessions: Sessions, blobs: BlobStore
 ) -> None:
     received = utcnow().replace(microsecond=0) - timedelta(hours=3)
     study_id = screen_study(sessions, blobs, ecg("other", 0.7), received_at=received)  # urgent, past due
@@ -802,16 +796,9 @@ def test_two_triage_runs_at_once_make_one_item_per_study_and_worklist(sessions: 
     assert {study_id for study_id, _ in made} == set(studies)
 
 
-NAIVE_SQLITE_TIMES = (
-    "on SQLite an aware datetime is stored and compared as its wall-clock digits (SQLAlchemy drops the "
-    "offset), so list_worklist/escalate called with a non-UTC `now` compare it against UTC-stored due and "
-    "received times shifted by the offset (PostgreSQL converts); the functions accept any aware `now`"
-)
 
 
-def test_a_non_utc_now_gives_the_same_worklist_and_escalations(
-    request: pytest.FixtureRequest, sessions: Sessions, blobs: BlobStore, database_url: str
-) -> None:
+def test_a_non_utc_now_gives_the_same_worklist_and_escalations(sessions: Sessions, blobs: BlobStore) -> None:
     now = utcnow().replace(microsecond=0)
     urgent = screen_study(sessions, blobs, ecg("other", 0.7), received_at=now - timedelta(minutes=80))
     screen_study(sessions, blobs, ecg("normal", 0.1), received_at=now)
