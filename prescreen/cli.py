@@ -123,9 +123,9 @@ def evaluate(
 
     from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
     from prescreen.evaluation.report import evaluation_json, write_report
-    from prescreen.models.resolve import resolve_model
     from prescreen.models.store import ModelStore
     from prescreen.models.task import get_task
+    from prescreen.training.resolve import resolve_model
 
     t = get_task(task)
     folder = _data_path(t.default_data, data)
@@ -183,8 +183,8 @@ def export(
     activate: Annotated[bool, typer.Option(help="Make it the task's active model")] = False,
 ) -> None:
     """Export a run (or an ensemble of runs) to ONNX, parity-checked, with its model card; add it to the store."""
-    from prescreen.models.export import export_run
     from prescreen.models.store import ModelStore
+    from prescreen.training.export import export_run
 
     onnx_path, card = export_run(runs, out, progress=True)
     store = ModelStore()
@@ -255,8 +255,8 @@ def serve(
     import subprocess
 
     from prescreen.models.store import ModelStore
-    from prescreen.serving.engine import ScreeningEngine
-    from prescreen.serving.runtime import load_routing_rules
+    from prescreen.pipeline.engine import ScreeningEngine
+    from prescreen.pipeline.runtime import load_routing_rules
 
     settings = get_settings()
     ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
@@ -299,7 +299,7 @@ def edge(
     import threading
 
     from prescreen.integration.dicom_send import DicomDestination
-    from prescreen.serving.runtime import start_runtime
+    from prescreen.pipeline.runtime import start_runtime
 
     settings = get_settings()
     if not forward_to.startswith(("http://", "https://")):
@@ -336,7 +336,7 @@ def users_add(
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
 ) -> None:
     """Add a user; the password is asked for (or read from stdin) and stored only as an Argon2id hash."""
-    from prescreen.serving.runtime import open_store
+    from prescreen.pipeline.runtime import open_store
     from prescreen.store.users import add_user
 
     if password_stdin:
@@ -364,7 +364,7 @@ def users_list() -> None:
     """List users: login, name, grade, specialties."""
     from rich.table import Table
 
-    from prescreen.serving.runtime import open_store
+    from prescreen.pipeline.runtime import open_store
     from prescreen.store.users import list_users
 
     table = Table("login", "name", "grade", "specialties", "institution")

@@ -23,6 +23,11 @@ class StudyTooLargeError(InvalidStudyError):
     """A study over a size limit (bytes or pixels)."""
 
 
+class MissingIdentifierError(InvalidStudyError):
+    """A DICOM instance without a UID the store files it by (study, series or SOP instance), or with
+    one that is too long or names another study's series."""
+
+
 class UnsupportedMediaTypeError(InvalidStudyError):
     """A request body of a media type the endpoint does not take (e.g. STOW-RS not ``application/dicom``)."""
 
@@ -47,8 +52,28 @@ class ExportError(ModelError):
     """ONNX export failed, or the exported model disagrees with torch."""
 
 
+class InvalidRequestError(PrescreenError):
+    """A request that is not valid as sent (a missing comment, a malformed field); HTTP 400."""
+
+
+class ServiceUnavailableError(PrescreenError):
+    """The service cannot answer yet (starting: models not loaded, store not open); HTTP 503."""
+
+
+class BlobNotFoundError(PrescreenError):
+    """No blob with that key."""
+
+
+class InvalidUserError(PrescreenError):
+    """A user that cannot be created as given (login, grade, specialty or password)."""
+
+
 class DeliveryError(PrescreenError):
     """A result could not be delivered (DICOM C-STORE, FHIR); the message says why."""
+
+
+class InvalidDestinationError(PrescreenError, ValueError):
+    """A DICOM destination (``AE@host:port``) or AE title that cannot be used; the message says why."""
 
 
 class NotAuthenticatedError(PrescreenError):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from prescreen.config import get_settings
+from tests.peers import DATA_HINT, dcmtk, require_peer
 
 pytest_plugins = ["tests.fixtures_ecg", "tests.fixtures_images", "tests.fixtures_dicom"]
 
@@ -51,10 +52,17 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     get_settings.cache_clear()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The labelled data sets; tests using it are marked ``data``."""
+    """The labelled data sets; tests using it are marked ``data``. Missing: skipped, failed under CI."""
     path = data_dir()
-    if not (path / "cinc2017" / "REFERENCE.csv").is_file():
-        pytest.skip(f"data sets not found under {path}")
+    require_peer(f"the data sets under {path}", (path / "cinc2017" / "REFERENCE.csv").is_file(), DATA_HINT)
     return path
+
+
+@pytest.fixture(scope="session")
+def need_dcmtk() -> None:
+    """DCMTK's ``storescu`` and ``echoscu`` (the real ones, not pynetdicom's scripts of the same
+    names). Session-scoped, so that a missing DCMTK stops a test before its servers start."""
+    dcmtk("storescu")
+    dcmtk("echoscu")

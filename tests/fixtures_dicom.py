@@ -25,6 +25,7 @@ from pydicom.uid import (
 )
 
 from prescreen.integration.dicom_send import DicomDestination
+from tests.peers import ORTHANC_HINT, require_peer
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 AE_TITLE = "ORTHANC"
@@ -253,8 +254,7 @@ def _empty(server: OrthancServer) -> None:
 
 @pytest.fixture(scope="session")
 def _orthanc_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Orthanc]:
-    if not ORTHANC.is_file() or shutil.which(str(ORTHANC)) is None:
-        pytest.skip(f"Orthanc not installed at {ORTHANC}")
+    require_peer(f"Orthanc at {ORTHANC}", ORTHANC.is_file() and shutil.which(str(ORTHANC)) is not None, ORTHANC_HINT)
     holder = _Orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
         yield holder

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import wfdb
 
-from prescreen.models.export import export_run
 from prescreen.models.store import ModelStore, StoredModel
 from prescreen.models.task import get_task
 from prescreen.training.config import RunConfig
+from prescreen.training.export import export_run
 from prescreen.training.trainer import Trainer
 
 FS = 300

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from prescreen.models.card import ModelCard
-from prescreen.models.export import export_run
 from prescreen.models.store import ModelStore, StoredModel
 from prescreen.models.task import get_task
 from prescreen.training.config import RunConfig
+from prescreen.training.export import export_run
 from prescreen.training.trainer import Trainer
 
 

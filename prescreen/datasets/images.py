@@ -10,6 +10,7 @@ averages their probabilities.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from prescreen.config import get_settings
-from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
+from prescreen.datasets.files import ECG_SOP_CLASSES, looks_dicom, study_files
 from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError, UnsupportedStudyError
 
 FloatArray = npt.NDArray[np.float32]
@@ -62,11 +63,11 @@ def _to_gray(rgb: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.asarray(rgb[..., :3], dtype=np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
+def read_dicom_image(source: str | Path | bytes | pydicom.Dataset, max_pixels: int) -> ImageStudy:
     """Decode a DICOM image into grayscale frames.
 
     Args:
-        source: a file path or the file's bytes.
+        source: a file path, the file's bytes or its parsed dataset.
         max_pixels: refuse images with more pixels (all frames) than this.
 
     Raises:
@@ -75,7 +76,10 @@ def read_dicom_image(source: str | Path | bytes, max_pixels: int) -> ImageStudy:
         StudyTooLargeError: more pixels than ``max_pixels``.
     """
     try:
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        if isinstance(source, pydicom.Dataset):
+            ds = source
+        else:
+            ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
     try:
@@ -191,12 +195,12 @@ def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
 
 def read_image_file(name: str, data: bytes, max_pixels: int) -> ImageStudy:
     """DICOM or PNG/JPEG by content."""
-    if is_dicom(data) or name.lower().endswith(".dcm"):
+    if looks_dicom(name, data):
         return read_dicom_image(data, max_pixels)
     return read_raster_image(data, max_pixels)
 
 
-def read_image_files(files: dict[str, bytes], max_pixels: int) -> ImageStudy:
+def read_image_files(files: Mapping[str, bytes], max_pixels: int) -> ImageStudy:
     """One image study sent as exactly one file.
 
     Raises:
@@ -206,7 +210,10 @@ def read_image_files(files: dict[str, bytes], max_pixels: int) -> ImageStudy:
         raise InvalidStudyError("no file was sent; send one DICOM, PNG or JPEG image")
     if len(files) != 1:
         raise InvalidStudyError(f"send one image file per study, got {len(files)} files")
+    files = study_files(files)
     ((name, data),) = files.items()
     if not data:
         raise InvalidStudyError(f"file {name!r} is empty")
-    return read_image_file(name, data, max_pixels)
+    if looks_dicom(name, data):
+        return read_dicom_image(files.dataset(name), max_pixels)
+    return read_raster_image(data, max_pixels)

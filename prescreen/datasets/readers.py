@@ -19,13 +19,9 @@ import wfdb
 from pydicom.errors import InvalidDicomError
 
 from prescreen.datasets.ecg import EcgRecord
+from prescreen.datasets.files import ECG_SOP_CLASSES, looks_dicom, study_files
 from prescreen.errors import InvalidStudyError, PrescreenError, UnsupportedStudyError
 
-ECG_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG",
-    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG",
-    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG",
-}
 _UNIT_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3}
 _SAFE_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
 MIN_RATE_HZ, MAX_RATE_HZ = 25.0, 20_000.0
@@ -124,11 +120,11 @@ def _check_finite(signal: np.ndarray[Any, Any], name: str) -> None:
         raise InvalidStudyError(f"record {name} holds {bad} missing or non-numeric (NaN) samples")
 
 
-def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
+def read_dicom_ecg(source: str | Path | bytes | pydicom.Dataset) -> EcgRecord:
     """Read an ECG from a DICOM waveform object (12-lead, general or ambulatory ECG).
 
     Args:
-        source: a file path or the file's bytes.
+        source: a file path, the file's bytes or its parsed dataset.
 
     Raises:
         UnsupportedStudyError: the DICOM is not an ECG waveform SOP class.
@@ -136,7 +132,7 @@ def read_dicom_ecg(source: str | Path | bytes) -> EcgRecord:
     """
     try:
         fileobj: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-        ds = pydicom.dcmread(fileobj)
+        ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(fileobj)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
         raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
     try:
@@ -195,11 +191,6 @@ def _lead_name(channel: Any, index: int) -> str:
     return match.group(1) if match else meaning
 
 
-def is_dicom(data: bytes) -> bool:
-    """True when the bytes carry the DICOM Part 10 preamble marker."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
-
-
 def read_ecg_files(files: Mapping[str, bytes]) -> EcgRecord:
     """Read one ECG study sent as files: a WFDB header with its signal files, or one DICOM.
 
@@ -214,12 +205,13 @@ def read_ecg_files(files: Mapping[str, bytes]) -> EcgRecord:
     for name, data in files.items():
         if not data:
             raise InvalidStudyError(f"file {name!r} is empty")
-    dicoms = [n for n, d in files.items() if is_dicom(d) or n.lower().endswith(".dcm")]
+    files = study_files(files)
+    dicoms = [n for n, d in files.items() if looks_dicom(n, d)]
     headers = [n for n in files if n.lower().endswith(".hea")]
     if dicoms and not headers:
         if len(files) != 1:
             raise InvalidStudyError(f"send one DICOM file per study, got {len(files)} files")
-        return read_dicom_ecg(files[dicoms[0]])
+        return read_dicom_ecg(files.dataset(dicoms[0]))
     if len(headers) != 1:
         raise InvalidStudyError(
             f"expected exactly one WFDB header (.hea) or one DICOM file, got {len(headers)} headers"

@@ -13,7 +13,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from prescreen.errors import DeliveryError, PrescreenError
+from prescreen.errors import DeliveryError, InvalidDestinationError
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,6 @@ SUCCESS_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, and t
 LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # pynetdicom converts between these
 AE_CHARACTERS = frozenset(string.printable) - frozenset("\\\t\n\r\x0b\x0c")
 
-
-class InvalidDestinationError(PrescreenError, ValueError):
-    """A DICOM destination (``AE@host:port``) or AE title that cannot be used; the message says why."""
 
 
 def check_ae_title(title: str, what: str = "AE title") -> str:

@@ -26,7 +26,7 @@ from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from prescreen.integration.findings import Finding, StudySummary
+from prescreen.domain import Finding, StudySummary
 
 FHIR_PACKAGE = "fhir.resources.R4B"
 LOINC = "http://loinc.org"
@@ -92,7 +92,9 @@ def _observation(index: int, finding: Finding, subject: Reference) -> Observatio
     return Observation(
         id=f"finding-{index}",
         status="final",
-        identifier=[Identifier(system=DICOM_UID, value=f"urn:oid:{finding.series_uid}")],
+        identifier=[Identifier(system=DICOM_UID, value=f"urn:oid:{finding.series_uid}")]
+        if finding.series_uid
+        else None,
         code=CodeableConcept(text=f"AI pre-screening: {finding.task}"),
         subject=subject,
         issued=_aware(finding.created_at),

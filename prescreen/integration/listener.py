@@ -30,8 +30,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from prescreen.config import Settings
-from prescreen.errors import InvalidStudyError
-from prescreen.store.ingest import Ingestor, MissingIdentifierError
+from prescreen.errors import InvalidStudyError, MissingIdentifierError
+from prescreen.store.ingest import Ingestor
 
 log = logging.getLogger(__name__)
 

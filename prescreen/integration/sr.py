@@ -30,8 +30,8 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from prescreen import __version__
+from prescreen.domain import Finding
 from prescreen.errors import InvalidStudyError
-from prescreen.integration.findings import Finding
 
 PRIVATE_SCHEME = "99PRESCREEN"
 
@@ -119,7 +119,7 @@ def build_sr(
         report = hd.sr.MeasurementReport(
             observation_context=_observation_context(manufacturer),
             procedure_reported=_procedures(sources),
-            imaging_measurements=[_measurement_group(f, by_series[f.series_uid], manufacturer) for f in findings],
+            imaging_measurements=[_measurement_group(f, by_series[str(f.series_uid)], manufacturer) for f in findings],
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=_evidence([ds for series in by_series.values() for ds in series]),
@@ -166,7 +166,7 @@ def _check_sources(sources: Sequence[pydicom.Dataset]) -> None:
 
 
 def _check_finding(finding: Finding, by_series: dict[str, list[pydicom.Dataset]]) -> None:
-    if finding.series_uid not in by_series:
+    if finding.series_uid is None or finding.series_uid not in by_series:
         raise InvalidStudyError(
             f"the {finding.task} finding names series {finding.series_uid}, which is not among the source instances"
         )

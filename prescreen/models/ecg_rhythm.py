@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from prescreen.datasets.collections import LabelledSet, load_cinc2017
+from prescreen.datasets.files import ECG_SOP_CLASSES
 from prescreen.datasets.readers import read_ecg_files
 from prescreen.datasets.transforms import CropOrPad, FloatArray, Windows, augment_ecg, ecg_preprocess
+from prescreen.domain import FileKind
 from prescreen.models.networks import ResNet1d
-from prescreen.models.task import Task, register
+from prescreen.models.task import Accepts, Task, register
 
 FS = 150.0
 WINDOW_S = 30
@@ -55,6 +57,7 @@ def ecg_rhythm() -> Task:
         normal_classes=("normal",),
         input_spec=INPUT_SPEC,
         default_data="cinc2017",
+        accepts=Accepts((FileKind.WFDB, FileKind.DICOM_WAVEFORM), sop_classes=tuple(ECG_SOP_CLASSES)),
         read_files=read_ecg_files,
         preprocess=_PREPROCESS,
         windows=Windows(LENGTH, LENGTH // 2),

@@ -14,8 +14,9 @@ from prescreen.datasets.collections import LabelledSet
 from prescreen.datasets.image_collections import find_npz, load_image_folder, load_npz
 from prescreen.datasets.image_transforms import ImageAugment, ImagePreprocess, frames_as_batch
 from prescreen.datasets.images import ImageStudy, read_image_files
+from prescreen.domain import FileKind
 from prescreen.errors import DatasetError, UnsupportedStudyError
-from prescreen.models.task import Task, register
+from prescreen.models.task import Accepts, Task, register
 
 FRAME_POLICY = "every frame is screened; class probabilities are averaged over frames"
 
@@ -33,20 +34,20 @@ def small_densenet(n_classes: int) -> nn.Module:
     )
 
 
-def image_reader(
-    task: str, modalities: tuple[str, ...], body_parts: tuple[str, ...] | None = None
-) -> Callable[[Mapping[str, bytes]], ImageStudy]:
+def image_reader(task: str, accepts: Accepts) -> Callable[[Mapping[str, bytes]], ImageStudy]:
     """Read one image file and check that a DICOM's modality (and body part, when the task
     names the ones it covers) is one the task screens — also when the sender names the task."""
 
     def read(files: Mapping[str, bytes]) -> ImageStudy:
-        study = read_image_files(dict(files), get_settings().max_image_pixels)
-        if study.modality is not None and study.modality not in modalities:
-            raise UnsupportedStudyError(f"{task} screens {'/'.join(modalities)} images, not modality {study.modality}")
-        if body_parts is not None and study.body_part is not None and study.body_part not in body_parts:
+        study = read_image_files(files, get_settings().max_image_pixels)
+        modality, body_part = study.modality, study.body_part
+        if modality is not None and accepts.modalities and modality not in accepts.modalities:
             raise UnsupportedStudyError(
-                f"{task} screens {'/'.join(body_parts)} images, not body part {study.body_part}"
+                f"{task} screens {'/'.join(accepts.modalities)} images, not modality {modality}"
             )
+        parts = accepts.body_parts
+        if parts is not None and body_part is not None and body_part not in parts:
+            raise UnsupportedStudyError(f"{task} screens {'/'.join(parts)} images, not body part {body_part}")
         return study
 
     return read
@@ -82,13 +83,15 @@ def image_task(
 ) -> Task:
     """A single-image classification task: image reader with a modality check, MONAI
     preprocessing and augmentation, the small DenseNet, frames screened and averaged."""
+    accepts = Accepts((FileKind.DICOM_IMAGE, FileKind.RASTER), modalities=modalities, body_parts=body_parts)
     return Task(
         name=name,
         classes=classes,
         normal_classes=normal_classes,
         input_spec=image_spec(preprocess.size, notes),
         default_data=default_data,
-        read_files=image_reader(name, modalities, body_parts),
+        accepts=accepts,
+        read_files=image_reader(name, accepts),
         preprocess=preprocess,
         windows=frames_as_batch,
         train_view=ImageAugment(flip=True),

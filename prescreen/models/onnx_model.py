@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from prescreen.config import get_settings
+from prescreen.domain import Finding
 from prescreen.errors import ModelError
 from prescreen.models.card import ModelCard
 from prescreen.models.task import Task, get_task
@@ -50,34 +49,6 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
         raise ModelError(f"model file {path} cannot be loaded by ONNX Runtime: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class ScreenResult:
-    """The outcome of screening one study."""
-
-    task: str
-    model_name: str
-    model_version: str
-    flagged: bool
-    label: str
-    score: float
-    probabilities: dict[str, float]
-    threshold: float
-    explanation_url: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        extra = {"explanation_url": self.explanation_url} if self.explanation_url else {}
-        return {
-            "task": self.task,
-            "model": {"name": self.model_name, "version": self.model_version},
-            "flagged": self.flagged,
-            "label": self.label,
-            "score": self.score,
-            "probabilities": self.probabilities,
-            "threshold": self.threshold,
-            **extra,
-        }
-
-
 class OnnxModel:
     """An ONNX model with its card: signals → class probabilities → screening result.
 
@@ -110,11 +81,12 @@ class OnnxModel:
         """Probabilities per preprocessed signal (windows averaged)."""
         return self.task.predict_by_windows(signals, self.predict_windows, batch)
 
-    def screen_signal(self, signal: FloatArray) -> ScreenResult:
+    def screen_signal(self, signal: FloatArray) -> Finding:
+        """Screen one preprocessed signal: class probabilities, flag score, flag and label."""
         probs = self.predict_signals([signal])[0]
         score = float(self.task.flag_scores(probs[None, :])[0])
         flagged = score >= self.card.operating_threshold
-        return ScreenResult(
+        return Finding(
             task=self.task.name,
             model_name=self.card.name,
             model_version=self.card.version,
@@ -125,6 +97,6 @@ class OnnxModel:
             threshold=self.card.operating_threshold,
         )
 
-    def screen_files(self, files: Mapping[str, bytes]) -> ScreenResult:
+    def screen_files(self, files: Mapping[str, bytes]) -> Finding:
         """Read, preprocess and screen one study sent as files (raises ``InvalidStudyError``)."""
         return self.screen_signal(self.task.preprocess(self.task.read_files(files)))

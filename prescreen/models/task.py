@@ -13,9 +13,47 @@ import numpy.typing as npt
 from torch import nn
 
 from prescreen.datasets.collections import LabelledSet
+from prescreen.domain import DicomHeader, FileKind
 from prescreen.errors import UnknownTaskError
 
 FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What content a task screens, declared in its ``Task`` entry; routing by content and the
+    task's own reader both read it, so no other module names a task's modalities.
+
+    Attributes:
+        file_kinds: the kinds of file the task reads.
+        modalities: DICOM Modality values of the images it screens (empty: any).
+        body_parts: Body Part Examined values it screens (``None``: any); a missing body part is
+            accepted too.
+        sop_classes: SOP Class UIDs it screens (empty: any).
+    """
+
+    file_kinds: tuple[FileKind, ...]
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] | None = None
+    sop_classes: tuple[str, ...] = ()
+
+    def takes(self, kind: FileKind, header: DicomHeader | None = None) -> bool:
+        """Whether a file of this kind and DICOM header is one the task screens."""
+        if kind not in self.file_kinds:
+            return False
+        if header is None:
+            return True
+        return not self.refusal(header)
+
+    def refusal(self, header: DicomHeader) -> str | None:
+        """Why a DICOM with this header is not one the task screens, or ``None`` when it is."""
+        if self.sop_classes and header.sop_class_uid not in self.sop_classes:
+            return f"SOP class {header.sop_class_uid or 'missing'}"
+        if self.modalities and header.modality not in self.modalities:
+            return f"modality {header.modality or 'missing'}"
+        if self.body_parts is not None and header.body_part and header.body_part not in self.body_parts:
+            return f"body part {header.body_part}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -28,6 +66,7 @@ class Task:
         normal_classes: classes that are *not* flagged; every other class is.
         input_spec: what the network takes (rate, length, lead, normalisation), for the card.
         default_data: folder name under ``PRESCREEN_DATA_DIR`` used when ``--data`` is absent.
+        accepts: what content the task screens (routing by content reads it).
         read_files: uploaded files → study object (raises ``InvalidStudyError``).
         preprocess: study → full-length model-input signal.
         windows: model-input signal → batch of network inputs; outputs are averaged.
@@ -43,6 +82,7 @@ class Task:
     normal_classes: tuple[str, ...]
     input_spec: dict[str, Any]
     default_data: str
+    accepts: Accepts
     read_files: Callable[[Mapping[str, bytes]], Any]
     preprocess: Callable[[Any], FloatArray]
     windows: Callable[[FloatArray], FloatArray]
@@ -116,6 +156,11 @@ def get_task(name: str) -> Task:
     if name not in _REGISTRY:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()
+
+
+def unregister(name: str) -> None:
+    """Remove a registered task (tests that register a toy task clean up with it)."""
+    _REGISTRY.pop(name, None)
 
 
 def _load_builtin_tasks() -> None:

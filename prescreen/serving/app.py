@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
-from prescreen.errors import InvalidStudyError, ModelError, StudyTooLargeError
+from prescreen.errors import InvalidStudyError, StudyTooLargeError
+from prescreen.pipeline.engine import ScreeningEngine
 from prescreen.serving.auth import Permission, needs
-from prescreen.serving.engine import ScreeningEngine
+from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
-
-
-def get_engine(request: Request) -> ScreeningEngine:
-    engine: ScreeningEngine | None = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise ModelError("the service is starting: models are not loaded yet")
-    return engine
-
-
-EngineDep = Annotated[ScreeningEngine, Depends(get_engine)]
+from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, StatusOut
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
 models_router = APIRouter(prefix="/v1", tags=["models"])
 health_router = APIRouter(tags=["health"])
 
 
-@screen_router.post("/screen", dependencies=needs(Permission.SCREEN))
+@screen_router.post("/screen", dependencies=needs(Permission.SCREEN), response_model_exclude_none=True)
 def screen(
     engine: EngineDep,
     file: Annotated[
         list[UploadFile] | None, File(description="A WFDB .hea with its .dat/.mat, or one DICOM ECG")
     ] = None,
     task: Annotated[str | None, Form(description="Task name; chosen from the content when absent")] = None,
-) -> Any:
+) -> FindingOut:
     """Screen one study sent as multipart files (field name ``file``, repeated)."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}
@@ -48,8 +40,8 @@ def screen(
             raise InvalidStudyError(f"file {name!r} was sent twice")
         files[name] = upload.file.read(limit + 1)
         if sum(len(v) for v in files.values()) > limit:
-            return error_response(413, "too_large", f"the upload exceeds the limit of {limit} bytes")
-    return engine.screen(files, task).to_json()
+            raise StudyTooLargeError(f"the upload exceeds the limit of {limit} bytes")
+    return FindingOut.of(engine.screen(files, task))
 
 
 @screen_router.get("/explanations/{name}.png", dependencies=needs(Permission.SCREEN))
@@ -59,27 +51,27 @@ def explanation(engine: EngineDep, name: str) -> FileResponse:
 
 
 @models_router.get("/models", dependencies=needs(Permission.MODELS_READ))
-def list_models(engine: EngineDep) -> dict[str, Any]:
+def list_models(engine: EngineDep) -> ModelsOut:
     """The models this service screens with, one per task, with their cards' headline figures."""
     out = []
     for name, model in sorted(engine.models.items()):
         head = model.card.headline
         out.append(
-            {
-                "task": name,
-                "name": model.card.name,
-                "version": model.card.version,
-                "classes": model.card.classes,
-                "threshold": model.card.operating_threshold,
-                "evaluation": head.model_dump() if head else None,
-            }
+            ModelOut(
+                task=name,
+                name=model.card.name,
+                version=model.card.version,
+                classes=list(model.card.classes),
+                threshold=model.card.operating_threshold,
+                evaluation=head.model_dump() if head else None,
+            )
         )
-    return {"models": out}
+    return ModelsOut(models=out)
 
 
 @health_router.get("/healthz", dependencies=needs(Permission.HEALTH))
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def healthz() -> StatusOut:
+    return StatusOut(status="ok")
 
 
 @health_router.get("/readyz", dependencies=needs(Permission.HEALTH))

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from prescreen.errors import InvalidStudyError, ModelError
+from prescreen.errors import InvalidStudyError
 from prescreen.integration.stow import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -32,6 +31,7 @@ from prescreen.integration.stow import (
     stow_status,
 )
 from prescreen.serving.auth import Permission, needs
+from prescreen.serving.deps import IngestorDep
 from prescreen.store.ingest import Ingestor, dicom_meta
 
 log = logging.getLogger(__name__)
@@ -54,22 +54,6 @@ def as_part10(part: bytes) -> bytes:
     return part
 
 
-def get_ingestor(request: Request) -> Ingestor:
-    """The ingestor of the app (``app.state.ingestor``).
-
-    Args:
-        request: the current request.
-
-    Raises:
-        ModelError: the service is starting and its store is not open yet (503).
-    """
-    ingestor: Ingestor | None = getattr(request.app.state, "ingestor", None)
-    if ingestor is None:
-        raise ModelError("the service is starting: the study store is not open yet")
-    return ingestor
-
-
-IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
 
 #: every STOW-RS route needs the ``ingest`` permission
 dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=needs(Permission.INGEST))

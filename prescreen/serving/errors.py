@@ -14,18 +14,19 @@ from prescreen.errors import (
     ConflictError,
     ExplanationNotFoundError,
     ForbiddenError,
+    InvalidRequestError,
     InvalidStudyError,
     ModelError,
     NotAuthenticatedError,
     NotFoundError,
     PrescreenError,
+    ServiceUnavailableError,
     StudyTooLargeError,
     TooManyAttemptsError,
     UnknownTaskError,
     UnsupportedMediaTypeError,
     UnsupportedStudyError,
 )
-from prescreen.store.views import StudyNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
 # InvalidStudy errors too
 STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
     (ExplanationNotFoundError, 404, "not_found"),
-    (StudyNotFoundError, 404, "not_found"),
     (NotFoundError, 404, "not_found"),
     (NotAuthenticatedError, 401, "not_authenticated"),
     (ForbiddenError, 403, "forbidden"),
@@ -49,6 +49,8 @@ STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
     (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
     (InvalidStudyError, 400, "invalid_study"),
     (UnknownTaskError, 400, "unknown_task"),
+    (InvalidRequestError, 400, "invalid_request"),
+    (ServiceUnavailableError, 503, "unavailable"),
     (ModelError, 503, "model_unavailable"),
 )
 

@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from importlib.resources import files
 from typing import Annotated, Any
@@ -35,11 +35,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
-from prescreen.datasets.readers import ECG_SOP_CLASSES
 from prescreen.errors import (
     ForbiddenError,
     InvalidStudyError,
@@ -49,17 +46,14 @@ from prescreen.errors import (
     TooManyAttemptsError,
 )
 from prescreen.serving.auth import SESSION_COOKIE, Permission, caller, issue_token, permissions_of
-from prescreen.serving.dicomweb import get_ingestor
+from prescreen.serving.deps import claim_lease, get_ingestor, get_targets
 from prescreen.serving.errors import status_for
 from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
-from prescreen.serving.worklists import claim_lease, sla_targets
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import as_utc
-from prescreen.store.reading import DraftText, act, item_detail
-from prescreen.store.schema import Instance, Series
-from prescreen.store.schema_triage import Report, User
-from prescreen.store.users import Principal, authenticate, sign_out_everywhere
-from prescreen.store.views import study_detail
+from prescreen.store.reading import DraftText, act, item_detail, latest_report
+from prescreen.store.users import Principal, authenticate, sign_out_everywhere, user_names
+from prescreen.store.views import preview_files, study_detail
 from prescreen.store.worklist import check_access, count_open, list_worklist, load_item
 
 pages_router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -248,13 +242,6 @@ def _shown(response: HTMLResponse, request: Request) -> HTMLResponse:
     return response
 
 
-def _user_names(session: Session, ids: Iterable[str | None]) -> dict[str, str]:
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    return {u.id: u.name for u in session.scalars(select(User).where(User.id.in_(wanted)))}
-
-
 # --- public: sign in and out, static files -------------------------------------------------
 
 
@@ -321,13 +308,13 @@ def static(name: str) -> Response:
 
 
 def _worklists(ingestor: Ingestor, user: Principal, only: str | None = None) -> list[dict[str, Any]]:
-    targets = sla_targets()
+    targets = get_targets()
     out: list[dict[str, Any]] = []
     with ingestor.sessions() as session:
         for specialty in [only] if only else user.specialties:
             items = list_worklist(session, specialty, targets, limit=LIST_LIMIT)
             out.append({"worklist": specialty, "items": items, "total": count_open(session, specialty)})
-        names = _user_names(session, (i["claimed_by"] for w in out for i in w["items"]))
+        names = user_names(session, (i["claimed_by"] for w in out for i in w["items"]))
     for worklist in out:
         for item in worklist["items"]:
             item["claimed_by_name"] = names.get(item["claimed_by"] or "")
@@ -367,12 +354,10 @@ def item_page(request: Request, user: PageReader, item_id: str) -> Response:
     ingestor = get_ingestor(request)
     try:
         with ingestor.sessions() as session:
-            item = item_detail(session, item_id, user, sla_targets())
+            item = item_detail(session, item_id, user, get_targets())
             study = study_detail(session, item["study_id"])
-            draft = session.scalars(
-                select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())
-            ).first()
-            names = _user_names(session, [item["claimed_by"]])
+            draft = latest_report(session, item_id)
+            names = user_names(session, [item["claimed_by"]])
     except PrescreenError as exc:
         return error_page(request, user, exc)
     item["claimed_by_name"] = names.get(item["claimed_by"] or "")
@@ -395,29 +380,6 @@ _PREVIEW_CACHE_SIZE = 32
 _PREVIEW_VERSION = "1"
 
 
-def _series_files(session: Session, study_id: str, series_uid: str) -> list[tuple[str | None, str]]:
-    """``(file name, blob key)`` of what a preview needs: the DICOM ECG, the whole WFDB record, or
-    the first image."""
-    series = session.scalars(
-        select(Series).where(Series.study_id == study_id, Series.series_uid == series_uid)
-    ).one_or_none()
-    if series is None:
-        raise NotFoundError("no such series in this study")
-    instances = session.scalars(
-        select(Instance)
-        .where(Instance.series_id == series.id)
-        .order_by(Instance.received_at, Instance.file_name, Instance.sop_instance_uid)
-    ).all()
-    if not instances:
-        raise InvalidStudyError("the series has no files")
-    ecg = [i for i in instances if i.sop_class_uid in ECG_SOP_CLASSES]
-    if ecg:
-        return [(ecg[0].file_name, ecg[0].blob_key)]
-    if any((i.file_name or "").lower().endswith(".hea") for i in instances):
-        return [(i.file_name, i.blob_key) for i in instances]
-    return [(instances[0].file_name, instances[0].blob_key)]
-
-
 @pages_router.get("/items/{item_id}/series/{series_uid}.png")
 def series_preview(request: Request, user: PageReader, item_id: str, series_uid: str) -> Response:
     """A PNG of the series: the first image in its window, or the ECG on its grid (401 without a
@@ -430,7 +392,7 @@ def series_preview(request: Request, user: PageReader, item_id: str, series_uid:
         item, study = load_item(session, item_id)
         check_access(user, item.worklist)
         try:
-            wanted = _series_files(session, study.id, series_uid)
+            wanted = preview_files(session, study.id, series_uid)
         except InvalidStudyError as exc:
             return _png_response(placeholder_png(str(exc)), 422, None)
     etag = '"' + hashlib.sha256("|".join([_PREVIEW_VERSION, *(k for _, k in wanted)]).encode()).hexdigest()[:32] + '"'
@@ -469,9 +431,7 @@ def _png_response(png: bytes, status: int, etag: str | None) -> Response:
 def _is_saved(ingestor: Ingestor, item_id: str, draft: DraftText) -> bool:
     """Whether the item's current draft already holds this text (signing then saves nothing)."""
     with ingestor.sessions() as session:
-        report = session.scalars(
-            select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())
-        ).first()
+        report = latest_report(session, item_id)
     return (
         report is not None
         and report.status == "draft"

@@ -31,8 +31,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from prescreen.datasets.ecg import EcgRecord
+from prescreen.datasets.files import ECG_SOP_CLASSES, is_dicom
 from prescreen.datasets.images import open_raster
-from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom, read_dicom_ecg, read_ecg_files
+from prescreen.datasets.readers import read_dicom_ecg, read_ecg_files
 from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError
 
 MAX_SIDE = 1024

@@ -8,16 +8,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError
 from prescreen.integration.fhir import diagnostic_report
 from prescreen.serving.auth import Permission, needs, require
-from prescreen.serving.dicomweb import IngestorDep
+from prescreen.serving.deps import IngestorDep
 from prescreen.serving.errors import error_response
-from prescreen.store.schema_triage import WorklistItem
 from prescreen.store.users import Principal
 from prescreen.store.views import (
     StudyFilter,
@@ -27,6 +25,7 @@ from prescreen.store.views import (
     study_detail,
     study_summary,
 )
+from prescreen.store.worklist import in_worklists
 
 studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -103,14 +102,7 @@ def _patient_visible(session: Session, user: Principal | None, study_id: str) ->
         return False
     if user.is_admin:
         return True
-    return (
-        session.scalar(
-            select(func.count()).where(
-                WorklistItem.study_id == study_id, WorklistItem.worklist.in_(list(user.specialties))
-            )
-        )
-        or 0
-    ) > 0
+    return in_worklists(session, study_id, user.specialties)
 
 
 def _redact(session: Session, user: Principal | None, study: dict[str, Any]) -> dict[str, Any]:

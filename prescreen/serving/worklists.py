@@ -3,40 +3,25 @@ actions, and turnaround statistics. The pages (``/ui``) call the same functions.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
-from prescreen.config import Settings, get_settings
+from prescreen.config import get_settings
 from prescreen.errors import NotFoundError
 from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
-from prescreen.serving.dicomweb import IngestorDep
+from prescreen.serving.deps import IngestorDep, claim_lease, get_targets
 from prescreen.store.reading import DraftText, act, item_detail
 from prescreen.store.sla import ai_agreement_stats, turnaround_stats
 from prescreen.store.users import authenticate, sign_out_everywhere
 from prescreen.store.worklist import check_access, count_open, list_worklist
-from prescreen.triage.priority import SlaTargets
 
 auth_router = APIRouter(prefix="/v1/auth", tags=["auth"])
 worklists_router = APIRouter(prefix="/v1", tags=["worklists"])
 
 ACTIONS = ("claim", "release", "sign", "amend")
-
-
-def sla_targets(settings: Settings | None = None) -> SlaTargets:
-    settings = settings or get_settings()
-    return SlaTargets(
-        stat=timedelta(minutes=settings.sla_stat_minutes),
-        urgent=timedelta(minutes=settings.sla_urgent_minutes),
-        routine=timedelta(minutes=settings.sla_routine_minutes),
-    )
-
-
-def claim_lease(settings: Settings | None = None) -> timedelta:
-    return timedelta(minutes=(settings or get_settings()).claim_lease_minutes)
 
 
 class Token(BaseModel):
@@ -102,7 +87,7 @@ def worklist(
     """Open items, most urgent first (effective priority aged by time to due, AI score, waiting time)."""
     check_access(user, specialty)
     with ingestor.sessions() as session:
-        items = list_worklist(session, specialty, sla_targets(), limit=limit)
+        items = list_worklist(session, specialty, get_targets(), limit=limit)
         return {"worklist": specialty, "items": items, "total": count_open(session, specialty)}
 
 
@@ -110,12 +95,12 @@ def worklist(
 def worklist_item(ingestor: IngestorDep, user: Reader, item_id: str) -> dict[str, Any]:
     """An item: state, study, AI result, report versions with signatures, escalations, history."""
     with ingestor.sessions() as session:
-        return item_detail(session, item_id, user, sla_targets())
+        return item_detail(session, item_id, user, get_targets())
 
 
 def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> dict[str, Any]:
     with ingestor.sessions() as session:
-        return {**item_detail(session, item_id, user, sla_targets()), "state": state}
+        return {**item_detail(session, item_id, user, get_targets()), "state": state}
 
 
 @worklists_router.post("/worklist-items/{item_id}/draft")
@@ -169,7 +154,7 @@ def item_action(
 def turnaround(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
     """Receipt → final report: p50/p95 minutes and the share within target, by worklist and priority."""
     with ingestor.sessions() as session:
-        return {"groups": turnaround_stats(session, sla_targets())}
+        return {"groups": turnaround_stats(session, get_targets())}
 
 
 @worklists_router.get("/stats/ai-agreement")

@@ -15,13 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from prescreen.errors import PrescreenError
+from prescreen.errors import BlobNotFoundError
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
-
-class BlobNotFoundError(PrescreenError):
-    """No blob with that key."""
 
 
 class BlobStore(Protocol):

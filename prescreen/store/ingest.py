@@ -19,13 +19,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from prescreen.errors import InvalidStudyError
+from prescreen.errors import InvalidStudyError, MissingIdentifierError
 from prescreen.store.blobs import BlobStore
 from prescreen.store.schema import Instance, Series, Study
-
-
-class MissingIdentifierError(InvalidStudyError):
-    """A DICOM instance without a UID the store files it by (study, series or SOP instance)."""
 
 
 @dataclass(frozen=True)

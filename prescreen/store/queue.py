@@ -24,13 +24,22 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prescreen.domain import (
+    OPEN_JOB_STATES,
+    DeliveryKind,
+    DeliveryState,
+    DicomHeader,
+    Finding,
+    InstanceRef,
+    JobState,
+    OrderPriority,
+    SeriesRef,
+    StudyStatus,
+)
 from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
 
-#: Job states; the last three are final.
-PENDING, RUNNING, DONE, UNSCREENABLE, FAILED = "pending", "running", "done", "unscreenable", "failed"
-OPEN_JOB_STATES = (PENDING, RUNNING)
-#: Order priorities screened first (DICOM Requested Procedure Priority / HL7 values).
-URGENT_PRIORITIES = ("STAT", "HIGH", "URGENT")
+SCREENED_FIRST = tuple(p.value for p in OrderPriority if p.screened_first)
+"""Stored order priorities whose studies are screened first."""
 
 
 def changed(result: Any) -> int:
@@ -48,33 +57,27 @@ def as_utc(value: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class SeriesFile:
-    """One stored file of the series a job screens."""
-
-    name: str
-    blob_key: str
-
-
-@dataclass(frozen=True)
 class ClaimedJob:
-    """A job a worker holds: what to screen and for which study."""
+    """A job a worker holds: the series to screen, its files and the DICOM headers read at receipt."""
 
     id: str
-    series_id: str
-    series_uid: str
-    study_id: str
-    modality: str | None
+    series: SeriesRef
     attempts: int
-    files: tuple[SeriesFile, ...]
+    files: tuple[InstanceRef, ...]
+    headers: dict[str, DicomHeader]
+
+    @property
+    def study_id(self) -> str:
+        return self.series.study_id
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended. ``result`` holds the columns of a :class:`Result` when screened."""
+    """How a job ended; ``finding`` when it was screened."""
 
-    state: str
+    state: JobState
     reason: str | None = None
-    result: dict[str, object] | None = None
+    finding: Finding | None = None
 
 
 def worker_name() -> str:
@@ -110,14 +113,22 @@ def release_dead_locks(sessions: sessionmaker[Session]) -> int:
     loss): they run again at once instead of after their lease. Returns how many."""
     released = 0
     with sessions.begin() as session:
-        for table, busy in ((Job, RUNNING), (Delivery, "sending")):
+        busy_states: tuple[tuple[type[Job] | type[Delivery], str], ...] = (
+            (Job, JobState.RUNNING),
+            (Delivery, DeliveryState.SENDING),
+        )
+        for table, busy in busy_states:
             held = session.execute(select(table.id, table.locked_by).where(table.state == busy)).all()
             dead = [row.id for row in held if _dead_here(row.locked_by)]
             if dead:
                 result = session.execute(
                     update(table)
                     .where(table.id.in_(dead), table.state == busy)
-                    .values(state=PENDING, locked_by=None, locked_at=None)
+                    .values(
+                        state=JobState.PENDING if table is Job else DeliveryState.PENDING,
+                        locked_by=None,
+                        locked_at=None,
+                    )
                 )
                 released += changed(result)
     return released
@@ -136,7 +147,9 @@ def complete_studies(
     with sessions.begin() as session:
         ready = session.execute(
             select(Study.id, Study.last_instance_at)
-            .where(Study.status == "received", or_(Study.last_instance_at <= cutoff, Study.complete_at <= now))
+            .where(
+                Study.status == StudyStatus.RECEIVED, or_(Study.last_instance_at <= cutoff, Study.complete_at <= now)
+            )
             .order_by(Study.last_instance_at)
             .limit(200)
         ).all()
@@ -145,16 +158,20 @@ def complete_studies(
         with sessions.begin() as session:
             claimed = session.execute(
                 update(Study)
-                .where(Study.id == study_id, Study.status == "received", Study.last_instance_at == last_instance_at)
-                .values(status="forwarding" if forward_to else "screening", status_reason=None)
+                .where(
+                    Study.id == study_id,
+                    Study.status == StudyStatus.RECEIVED,
+                    Study.last_instance_at == last_instance_at,
+                )
+                .values(status=StudyStatus.FORWARDING if forward_to else StudyStatus.SCREENING, status_reason=None)
             )
             if changed(claimed) != 1:
                 continue  # a late instance arrived, or another worker moved it
             if forward_to:
-                session.add(Delivery(study_id=study_id, kind="forward", destination=forward_to))
+                session.add(Delivery(study_id=study_id, kind=DeliveryKind.FORWARD, destination=forward_to))
             else:
                 for series_id in session.scalars(select(Series.id).where(Series.study_id == study_id)):
-                    session.add(Job(series_id=series_id, state=PENDING))
+                    session.add(Job(series_id=series_id, state=JobState.PENDING))
         moved.append(study_id)
     return moved
 
@@ -175,15 +192,15 @@ def claim_job(
     now = now or utcnow()
     stale = now - timedelta(seconds=lease_seconds)
     with sessions.begin() as session:
-        urgent = case((Study.order_priority.in_(URGENT_PRIORITIES), 0), else_=1)
+        urgent = case((Study.order_priority.in_(SCREENED_FIRST), 0), else_=1)
         query = (
             select(Job.id, Job.state, Job.attempts)
             .join(Series, Series.id == Job.series_id)
             .join(Study, Study.id == Series.study_id)
             .where(
                 or_(
-                    and_(Job.state == PENDING, or_(Job.not_before.is_(None), Job.not_before <= now)),
-                    and_(Job.state == RUNNING, Job.locked_at < stale),
+                    and_(Job.state == JobState.PENDING, or_(Job.not_before.is_(None), Job.not_before <= now)),
+                    and_(Job.state == JobState.RUNNING, Job.locked_at < stale),
                 ),
                 Job.attempts < (max_attempts if max_attempts is not None else 2**31 - 1),
             )
@@ -198,23 +215,28 @@ def claim_job(
         taken = session.execute(
             update(Job)
             .where(Job.id == row.id, Job.state == row.state, Job.attempts == row.attempts)
-            .values(state=RUNNING, locked_by=worker, locked_at=now, attempts=Job.attempts + 1)
+            .values(state=JobState.RUNNING, locked_by=worker, locked_at=now, attempts=Job.attempts + 1)
         )
         if changed(taken) != 1:
             return None
         series = session.execute(
-            select(Series.id, Series.series_uid, Series.study_id, Series.modality)
+            select(Series.id, Series.series_uid, Series.study_id, Series.modality, Series.body_part)
             .join(Job, Job.series_id == Series.id)
             .where(Job.id == row.id)
         ).one()
+        ref = SeriesRef(series.id, series.series_uid, series.study_id, series.modality, series.body_part)
         instances = session.execute(
-            select(Instance.file_name, Instance.sop_instance_uid, Instance.blob_key)
+            select(Instance.file_name, Instance.sop_instance_uid, Instance.blob_key, Instance.sop_class_uid)
             .where(Instance.series_id == series.id)
             .order_by(Instance.file_name, Instance.received_at)
         ).all()
-        files = tuple(SeriesFile(name or f"{sop}.dcm", key) for name, sop, key in instances)
-        attempts = row.attempts + 1
-        return ClaimedJob(row.id, series.id, series.series_uid, series.study_id, series.modality, attempts, files)
+        files = tuple(InstanceRef(name or f"{sop}.dcm", key) for name, sop, key, _ in instances)
+        headers = {
+            name or f"{sop}.dcm": DicomHeader(sop_class, ref.modality, ref.body_part)
+            for name, sop, _, sop_class in instances
+            if sop_class  # only DICOM instances have one; a WFDB upload has none
+        }
+        return ClaimedJob(row.id, ref, row.attempts + 1, files, headers)
 
 
 def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, reason: str, delay_seconds: float) -> bool:
@@ -222,9 +244,12 @@ def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, rea
     with sessions.begin() as session:
         done = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.state == RUNNING, Job.locked_by == worker)
+            .where(Job.id == job.id, Job.state == JobState.RUNNING, Job.locked_by == worker)
             .values(
-                state=PENDING, locked_by=None, last_error=reason, not_before=utcnow() + timedelta(seconds=delay_seconds)
+                state=JobState.PENDING,
+                locked_by=None,
+                last_error=reason,
+                not_before=utcnow() + timedelta(seconds=delay_seconds),
             )
         )
         return changed(done) == 1
@@ -250,17 +275,32 @@ def finish_job(
         with sessions.begin() as session:
             mine = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.state == RUNNING, Job.locked_by == worker)
+                .where(Job.id == job.id, Job.state == JobState.RUNNING, Job.locked_by == worker)
                 .values(state=outcome.state, last_error=outcome.reason, finished_at=now, locked_by=None)
             )
             if changed(mine) != 1:
                 raise _LeaseLost  # another worker took the job after this one's lease expired
-            if outcome.result is not None:
-                session.add(Result(job_id=job.id, series_id=job.series_id, **outcome.result))
+            if outcome.finding is not None:
+                session.add(_result_row(job, outcome.finding))
             session.flush()
             return _settle_study(session, job.study_id, list(sr_destinations), now)
     except (IntegrityError, _LeaseLost):
         return None  # the job is (or will be) finished by the worker that holds it
+
+
+def _result_row(job: ClaimedJob, finding: Finding) -> Result:
+    return Result(
+        job_id=job.id,
+        series_id=job.series.id,
+        task=finding.task,
+        model_name=finding.model_name,
+        model_version=finding.model_version,
+        flagged=finding.flagged,
+        label=finding.label,
+        score=float(finding.score),
+        threshold=float(finding.threshold),
+        probabilities={k: float(v) for k, v in finding.probabilities.items()},
+    )
 
 
 class _LeaseLost(Exception):
@@ -285,7 +325,7 @@ def fail_exhausted_jobs(
             .join(Series, Series.id == Job.series_id)
             .where(
                 Job.attempts >= max_attempts,
-                or_(Job.state == PENDING, and_(Job.state == RUNNING, Job.locked_at < stale)),
+                or_(Job.state == JobState.PENDING, and_(Job.state == JobState.RUNNING, Job.locked_at < stale)),
             )
         ).all()
     failed = 0
@@ -295,7 +335,7 @@ def fail_exhausted_jobs(
             done = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == state, Job.attempts == attempts)
-                .values(state=FAILED, last_error=reason, finished_at=now, locked_by=None)
+                .values(state=JobState.FAILED, last_error=reason, finished_at=now, locked_by=None)
             )
             if changed(done) == 1:
                 session.flush()
@@ -307,7 +347,7 @@ def fail_exhausted_jobs(
 def _settle_study(session: Session, study_id: str, sr_destinations: list[str], now: datetime) -> str | None:
     # lock the study: two last jobs finishing at once, or a late instance arriving, are serialised
     study = session.get(Study, study_id, with_for_update=True, populate_existing=True)
-    if study is None or study.status != "screening":
+    if study is None or study.status != StudyStatus.SCREENING:
         return None  # re-opened by a late instance: its next round decides
     jobs_of_study = select(Job.id).join(Series, Series.id == Job.series_id).where(Series.study_id == study_id)
     open_jobs = session.scalar(select(func.count()).where(Job.id.in_(jobs_of_study), Job.state.in_(OPEN_JOB_STATES)))
@@ -315,19 +355,19 @@ def _settle_study(session: Session, study_id: str, sr_destinations: list[str], n
         return None
     latest = _latest_jobs(session, study_id)
     states = {state for state, _ in latest.values()}
-    if DONE in states:
-        status = "screened"
-    elif FAILED in states:
-        status = "failed"
+    if JobState.DONE in states:
+        status = StudyStatus.SCREENED
+    elif JobState.FAILED in states:
+        status = StudyStatus.FAILED
     else:
-        status = "unscreenable"
-    reasons = sorted({reason for state, reason in latest.values() if state != DONE and reason})
+        status = StudyStatus.UNSCREENABLE
+    reasons = sorted({reason for state, reason in latest.values() if state != JobState.DONE and reason})
     study.status = status
     study.status_reason = "; ".join(reasons)[:2000] or None
     study.screened_at = now
-    if status == "screened":
+    if status == StudyStatus.SCREENED:
         for destination in sr_destinations:
-            session.add(Delivery(study_id=study_id, kind="dicom-sr", destination=destination))
+            session.add(Delivery(study_id=study_id, kind=DeliveryKind.DICOM_SR, destination=destination))
     return status
 
 

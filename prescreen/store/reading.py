@@ -236,3 +236,8 @@ def _apply_report(
                 .where(WorklistItem.id == item.id)
                 .values(open=False, finalized_at=now, ai_agrees=report.ai_agrees, return_comment=None)
             )
+
+
+def latest_report(session: Session, item_id: str) -> Report | None:
+    """The newest report version of an item (a draft, or the signed text)."""
+    return session.scalars(select(Report).where(Report.item_id == item_id).order_by(Report.version.desc())).first()

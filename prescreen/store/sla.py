@@ -4,6 +4,7 @@ the physicians' agreement with the AI flag (in-service monitoring of the models)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,16 +12,29 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prescreen.domain import Priority
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema_triage import Escalation, WorklistItem
 from prescreen.store.worklist import as_priority
-from prescreen.triage.priority import PRIORITIES, SlaTargets
+from prescreen.triage.priority import SlaTargets
 
 
-def escalate(sessions: sessionmaker[Session], targets: SlaTargets, now: datetime | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Escalated:
+    """An escalation just recorded: the item reached ``level`` % of its ``priority``'s target."""
+
+    item_id: str
+    worklist: str
+    level: int
+    priority: str
+
+
+def record_escalations(
+    sessions: sessionmaker[Session], targets: SlaTargets, now: datetime | None = None
+) -> list[Escalated]:
     """Record the 75 % and 100 % escalations that open items have reached; returns the new ones."""
     now = (now or utcnow()).astimezone(UTC)
-    new: list[dict[str, Any]] = []
+    new: list[Escalated] = []
     try:
         return _escalate(sessions, targets, now, new)
     except IntegrityError:  # another worker recorded the same escalation at the same moment
@@ -28,12 +42,12 @@ def escalate(sessions: sessionmaker[Session], targets: SlaTargets, now: datetime
 
 
 def _escalate(
-    sessions: sessionmaker[Session], targets: SlaTargets, now: datetime, new: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+    sessions: sessionmaker[Session], targets: SlaTargets, now: datetime, new: list[Escalated]
+) -> list[Escalated]:
     with sessions.begin() as session:
         for level in (100, 75):
             fraction = level / 100
-            for priority in PRIORITIES:
+            for priority in Priority:
                 target = targets.target(priority)
                 reached = now - target * fraction  # received at or before this → level reached
                 rows = session.scalars(
@@ -49,7 +63,7 @@ def _escalate(
                 for item in rows:
                     item.escalation = level
                     session.add(Escalation(item_id=item.id, level=level, at=now))
-                    new.append({"item_id": item.id, "worklist": item.worklist, "level": level, "priority": priority})
+                    new.append(Escalated(item.id, item.worklist, level, priority.value))
     return new
 
 

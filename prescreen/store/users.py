@@ -6,7 +6,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -15,7 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from prescreen.errors import ConflictError, NotAuthenticatedError, PrescreenError, TooManyAttemptsError
+from prescreen.errors import (
+    ConflictError,
+    InvalidUserError,
+    NotAuthenticatedError,
+    TooManyAttemptsError,
+)
 from prescreen.store.schema_triage import User
 from prescreen.triage.review import GRADES
 
@@ -24,9 +29,6 @@ LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 SPECIALTY = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MIN_PASSWORD = 8
 
-
-class InvalidUserError(PrescreenError):
-    """A user that cannot be created as given (login, grade, specialty or password)."""
 
 
 @dataclass(frozen=True)
@@ -186,3 +188,11 @@ def list_users(sessions: sessionmaker[Session]) -> list[Principal]:
     with sessions() as session:
         return [principal(u) for u in session.scalars(select(User).order_by(User.login))]
 
+
+
+def user_names(session: Session, ids: Iterable[str | None]) -> dict[str, str]:
+    """Display names of the users with these ids (``None`` and unknown ids skipped)."""
+    wanted = {i for i in ids if i}
+    if not wanted:
+        return {}
+    return {u.id: u.name for u in session.scalars(select(User).where(User.id.in_(wanted)))}

@@ -9,16 +9,14 @@ from typing import Any
 from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
 
-from prescreen.errors import PrescreenError
-from prescreen.integration.findings import Finding, StudySummary
+from prescreen.datasets.files import ECG_SOP_CLASSES
+from prescreen.domain import Finding, StudySummary
+from prescreen.errors import InvalidStudyError, NotFoundError
 from prescreen.store.queue import as_utc
 from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
 
 STUDY_STATUSES = ("received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded")
 
-
-class StudyNotFoundError(PrescreenError):
-    """No study with that id."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def list_studies(session: Session, where: StudyFilter) -> dict[str, Any]:
 def get_study(session: Session, study_id: str) -> Study:
     study = session.get(Study, study_id)
     if study is None:
-        raise StudyNotFoundError(f"no study {study_id!r}")
+        raise NotFoundError(f"no study {study_id!r}")
     return study
 
 
@@ -180,3 +178,31 @@ def _flagged_by_study(session: Session, study_ids: list[str]) -> dict[str, bool]
     ).all()
     return {study_id: bool(flag) for study_id, flag in rows}
 
+
+
+def preview_files(session: Session, study_id: str, series_uid: str) -> list[tuple[str | None, str]]:
+    """``(file name, blob key)`` of what a series preview needs: the DICOM ECG, the whole WFDB
+    record, or the first image.
+
+    Raises:
+        NotFoundError: no such series in the study.
+        InvalidStudyError: the series has no files.
+    """
+    series = session.scalars(
+        select(Series).where(Series.study_id == study_id, Series.series_uid == series_uid)
+    ).one_or_none()
+    if series is None:
+        raise NotFoundError("no such series in this study")
+    instances = session.scalars(
+        select(Instance)
+        .where(Instance.series_id == series.id)
+        .order_by(Instance.received_at, Instance.file_name, Instance.sop_instance_uid)
+    ).all()
+    if not instances:
+        raise InvalidStudyError("the series has no files")
+    ecg = [i for i in instances if i.sop_class_uid in ECG_SOP_CLASSES]
+    if ecg:
+        return [(ecg[0].file_name, ecg[0].blob_key)]
+    if any((i.file_name or "").lower().endswith(".hea") for i in instances):
+        return [(i.file_name, i.blob_key) for i in instances]
+    return [(instances[0].file_name, instances[0].blob_key)]

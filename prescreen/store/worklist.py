@@ -1,26 +1,23 @@
-"""Worklists in the database: screened studies become items by the routing rules, and readers
-list them most urgent first. The decisions (routing, priority) are the pure functions of
-:mod:`prescreen.triage`; this module loads their inputs and stores their outcomes."""
+"""Worklist rows: what routing reads of a study and the items it writes (the routing itself is
+:mod:`prescreen.pipeline.triage`), and the listing readers see, most urgent first."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, func, literal_column, or_, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload
 
+from prescreen.domain import SCREENING_OUTCOMES, Priority
 from prescreen.errors import ForbiddenError, NotFoundError
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema import Result, Study
 from prescreen.store.schema_triage import WorklistItem
 from prescreen.store.users import Principal
-from prescreen.triage.priority import PRIORITIES, Priority, SlaTargets, band_bounds, due_at, effective_priority, rank
-from prescreen.triage.rules import Routing, RuleSet, SeriesFacts, route_study
-
-FINAL_STUDY_STATES = ("screened", "unscreenable", "failed")
-
+from prescreen.triage.priority import SlaTargets, band_bounds, effective_priority
+from prescreen.triage.rules import Routing, SeriesFacts
 
 # --- from screened study to worklist items -------------------------------------------------
 
@@ -47,68 +44,49 @@ def series_facts(session: Session, study: Study) -> list[SeriesFacts]:
     return facts
 
 
-def triage_pending(sessions: sessionmaker[Session], rules: RuleSet, targets: SlaTargets, limit: int = 50) -> int:
-    """Route studies that finished screening since they were last routed; returns how many."""
-    with sessions() as session:
-        pending = session.scalars(
+def studies_to_triage(session: Session, limit: int) -> list[str]:
+    """Ids of studies whose screening ended since they were last routed."""
+    return list(
+        session.scalars(
             select(Study.id)
             .where(
-                Study.status.in_(FINAL_STUDY_STATES),
+                Study.status.in_(SCREENING_OUTCOMES),
                 or_(Study.triaged_at.is_(None), Study.triaged_at < Study.screened_at),
             )
             .limit(limit)
         ).all()
-    for study_id in pending:
-        try:
-            with sessions.begin() as session:
-                triage_study(session, study_id, rules, targets)
-        except IntegrityError:
-            continue  # another worker routed it at the same moment
-    return len(pending)
+    )
 
 
-def triage_study(session: Session, study_id: str, rules: RuleSet, targets: SlaTargets) -> list[Routing]:
+def lock_routable_study(session: Session, study_id: str) -> Study | None:
+    """The study, locked, when it still needs routing (screening ended since it was last routed)."""
     study = session.get(Study, study_id, with_for_update=True, populate_existing=True)
-    if study is None or study.status not in FINAL_STUDY_STATES:
-        return []
+    if study is None or study.status not in SCREENING_OUTCOMES:
+        return None
     if study.triaged_at is not None and study.screened_at is not None and study.triaged_at >= study.screened_at:
-        return []
-    facts = series_facts(session, study)
-    routings = route_study(rules, facts)
-    by_worklist: dict[str, list[SeriesFacts]] = {}
-    for fact in facts or [SeriesFacts()]:
-        routed = rules.route(fact)
-        if routed is not None:
-            by_worklist.setdefault(routed.worklist, []).append(fact)
-    received = as_utc(study.received_at)
-    for routing in routings:
-        # the AI result shown (and sorted by) is that of the series routed to this worklist
-        mine = [f for f in by_worklist.get(routing.worklist, []) if f.score is not None]
-        top = max(mine, key=lambda f: f.score or 0.0, default=None)
-        item = session.scalars(
-            select(WorklistItem).where(WorklistItem.study_id == study_id, WorklistItem.worklist == routing.worklist)
-        ).one_or_none()
-        due = due_at(received, routing.priority, targets)
-        if item is None:
-            item = WorklistItem(
-                study_id=study_id,
-                worklist=routing.worklist,
-                priority=routing.priority,
-                rule=routing.rule,
-                received_at=received,
-                due_at=due,
-            )
-            session.add(item)
-        elif item.open and rank(routing.priority) < rank(as_priority(item.priority)):  # re-screened: more urgent
-            item.priority, item.rule, item.due_at = routing.priority, routing.rule, min(as_utc(item.due_at), due)
-        if item.open is not False:  # a final report keeps the result it was read with
-            item.task = top.task if top else None
-            item.label = top.label if top else None
-            item.flagged = top.flagged if top else None
-            item.score = top.score if top else None
-            item.revision = (item.revision or 0) + 1
-    study.triaged_at = utcnow()
-    return routings
+        return None
+    return study
+
+
+def find_item(session: Session, study_id: str, worklist: str) -> WorklistItem | None:
+    """The study's item in ``worklist``, if it has one."""
+    return session.scalars(
+        select(WorklistItem).where(WorklistItem.study_id == study_id, WorklistItem.worklist == worklist)
+    ).one_or_none()
+
+
+def add_item(session: Session, study_id: str, routing: Routing, received: datetime, due: datetime) -> WorklistItem:
+    """A new open item of the study in the routing's worklist."""
+    item = WorklistItem(
+        study_id=study_id,
+        worklist=routing.worklist,
+        priority=routing.priority,
+        rule=routing.rule,
+        received_at=received,
+        due_at=due,
+    )
+    session.add(item)
+    return item
 
 
 # --- reading worklists ---------------------------------------------------------------------
@@ -213,6 +191,19 @@ def check_access(user: Principal, worklist: str) -> None:
 
 
 def as_priority(value: str) -> Priority:
-    if value not in PRIORITIES:
-        raise ValueError(f"priority {value!r} is not one of {', '.join(PRIORITIES)}")
-    return value
+    """A stored priority as :class:`Priority` (raises ``ValueError`` naming the levels)."""
+    try:
+        return Priority(value)
+    except ValueError:
+        raise ValueError(f"priority {value!r} is not one of {', '.join(Priority)}") from None
+
+
+def in_worklists(session: Session, study_id: str, worklists: Iterable[str]) -> bool:
+    """Whether the study has an item in any of these worklists."""
+    wanted = list(worklists)
+    if not wanted:
+        return False
+    count = session.scalar(
+        select(func.count()).where(WorklistItem.study_id == study_id, WorklistItem.worklist.in_(wanted))
+    )
+    return bool(count)

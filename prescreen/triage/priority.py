@@ -51,10 +51,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
-Priority = Literal["stat", "urgent", "routine"]
-PRIORITIES: tuple[Priority, ...] = ("stat", "urgent", "routine")
+from prescreen.domain import Priority
+
+PRIORITIES: tuple[Priority, ...] = tuple(Priority)
 """All levels, most urgent first."""
 
 ESCALATION_LEVELS: tuple[int, ...] = (0, 75, 100)
@@ -168,7 +168,7 @@ def effective_priority(due: datetime, now: datetime, targets: SlaTargets = DEFAU
     for p in PRIORITIES:
         if remaining <= targets.target(p):
             return p
-    return "routine"
+    return Priority.ROUTINE
 
 
 def band_bounds(
@@ -187,9 +187,9 @@ def band_bounds(
     stat_high = now + targets.stat
     urgent_high = now + targets.urgent
     return {
-        "stat": (None, stat_high),
-        "urgent": (stat_high, urgent_high),
-        "routine": (urgent_high, None),
+        Priority.STAT: (None, stat_high),
+        Priority.URGENT: (stat_high, urgent_high),
+        Priority.ROUTINE: (urgent_high, None),
     }
 
 

@@ -50,10 +50,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from prescreen.domain import ReviewState
 from prescreen.errors import ConflictError, ForbiddenError
 
-State = Literal["unread", "claimed", "draft", "awaiting_review", "returned", "final"]
-STATES: tuple[State, ...] = ("unread", "claimed", "draft", "awaiting_review", "returned", "final")
+State = ReviewState
+STATES: tuple[State, ...] = tuple(ReviewState)
 
 Action = Literal["claim", "release", "draft", "sign", "return", "amend"]
 ACTIONS: tuple[Action, ...] = ("claim", "release", "draft", "sign", "return", "amend")
@@ -161,19 +162,19 @@ def check_item(item: ItemState) -> None:
     if (item.claimed_by is None) != (item.claim_expires is None):
         raise ValueError("claimed_by and claim_expires must be set together")
     holder = item.claimed_by
-    if item.state == "unread":
+    if item.state == ReviewState.UNREAD:
         if item.first_reader is not None or holder is not None:
             raise ValueError("an unread item has neither first reader nor active claim")
         return
     if item.first_reader is None:
         raise ValueError(f"a {item.state} item must have a first reader")
-    if item.state == "claimed" and holder != item.first_reader:
+    if item.state == ReviewState.CLAIMED and holder != item.first_reader:
         raise ValueError("a claimed item must be held by its first reader")
-    if item.state in ("draft", "returned") and holder not in (None, item.first_reader):
+    if item.state in (ReviewState.DRAFT, ReviewState.RETURNED) and holder not in (None, item.first_reader):
         raise ValueError(f"a {item.state} item can only be held by its first reader")
-    if item.state == "awaiting_review" and holder == item.first_reader:
+    if item.state == ReviewState.AWAITING_REVIEW and holder == item.first_reader:
         raise ValueError("the first reader cannot hold the review claim")
-    if item.state == "final" and holder is not None:
+    if item.state == ReviewState.FINAL and holder is not None:
         raise ValueError("a final item cannot be claimed")
 
 
@@ -199,8 +200,8 @@ def effective(item: ItemState, now: datetime) -> ItemState:
     """
     if item.claimed_by is None or lease_active(item, now):
         return item
-    if item.state == "claimed":
-        return ItemState("unread", None, None, None, item.has_draft)
+    if item.state == ReviewState.CLAIMED:
+        return ItemState(ReviewState.UNREAD, None, None, None, item.has_draft)
     return replace(item, claimed_by=None, claim_expires=None)
 
 
@@ -260,17 +261,17 @@ _Handler = Callable[[ItemState, Actor, datetime, timedelta], Decision]
 
 def _claim(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
     state = item.state
-    if state == "final":
+    if state == ReviewState.FINAL:
         raise ConflictError("the report is final: amend it to start a new version")
-    if state == "awaiting_review":
+    if state == ReviewState.AWAITING_REVIEW:
         _check_reviewer(item, actor, "review")
         if lease_active(item, now) and item.claimed_by != actor.user_id:
             raise ConflictError(f"the review is claimed by {item.claimed_by} until {_when(item)}")
         return _keep(item, claimed_by=actor.user_id, claim_expires=now + lease)
     _check_first_reader_grade(actor, "read a study as first reader")
-    if state == "unread":
-        return Decision("claimed", actor.user_id, actor.user_id, now + lease, item.has_draft)
-    if state == "claimed":  # active lease (an expired one made it unread): its holder is the first reader
+    if state == ReviewState.UNREAD:
+        return Decision(ReviewState.CLAIMED, actor.user_id, actor.user_id, now + lease, item.has_draft)
+    if state == ReviewState.CLAIMED:  # active lease (an expired one made it unread): its holder is the first reader
         if item.claimed_by != actor.user_id:
             raise ConflictError(f"the item is claimed by {item.claimed_by} until {_when(item)}")
         return _keep(item, claimed_by=actor.user_id, claim_expires=now + lease)
@@ -280,37 +281,37 @@ def _claim(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> De
 
 
 def _release(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
-    if item.state in ("unread", "final"):
+    if item.state in (ReviewState.UNREAD, ReviewState.FINAL):
         raise ConflictError(f"a {_label(item.state)} item has no claim to release")
     if item.claimed_by is None:
         raise ConflictError("the item is not claimed (a lease that expired is already released)")
     if item.claimed_by != actor.user_id:
         raise ForbiddenError(f"the item is claimed by {item.claimed_by}; only the holder may release it")
-    if item.state == "claimed":
-        return Decision("unread", None, None, None, item.has_draft)
+    if item.state == ReviewState.CLAIMED:
+        return Decision(ReviewState.UNREAD, None, None, None, item.has_draft)
     return _keep(item, claimed_by=None, claim_expires=None)
 
 
 def _draft(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
-    if item.state not in ("claimed", "draft", "returned"):
+    if item.state not in (ReviewState.CLAIMED, ReviewState.DRAFT, ReviewState.RETURNED):
         raise ConflictError(_no_draft_reason(item.state))
     _check_first_reader_grade(actor, "write a report as first reader")
-    if item.state == "claimed":
+    if item.state == ReviewState.CLAIMED:
         if item.claimed_by != actor.user_id:
             raise ForbiddenError(f"the item is claimed by {item.claimed_by}; only the holder may write its draft")
     else:
         _check_own_draft(item, actor)
     _check_holds_claim(item, actor, "saving a draft")
-    return Decision("draft", item.first_reader, actor.user_id, now + lease, True)
+    return Decision(ReviewState.DRAFT, item.first_reader, actor.user_id, now + lease, True)
 
 
 def _sign(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
     state = item.state
-    if state == "awaiting_review":
+    if state == ReviewState.AWAITING_REVIEW:
         _check_reviewer(item, actor, "co-sign")
         _check_not_held_by_other(item, actor, "co-sign")
-        return Decision("final", item.first_reader, None, None, False, signature="cosigned")
-    if state != "draft":
+        return Decision(ReviewState.FINAL, item.first_reader, None, None, False, signature="cosigned")
+    if state != ReviewState.DRAFT:
         raise ConflictError(_no_sign_reason(state))
     _check_first_reader_grade(actor, "sign a report as first reader")
     if item.first_reader != actor.user_id:
@@ -318,19 +319,19 @@ def _sign(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Dec
     _check_holds_claim(item, actor, "signing")
     if not item.has_draft:
         raise ConflictError("there is no draft text to sign: save a draft first")
-    return Decision("awaiting_review", item.first_reader, None, None, False, signature="submitted")
+    return Decision(ReviewState.AWAITING_REVIEW, item.first_reader, None, None, False, signature="submitted")
 
 
 def _return(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
-    if item.state != "awaiting_review":
+    if item.state != ReviewState.AWAITING_REVIEW:
         raise ConflictError(f"only a report awaiting review can be returned; this item is {_label(item.state)}")
     _check_reviewer(item, actor, "return")
     _check_not_held_by_other(item, actor, "return")
-    return Decision("returned", item.first_reader, None, None, True)
+    return Decision(ReviewState.RETURNED, item.first_reader, None, None, True)
 
 
 def _amend(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Decision:
-    if item.state != "final":
+    if item.state != ReviewState.FINAL:
         raise ConflictError(f"only a final report can be amended; this item is {_label(item.state)}")
     own = item.first_reader == actor.user_id and grade_at_least(actor.grade, FIRST_READER_MIN_GRADE)
     if not own and not grade_at_least(actor.grade, COSIGNER_MIN_GRADE):
@@ -338,7 +339,7 @@ def _amend(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> De
             f"only the first reader ({item.first_reader}) or a reader of grade {COSIGNER_MIN_GRADE} or above "
             f"may amend a final report; {actor.user_id} is {actor.grade}"
         )
-    return Decision("draft", actor.user_id, actor.user_id, now + lease, True, new_version=True)
+    return Decision(ReviewState.DRAFT, actor.user_id, actor.user_id, now + lease, True, new_version=True)
 
 
 _HANDLERS: dict[str, _Handler] = {
@@ -408,18 +409,18 @@ def _label(state: str) -> str:
 
 
 def _no_draft_reason(state: str) -> str:
-    if state == "unread":
+    if state == ReviewState.UNREAD:
         return "claim the item before writing a draft"
-    if state == "awaiting_review":
+    if state == ReviewState.AWAITING_REVIEW:
         return "the report awaits review: a reviewer may return it for changes"
     return "the report is final: amend it to start a new version"
 
 
 def _no_sign_reason(state: str) -> str:
-    if state == "unread":
+    if state == ReviewState.UNREAD:
         return "there is nothing to sign: claim the item and save a draft first"
-    if state == "claimed":
+    if state == ReviewState.CLAIMED:
         return "there is no draft to sign: save a draft first"
-    if state == "returned":
+    if state == ReviewState.RETURNED:
         return "the report was returned for changes: save a revised draft before signing"
     return "the report is already final"

@@ -20,8 +20,9 @@ Match conditions (strings are compared case-insensitively):
 * ``score_min`` / ``score_max`` (0..1, inclusive): the AI score; a series without score does not match.
 
 Priority: the rule's priority, raised by the study's order priority when that is more urgent:
-``STAT`` (HL7 ``S``) means stat, ``HIGH`` (HL7 ``A``/``ASAP``) means urgent, anything else
-(``ROUTINE``, ``MEDIUM``, ``LOW``, none) leaves the rule's priority. It never lowers it.
+``STAT`` (HL7 ``S``) means stat, ``HIGH`` (``URGENT``, HL7 ``A``/``ASAP``) means urgent, anything else
+(``ROUTINE``, ``MEDIUM``, ``LOW``, none) leaves the rule's priority. It never lowers it. The one
+vocabulary is :class:`prescreen.domain.OrderPriority`.
 
 Validation (:func:`parse_rules`, :func:`load_rules`) names the rule (index from 1, and name) and the
 line of the problem: YAML syntax, a missing or misspelt key, a bad value, duplicate names, no rules,
@@ -43,18 +44,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
 
+from prescreen.domain import OrderPriority, Priority
 from prescreen.errors import RulesError
-from prescreen.triage.priority import PRIORITIES, Priority, most_urgent, rank
-
-ORDER_PRIORITY_LEVELS: dict[str, Priority] = {
-    "stat": "stat",
-    "s": "stat",
-    "high": "urgent",
-    "asap": "urgent",
-    "a": "urgent",
-}
-"""Order priorities (DICOM Requested Procedure Priority, HL7 v2 table 0027 codes; lowercase) that
-raise a routed priority; any other value raises nothing."""
+from prescreen.triage.priority import PRIORITIES, most_urgent, rank
 
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _NAME_FIELDS = ("task", "modality", "body_part", "label", "institution", "order_priority")
@@ -67,9 +59,11 @@ def order_priority_level(order_priority: str | None) -> Priority | None:
     Args:
         order_priority: the study's order priority, e.g. ``STAT``, ``HIGH``, ``ROUTINE``.
     """
-    if order_priority is None:
-        return None
-    return ORDER_PRIORITY_LEVELS.get(order_priority.strip().lower())
+    try:
+        parsed = OrderPriority.parse(order_priority)
+    except ValueError:
+        return None  # an unknown vocabulary asks for nothing
+    return parsed.level if parsed is not None else None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import CLI, free_port, serve_command, start_process, stop_process
+from tests.peers import CHROMIUM_HINT, require_peer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]
 
@@ -38,11 +39,7 @@ PASSWORDS = {"liwei": "liwei-reads-ecgs", "zhangsan": "zhangsan-cosigns"}
 
 
 def need_chromium() -> None:
-    if CHROMIUM.is_file():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is missing")
+    require_peer(f"Chromium at {CHROMIUM}", CHROMIUM.is_file(), CHROMIUM_HINT)
 
 
 def add_user(env: dict[str, str], name: str, login: str, grade: str) -> None:

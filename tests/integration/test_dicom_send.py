@@ -13,9 +13,9 @@ import pytest
 from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE, evt
 
+from prescreen.domain import Finding
 from prescreen.errors import DeliveryError, PrescreenError
 from prescreen.integration.dicom_send import DicomDestination, InvalidDestinationError, c_store
-from prescreen.integration.findings import Finding
 from prescreen.integration.sr import build_sr
 from tests.fixtures_dicom import SOP_CLASSES, OrthancServer, free_port, make_instance
 

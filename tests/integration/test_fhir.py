@@ -9,8 +9,8 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
+from prescreen.domain import Finding, StudySummary
 from prescreen.integration.fhir import diagnostic_report, report_status
-from prescreen.integration.findings import Finding, StudySummary
 
 STUDY = StudySummary(id="0f1e2d", study_uid="1.2.826.0.1.3680043.8.498.1", status="screened", patient_id="PAT-7")
 
@@ -97,10 +97,11 @@ def test_no_findings_yet() -> None:
     study = StudySummary(id="x", study_uid="1.2.3", status="received")
     before = datetime.now(UTC)
     report = diagnostic_report(study, [])
+    after = datetime.now(UTC)
     DiagnosticReport.model_validate(report)
     assert report["status"] == "registered"
     assert "contained" not in report and "result" not in report
-    assert datetime.fromisoformat(report["issued"]) >= before.replace(microsecond=0)
+    assert before.replace(microsecond=0) <= datetime.fromisoformat(report["issued"]) <= after  # issued now (seconds)
 
 
 @pytest.mark.parametrize(

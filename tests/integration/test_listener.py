@@ -5,9 +5,10 @@ statuses (0xA900, 0xC210, 0xA700) and concurrent senders of one study."""
 from __future__ import annotations
 
 import io
-import shutil
+import os
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +38,11 @@ from prescreen.integration.listener import (
     start_listener,
     store_status,
 )
-from prescreen.serving.runtime import open_store
+from prescreen.pipeline.runtime import open_store
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.ingest import Ingestor
 from prescreen.store.schema import Instance, Series, Study
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("storescu") is None or shutil.which("echoscu") is None, reason="DCMTK (storescu, echoscu) missing"
-)
+from tests.peers import DCMTK_PATH_ENV, dcmtk, find_dcmtk, require_peer
 
 AE_TITLE = "PRESCREEN"
 HOST = "127.0.0.1"
@@ -142,7 +140,7 @@ def start(tmp_path: Path) -> Iterator[StartListener]:
 
 
 def storescu(port: int, *files: Path, calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
-    cmd = ["storescu", "-aet", calling, "-aec", AE_TITLE, HOST, str(port), *map(str, files)]
+    cmd = [dcmtk("storescu"), "-aet", calling, "-aec", AE_TITLE, HOST, str(port), *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -155,9 +153,31 @@ def scu_associate(port: int, *sop_classes: str, calling: str = "PYSCU") -> objec
 
 
 def test_echo(start: StartListener) -> None:
+    echoscu = dcmtk("echoscu")
     listener = start()
-    r = subprocess.run(["echoscu", "-aec", AE_TITLE, HOST, str(listener.port)], capture_output=True, text=True)
+    r = subprocess.run(
+        [echoscu, "-aec", AE_TITLE, HOST, str(listener.port)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
+
+
+def test_dcmtk_is_found_by_its_version_not_by_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom installs scripts named ``storescu``/``echoscu`` into the venv, and anything may be
+    called so: neither stands in for DCMTK, whose absence fails the DICOM tests under CI."""
+    impostor = tmp_path / "storescu"
+    impostor.write_text("#!/bin/sh\necho 'storescu v3.6.7'\n")
+    impostor.chmod(0o755)
+    monkeypatch.setenv(DCMTK_PATH_ENV, os.pathsep.join([str(tmp_path), str(Path(sys.executable).parent)]))
+    assert find_dcmtk("storescu") is None
+    assert find_dcmtk("echoscu") is None
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="DCMTK storescu is missing, and CI must run this test"):
+        dcmtk("storescu")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="DCMTK storescu is missing"):
+        dcmtk("storescu")
+    with pytest.raises(pytest.skip.Exception, match="PostgreSQL is missing"):  # the same rule for every peer
+        require_peer("PostgreSQL", False, "apt-get install postgresql")
 
 
 def test_off_when_port_is_zero(tmp_path: Path) -> None:
@@ -354,7 +374,7 @@ def test_concurrent_senders_of_one_study(start: StartListener, tmp_path: Path) -
             [write(synthetic("CR", study_uid=study_uid, series_uid=series_uid), folder / f"{i}.dcm") for i in range(5)]
         )
     cmds = [
-        ["storescu", "-aet", f"SENDER{k}", "-aec", AE_TITLE, HOST, str(listener.port), *map(str, files)]
+        [dcmtk("storescu"), "-aet", f"SENDER{k}", "-aec", AE_TITLE, HOST, str(listener.port), *map(str, files)]
         for k, files in enumerate(batches)
     ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in cmds]

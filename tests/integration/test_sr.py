@@ -15,8 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
+from prescreen.domain import Finding
 from prescreen.errors import InvalidStudyError, PrescreenError
-from prescreen.integration.findings import Finding
 from prescreen.integration.sr import build_sr
 from tests.fixtures_dicom import PATIENT, make_instance
 

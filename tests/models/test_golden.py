@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prescreen.models.store import ModelStore
-from prescreen.serving.engine import ScreeningEngine
+from prescreen.pipeline.engine import ScreeningEngine
 
 pytestmark = pytest.mark.data
 

@@ -13,7 +13,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import psycopg
 import pytest
@@ -22,16 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import make_engine, migrate, session_factory
+from tests.peers import POSTGRES_HINT, require_peer
 from tests.pg_cluster import ClusterUnavailableError, PgCluster
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Fail under CI (which installs PostgreSQL), skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +37,8 @@ def postgres_server() -> Iterator[str]:
     try:
         cluster = PgCluster()
     except ClusterUnavailableError as exc:
-        _unavailable(str(exc))
+        require_peer(f"PostgreSQL ({exc})", False, POSTGRES_HINT)
+        raise  # not reached: require_peer fails or skips
     try:
         cluster.start()
         yield cluster.admin_url

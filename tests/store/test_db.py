@@ -28,7 +28,21 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
     migrate(engine_url)  # a second run is a no-op
     engine = make_engine(engine_url)
     tables = set(inspect(engine).get_table_names())
-    assert {"studies", "series", "instances", "jobs", "results", "deliveries", "alembic_version"} <= tables
+    assert tables == {
+        "alembic_version",
+        "deliveries",
+        "escalations",
+        "instances",
+        "item_events",
+        "jobs",
+        "reports",
+        "results",
+        "series",
+        "signatures",
+        "studies",
+        "users",
+        "worklist_items",
+    }  # every table of the schema at revision 0003, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("select version_num from alembic_version")).scalar() == "0003"

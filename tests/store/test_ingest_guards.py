@@ -46,7 +46,8 @@ def test_a_boundary_outside_rfc_2046_is_a_clear_400(content_type: str) -> None:
 def test_a_series_that_kills_its_worker_every_time_ends_failed_not_in_a_crash_loop(
     sessions: Sessions, blobs: BlobStore
 ) -> None:
-    from prescreen.store.queue import FAILED, claim_job, fail_exhausted_jobs
+    from prescreen.domain import JobState
+    from prescreen.store.queue import claim_job, fail_exhausted_jobs
     from tests.store.test_queue import LEASE, job, later, make_screening_study, study
 
     study_id = make_screening_study(sessions, blobs)  # type: ignore[arg-type]
@@ -58,5 +59,5 @@ def test_a_series_that_kills_its_worker_every_time_ends_failed_not_in_a_crash_lo
     assert fail_exhausted_jobs(sessions, lease_seconds=LEASE, max_attempts=3, now=later(4 * (LEASE + 1))) == 1
     assert held is not None
     ended = job(sessions, held.id)
-    assert ended.state == FAILED and "3 attempts" in (ended.last_error or "")
+    assert ended.state == JobState.FAILED and "3 attempts" in (ended.last_error or "")
     assert study(sessions, study_id).status == "failed"

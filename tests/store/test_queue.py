@@ -15,32 +15,22 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
-from prescreen.integration.outbox import (
-    MAX_BACKOFF_SECONDS,
-    ClaimedDelivery,
-    backoff_seconds,
-    claim_delivery,
-    finish_delivery,
-)
-from prescreen.store import queue
+from prescreen.domain import Finding, JobState
+from prescreen.store import deliveries, queue
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import make_engine, session_factory
+from prescreen.store.deliveries import ClaimedDelivery, claim_delivery
 from prescreen.store.ingest import InstanceMeta, Received, store_files, store_instance
 from prescreen.store.queue import (
-    DONE,
-    FAILED,
-    PENDING,
-    RUNNING,
-    UNSCREENABLE,
     ClaimedJob,
     Outcome,
     as_utc,
@@ -53,22 +43,26 @@ from prescreen.store.queue import (
 )
 from prescreen.store.schema import Delivery, Job, Result, Series, Study
 
-if TYPE_CHECKING:  # the model module is slow to import; the spawned processes below do not need it
-    from prescreen.models.onnx_model import ScreenResult
-
 Sessions = sessionmaker[Session]
 QUIET = 10.0
 LEASE = 60.0
-RESULT: dict[str, object] = {
-    "task": "ecg-rhythm",
-    "model_name": "fake",
-    "model_version": "0",
-    "flagged": True,
-    "label": "af",
-    "score": 0.9,
-    "threshold": 0.5,
-    "probabilities": {"af": 0.9, "normal": 0.1},
-}
+PENDING, RUNNING, DONE, UNSCREENABLE, FAILED = (
+    JobState.PENDING,
+    JobState.RUNNING,
+    JobState.DONE,
+    JobState.UNSCREENABLE,
+    JobState.FAILED,
+)
+RESULT = Finding(
+    task="ecg-rhythm",
+    model_name="fake",
+    model_version="0",
+    flagged=True,
+    label="af",
+    score=0.9,
+    threshold=0.5,
+    probabilities={"af": 0.9, "normal": 0.1},
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -116,7 +110,7 @@ def jobs_of(sessions: Sessions, study_id: str) -> list[Job]:
         return list(
             s.scalars(
                 select(Job)
-                .join(Series, Series.id == Job.series_id)
+                .join(Series, Series.id == Job.series.id)
                 .where(Series.study_id == study_id)
                 .order_by(Job.created_at)
             )
@@ -189,7 +183,7 @@ def test_study_becomes_one_job_per_series_only_after_the_quiet_period(sessions: 
     assert len(jobs) == 2 and {j.state for j in jobs} == {PENDING}
     with sessions() as s:
         by_series = dict(s.execute(select(Series.series_uid, Series.id)).all())
-    assert {j.series_id for j in jobs} == {by_series[series_a], by_series[series_b]}
+    assert {j.series.id for j in jobs} == {by_series[series_a], by_series[series_b]}
 
     assert complete_studies(sessions, QUIET, now=later(QUIET + 1)) == []  # no second set of jobs
     assert len(jobs_of(sessions, first.study_id)) == 2
@@ -201,7 +195,7 @@ def test_late_instance_reopens_a_screened_study_for_a_new_round(sessions: Sessio
     complete_studies(sessions, QUIET, now=later(QUIET + 1))
     first = claim(sessions)
     assert len(first.files) == 1
-    assert finish_job(sessions, first, "w", Outcome(DONE, result=RESULT)) == "screened"
+    assert finish_job(sessions, first, "w", Outcome(DONE, finding=RESULT)) == "screened"
 
     late = put(sessions, blobs, study_uid, series_uid)
     assert not late.duplicate and late.study_id == study_id
@@ -211,9 +205,9 @@ def test_late_instance_reopens_a_screened_study_for_a_new_round(sessions: Sessio
     assert complete_studies(sessions, QUIET, now=later(QUIET + 1)) == [study_id]
     assert study(sessions, study_id).status == "screening"
     second = claim(sessions)
-    assert second.id != first.id and second.series_id == first.series_id
+    assert second.id != first.id and second.series.id == first.series.id
     assert len(second.files) == 2  # the new round screens the whole series, late instance included
-    assert finish_job(sessions, second, "w", Outcome(DONE, result=RESULT)) == "screened"
+    assert finish_job(sessions, second, "w", Outcome(DONE, finding=RESULT)) == "screened"
     assert count(sessions, Result) == 2
     assert [j.state for j in jobs_of(sessions, study_id)] == [DONE, DONE]
 
@@ -226,11 +220,11 @@ def test_late_instance_while_screening_leaves_the_study_to_the_next_round(
     complete_studies(sessions, QUIET, now=later(QUIET + 1))
     running = claim(sessions)
     put(sessions, blobs, study_uid, series_uid)  # arrives while the job runs
-    assert finish_job(sessions, running, "w", Outcome(DONE, result=RESULT)) is None
+    assert finish_job(sessions, running, "w", Outcome(DONE, finding=RESULT)) is None
     assert study(sessions, study_id).status == "received"
     assert complete_studies(sessions, QUIET, now=later(QUIET + 1)) == [study_id]
     again = claim(sessions)
-    assert finish_job(sessions, again, "w", Outcome(DONE, result=RESULT)) == "screened"
+    assert finish_job(sessions, again, "w", Outcome(DONE, finding=RESULT)) == "screened"
 
 
 def test_http_upload_is_complete_at_once(sessions: Sessions, blobs: FileBlobStore) -> None:
@@ -239,7 +233,7 @@ def test_http_upload_is_complete_at_once(sessions: Sessions, blobs: FileBlobStor
     assert {r.study_id for r in received} == {study_id}
     assert complete_studies(sessions, 3600.0) == [study_id]  # no hour-long quiet period to wait for
     got = claim(sessions)
-    assert got.modality == "ECG" and [f.name for f in got.files] == ["A.dat", "A.hea"]
+    assert got.series.modality == "ECG" and [f.file_name for f in got.files] == ["A.dat", "A.hea"]
 
 
 def test_urgent_study_is_claimed_before_an_older_routine_one(sessions: Sessions, blobs: FileBlobStore) -> None:
@@ -260,14 +254,14 @@ def test_screened_study_gets_its_result_and_one_sr_delivery_per_destination(
 ) -> None:
     study_id = make_screening_study(sessions, blobs)
     got = claim(sessions)
-    status = finish_job(sessions, got, "w", Outcome(DONE, result=RESULT), sr_destinations=["A@h:1", "B@h2:104"])
+    status = finish_job(sessions, got, "w", Outcome(DONE, finding=RESULT), sr_destinations=["A@h:1", "B@h2:104"])
     assert status == "screened"
     done = job(sessions, got.id)
     assert done.state == DONE and done.finished_at is not None and done.locked_by is None
     with sessions() as s:
         result = s.scalars(select(Result)).one()
         deliveries = s.scalars(select(Delivery).order_by(Delivery.destination)).all()
-    assert (result.job_id, result.series_id, result.label, result.flagged) == (got.id, got.series_id, "af", True)
+    assert (result.job_id, result.series.id, result.label, result.flagged) == (got.id, got.series.id, "af", True)
     assert result.probabilities == {"af": 0.9, "normal": 0.1}
     settled = study(sessions, study_id)
     assert settled.status == "screened" and settled.screened_at is not None and settled.status_reason is None
@@ -306,8 +300,8 @@ def test_failed_job_fails_the_study_with_its_reason(sessions: Sessions, blobs: F
 def test_study_of_two_series_settles_only_after_both_jobs(sessions: Sessions, blobs: FileBlobStore) -> None:
     study_id = make_screening_study(sessions, blobs, n_series=2)
     first, second = claim(sessions), claim(sessions)
-    assert first.series_id != second.series_id
-    assert finish_job(sessions, first, "w", Outcome(DONE, result=RESULT), sr_destinations=["A@h:1"]) is None
+    assert first.series.id != second.series.id
+    assert finish_job(sessions, first, "w", Outcome(DONE, finding=RESULT), sr_destinations=["A@h:1"]) is None
     assert study(sessions, study_id).status == "screening" and count(sessions, Delivery) == 0
     assert finish_job(sessions, second, "w", Outcome(UNSCREENABLE, "blank"), sr_destinations=["A@h:1"]) == "screened"
     settled = study(sessions, study_id)
@@ -323,7 +317,7 @@ def test_job_finished_twice_stores_one_result(sessions: Sessions, blobs: FileBlo
     assert retaken.id == slow.id and retaken.attempts == 2
     order = [(slow, "slow"), (retaken, "fast")] if stale_first else [(retaken, "fast"), (slow, "slow")]
     statuses = [
-        finish_job(sessions, held, worker, Outcome(DONE, result=RESULT), sr_destinations=["A@h:1"])
+        finish_job(sessions, held, worker, Outcome(DONE, finding=RESULT), sr_destinations=["A@h:1"])
         for held, worker in order
     ]
     # only the worker holding the job may finish it: the slow one's late result is dropped
@@ -481,9 +475,9 @@ def test_last_two_jobs_finishing_at_once_settle_the_study(
     done = _hold_settle_open(
         monkeypatch,
         sessions,
-        lambda: statuses.append(finish_job(sessions, second, "two", Outcome(DONE, result=RESULT))),
+        lambda: statuses.append(finish_job(sessions, second, "two", Outcome(DONE, finding=RESULT))),
     )
-    statuses.append(finish_job(sessions, first, "one", Outcome(DONE, result=RESULT)))
+    statuses.append(finish_job(sessions, first, "one", Outcome(DONE, finding=RESULT)))
     done()
     assert sorted(statuses, key=str) == sorted(["screened", None], key=str)
     assert study(sessions, study_id).status == "screened"
@@ -498,21 +492,13 @@ def test_late_instance_during_the_last_finish_reopens_the_study(
     complete_studies(sessions, QUIET, now=later(QUIET + 1))
     running = claim(sessions)
     done = _hold_settle_open(monkeypatch, sessions, lambda: put(sessions, blobs, study_uid, series_uid))
-    finish_job(sessions, running, "w", Outcome(DONE, result=RESULT))
+    finish_job(sessions, running, "w", Outcome(DONE, finding=RESULT))
     done()
     assert study(sessions, study_id).status == "received"
     assert complete_studies(sessions, QUIET, now=later(QUIET + 1)) == [study_id]  # screened again, with it
 
 
 # --------------------------------------------------------------------------- the outbox
-
-
-def test_backoff_doubles_and_is_capped() -> None:
-    assert [backoff_seconds(n, 2.0) for n in range(1, 6)] == [2.0, 4.0, 8.0, 16.0, 32.0]
-    assert backoff_seconds(0, 2.0) == 2.0
-    assert backoff_seconds(8, 2.0) == 256.0
-    assert backoff_seconds(9, 2.0) == MAX_BACKOFF_SECONDS == 300.0
-    assert backoff_seconds(50, 2.0) == 300.0
 
 
 def queue_delivery(sessions: Sessions) -> str:
@@ -541,16 +527,30 @@ def make_due(sessions: Sessions, delivery_id: str) -> None:
 OUTBOX = Settings(delivery_max_attempts=3, delivery_backoff_seconds=1)
 
 
-def fail_once(sessions: Sessions, delivery_id: str) -> datetime:
-    """Claim the delivery, fail it, make it due again; returns its scheduled next attempt."""
+def finish_delivery(
+    sessions: Sessions, delivery: ClaimedDelivery, error: str | None, settings: Settings, *, worker: str | None = None
+) -> str:
+    """The outbox's bookkeeping after one attempt: the pipeline's decision, then the store's update."""
+    from prescreen.pipeline.outbox import delivery_outcome
+
+    outcome = delivery_outcome(
+        delivery.attempts,
+        error,
+        max_attempts=settings.delivery_max_attempts,
+        first_backoff=settings.delivery_backoff_seconds,
+        permanent=False,
+        now=utcnow(),
+    )
+    return deliveries.finish_delivery(sessions, delivery, outcome, worker=worker)
+
+
+def fail_once(sessions: Sessions, delivery_id: str) -> str:
+    """Claim the delivery, fail it, make it due again; returns its state after the failure."""
     got = claim_delivery(sessions, "w")
     assert got is not None and got.id == delivery_id
-    before = utcnow()
-    assert finish_delivery(sessions, got, "association refused", OUTBOX) in (PENDING, "failed")
-    row = delivery_row(sessions, delivery_id)
-    scheduled = as_utc(row.next_attempt_at) if row.next_attempt_at else before
+    state = finish_delivery(sessions, got, "association refused", OUTBOX)
     make_due(sessions, delivery_id)
-    return scheduled
+    return state
 
 
 def test_failed_delivery_waits_for_its_next_attempt(sessions: Sessions) -> None:
@@ -563,9 +563,12 @@ def test_failed_delivery_waits_for_its_next_attempt(sessions: Sessions) -> None:
 
     before = utcnow()
     assert finish_delivery(sessions, got, "association refused", OUTBOX) == PENDING
+    after = utcnow()
     row = delivery_row(sessions, delivery_id)
     assert (row.state, row.attempts, row.last_error, row.locked_by) == (PENDING, 1, "association refused", None)
-    assert row.next_attempt_at is not None and as_utc(row.next_attempt_at) > before
+    # due delivery_backoff_seconds (1 s) after the failure was recorded, an instant between before and after
+    backoff = timedelta(seconds=OUTBOX.delivery_backoff_seconds)
+    assert row.next_attempt_at is not None and before + backoff <= as_utc(row.next_attempt_at) <= after + backoff
     assert claim_delivery(sessions, "w") is None  # not before its next attempt
 
     make_due(sessions, delivery_id)
@@ -576,13 +579,11 @@ def test_failed_delivery_waits_for_its_next_attempt(sessions: Sessions) -> None:
 
 def test_failing_delivery_is_given_up_and_not_claimed_again(sessions: Sessions) -> None:
     delivery_id = queue_delivery(sessions)
-    for _ in range(OUTBOX.delivery_max_attempts):
-        fail_once(sessions, delivery_id)
-        if delivery_row(sessions, delivery_id).state == "failed":
-            break
+    states = [fail_once(sessions, delivery_id) for _ in range(OUTBOX.delivery_max_attempts)]
+    assert states == [PENDING, PENDING, "failed"]  # delivery_max_attempts=3: given up at the third failure
     row = delivery_row(sessions, delivery_id)
     assert (row.state, row.last_error, row.locked_by) == ("failed", "association refused", None)
-    assert 1 <= row.attempts <= OUTBOX.delivery_max_attempts
+    assert row.attempts == OUTBOX.delivery_max_attempts == 3
     assert claim_delivery(sessions, "w") is None
 
 
@@ -613,7 +614,7 @@ def test_delivery_backs_off_1s_then_2s_and_is_given_up_after_max_attempts(sessio
 
 def test_successful_delivery_is_delivered_once(sessions: Sessions) -> None:
     delivery_id = queue_delivery(sessions)
-    fail_once(sessions, delivery_id)
+    assert fail_once(sessions, delivery_id) == PENDING
     second = claim_delivery(sessions, "w")
     assert isinstance(second, ClaimedDelivery) and second.id == delivery_id
     assert finish_delivery(sessions, second, None, OUTBOX) == "delivered"
@@ -621,97 +622,3 @@ def test_successful_delivery_is_delivered_once(sessions: Sessions) -> None:
     assert (row.state, row.attempts, row.last_error, row.locked_by) == ("delivered", 2, None, None)
     assert row.delivered_at is not None
     assert claim_delivery(sessions, "w") is None
-
-
-# --------------------------------------------------------------------------- the screening worker
-
-
-def screen_result() -> ScreenResult:
-    from prescreen.models.onnx_model import ScreenResult
-
-    return ScreenResult(
-        task="ecg-rhythm",
-        model_name="fake",
-        model_version="0",
-        flagged=True,
-        label="af",
-        score=0.875,
-        probabilities={"af": 0.875, "normal": 0.125},
-        threshold=0.5,
-    )
-
-
-def upload(sessions: Sessions, blobs: FileBlobStore) -> str:
-    return store_files(sessions, blobs, {"A.hea": b"A 1 500 10\n", "A.dat": b"\1" * 20})[0].study_id
-
-
-def worker_settings(**changes: Any) -> Settings:
-    return Settings(study_quiet_seconds=0, job_max_attempts=2, sr_destinations=["A@h:1"], **changes)
-
-
-def run_worker(sessions: Sessions, blobs: FileBlobStore, screen: Callable[[Mapping[str, bytes]], ScreenResult]) -> Any:
-    from prescreen.serving.worker import ScreeningWorker
-
-    return ScreeningWorker(sessions, blobs, screen, worker_settings())
-
-
-def test_worker_screens_a_study(sessions: Sessions, blobs: FileBlobStore) -> None:
-    study_id = upload(sessions, blobs)
-    seen: list[dict[str, bytes]] = []
-
-    def screen(files: Mapping[str, bytes]) -> ScreenResult:
-        seen.append(dict(files))
-        return screen_result()
-
-    worker = run_worker(sessions, blobs, screen)
-    assert worker.step() is True
-    assert seen == [{"A.dat": b"\1" * 20, "A.hea": b"A 1 500 10\n"}]
-    assert study(sessions, study_id).status == "screened"
-    with sessions() as s:
-        result = s.scalars(select(Result)).one()
-        assert (result.label, result.score, result.model_name) == ("af", 0.875, "fake")
-        assert s.scalars(select(Delivery.kind)).all() == ["dicom-sr"]
-    assert worker.step() is False
-
-
-def test_worker_marks_an_unsupported_study_unscreenable(sessions: Sessions, blobs: FileBlobStore) -> None:
-    from prescreen.errors import UnsupportedStudyError
-
-    study_id = upload(sessions, blobs)
-
-    def screen(files: Mapping[str, bytes]) -> ScreenResult:
-        raise UnsupportedStudyError("no model screens this record")
-
-    assert run_worker(sessions, blobs, screen).step() is True
-    settled = study(sessions, study_id)
-    assert (settled.status, settled.status_reason) == ("unscreenable", "no model screens this record")
-    assert [j.state for j in jobs_of(sessions, study_id)] == [UNSCREENABLE]
-    assert count(sessions, Result) == 0 and count(sessions, Delivery) == 0
-
-
-def test_worker_defers_a_crashing_job_then_fails_it(sessions: Sessions, blobs: FileBlobStore) -> None:
-    study_id = upload(sessions, blobs)
-    calls: list[int] = []
-
-    def screen(files: Mapping[str, bytes]) -> ScreenResult:
-        calls.append(1)
-        raise RuntimeError("onnxruntime blew up")
-
-    worker = run_worker(sessions, blobs, screen)
-    before = utcnow()
-    assert worker.step() is True
-    (deferred,) = jobs_of(sessions, study_id)
-    assert (deferred.state, deferred.attempts, deferred.last_error) == (PENDING, 1, "RuntimeError on attempt 1")
-    assert deferred.not_before is not None and as_utc(deferred.not_before) > before
-    assert study(sessions, study_id).status == "screening"
-    assert worker.step() is False  # not before its retry time
-
-    with sessions.begin() as s:
-        s.execute(update(Job).where(Job.id == deferred.id).values(not_before=later(-1)))
-    assert worker.step() is True  # attempt 2 of job_max_attempts=2: given up
-    failed = job(sessions, deferred.id)
-    assert (failed.state, failed.attempts, failed.last_error) == (FAILED, 2, "RuntimeError on attempt 2")
-    settled = study(sessions, study_id)
-    assert (settled.status, settled.status_reason) == ("failed", "RuntimeError on attempt 2")
-    assert len(calls) == 2 and count(sessions, Delivery) == 0
-    assert worker.step() is False

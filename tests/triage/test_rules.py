@@ -12,10 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 import prescreen.triage as triage_package
+from prescreen.domain import ORDER_PRIORITY_ALIASES
 from prescreen.errors import RulesError
 from prescreen.triage.priority import PRIORITIES
 from prescreen.triage.rules import (
-    ORDER_PRIORITY_LEVELS,
     Routing,
     Rule,
     RuleMatch,
@@ -137,8 +137,12 @@ def test_order_priority_raises_the_priority_never_lowers_it(
 def test_order_priority_levels() -> None:
     assert order_priority_level(None) is None
     assert order_priority_level("routine") is None
-    assert set(ORDER_PRIORITY_LEVELS.values()) <= set(PRIORITIES)
-    assert all(key == key.lower() for key in ORDER_PRIORITY_LEVELS)
+    assert order_priority_level("bogus") is None
+    levels = {alias: order_priority_level(alias.lower()) for alias in ORDER_PRIORITY_ALIASES}
+    assert set(levels.values()) <= {*PRIORITIES, None}
+    assert levels["STAT"] == levels["S"] == "stat"
+    assert levels["HIGH"] == levels["URGENT"] == levels["ASAP"] == levels["A"] == "urgent"
+    assert levels["ROUTINE"] is levels["MEDIUM"] is levels["LOW"] is levels["R"] is None
 
 
 def test_default_file_uses_only_safe_yaml() -> None:

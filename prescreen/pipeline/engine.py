@@ -1,9 +1,9 @@
-"""The screening engine: active models of every task, loaded once, and the choice of task."""
+"""The screening engine: the active model of every task, loaded once; a study's files → its task
+(by the tasks' declarations) → ONNX → ``Finding``; explanation overlays of flagged images."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import threading
@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from prescreen.config import get_settings
-from prescreen.datasets.readers import ECG_SOP_CLASSES, is_dicom
+from prescreen.datasets.files import study_files
+from prescreen.domain import Finding
 from prescreen.errors import (
     ExplanationNotFoundError,
     InvalidStudyError,
@@ -25,60 +25,12 @@ from prescreen.errors import (
     UnsupportedStudyError,
 )
 from prescreen.models.explain import occlusion_map, save_overlay
-from prescreen.models.onnx_model import FloatArray, OnnxModel, ScreenResult
+from prescreen.models.onnx_model import FloatArray, OnnxModel
+from prescreen.models.routing import route_task
 from prescreen.models.store import ModelStore
 from prescreen.models.task import task_names
 
-
-def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
-    """Which task screens these files: the requested one, else by content.
-
-    WFDB records and DICOM ECG waveforms → ``ecg-rhythm``; DICOM ``US`` → ``breast-us``;
-    DICOM ``CR``/``DX`` of the chest (or with no body part) → ``chest-xray``. PNG/JPEG carry no
-    such context and need ``requested``.
-
-    Raises:
-        InvalidStudyError: no file, an unreadable DICOM, or a PNG/JPEG without a task.
-        UnsupportedStudyError: no task covers the files' content.
-    """
-    if requested:
-        return requested
-    if not files:
-        raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
-    names = [n.lower() for n in files]
-    if any(n.endswith(".hea") for n in names):
-        return "ecg-rhythm"
-    for name, data in files.items():
-        if is_dicom(data) or name.lower().endswith(".dcm"):
-            return _route_dicom(name, data)
-    if any(n.endswith(RASTER_SUFFIXES) for n in names) or any(d.startswith(RASTER_MAGIC) for d in files.values()):
-        raise InvalidStudyError("a PNG/JPEG study needs a 'task' field (chest-xray or breast-us)")
-    raise UnsupportedStudyError(
-        "no model screens this study: send a WFDB record, a DICOM (ECG, US, chest CR/DX), "
-        "or a PNG/JPEG with a 'task' field"
-    )
-
-
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
-
-
-def _route_dicom(name: str, data: bytes) -> str:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception as exc:
-        raise InvalidStudyError(f"file {name!r} is not a readable DICOM file: {exc}") from exc
-    if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
-        return "ecg-rhythm"
-    modality = str(ds.get("Modality", "")) or "unknown"
-    body_part = str(ds.get("BodyPartExamined", "")).upper()
-    if modality == "US":
-        return "breast-us"
-    if modality in ("CR", "DX") and body_part in ("", "CHEST"):
-        return "chest-xray"
-    part = f" of body part {body_part}" if body_part else ""
-    raise UnsupportedStudyError(f"no model screens DICOM modality {modality}{part}")
 
 
 class ScreeningEngine:
@@ -106,13 +58,14 @@ class ScreeningEngine:
         if not self.models:
             raise ModelError("no active model for any task; export and activate one first")
 
-    def screen(self, files: Mapping[str, bytes], task: str | None = None) -> ScreenResult:
+    def screen(self, files: Mapping[str, bytes], task: str | None = None) -> Finding:
         """Screen one study (raises ``InvalidStudyError`` / ``UnsupportedStudyError``)."""
         if not files:
             raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
         empty = [n for n, data in files.items() if not data]
         if empty:
             raise InvalidStudyError(f"file {empty[0]!r} is empty")
+        files = study_files(files)
         name = route_task(files, task)
         model = self.models.get(name)
         if model is None and name not in task_names():
@@ -126,7 +79,7 @@ class ScreeningEngine:
             result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")
         return result
 
-    def _keep_for_explanation(self, frame: FloatArray, result: ScreenResult) -> str:
+    def _keep_for_explanation(self, frame: FloatArray, result: Finding) -> str:
         """Keep the model input of a flagged image; the overlay is drawn when first asked for."""
         assert self.explanations_dir is not None
         self.explanations_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The worker's triage step: screened studies become items, and escalations reach the webhook."""
+"""The triage step: screened studies become items, and escalations reach the webhook."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from prescreen.serving.worker import Triage
+from prescreen.pipeline.triage import TriageStep
 from prescreen.store.blobs import BlobStore
 from prescreen.triage.priority import SlaTargets
 from prescreen.triage.rules import load_default_rules
@@ -47,20 +47,20 @@ def test_triage_step_routes_and_escalates_once_to_the_webhook(
     url, received = webhook
     # urgent ECG received 100 min ago: 83 % of its 2 h target
     study_id = screen_study(sessions, blobs, ecg("other", 0.7), received_at=utcnow() - timedelta(minutes=100))
-    triage = Triage(load_default_rules(), SlaTargets(), webhook=url)
-    triage.step(sessions)
+    triage = TriageStep(sessions, load_default_rules(), SlaTargets(), webhook=url)
+    triage.run_once()
     [item] = items_of(sessions, study_id)
     assert (item.worklist, item.priority, item.escalation) == ("cardiology", "urgent", 75)
     assert received == [
         {"event": "escalation", "item_id": item.id, "worklist": "cardiology", "level": 75, "priority": "urgent"}
     ]
     triage._last_escalation = 0.0  # the next step escalates again: nothing new to send
-    triage.step(sessions)
+    triage.run_once()
     assert len(received) == 1
 
 
 def test_a_dead_webhook_does_not_stop_triage(sessions: Sessions, blobs: BlobStore) -> None:
     study_id = screen_study(sessions, blobs, ecg("other", 0.7), received_at=utcnow() - timedelta(minutes=130))
-    Triage(load_default_rules(), SlaTargets(), webhook="http://127.0.0.1:9/nothing").step(sessions)
+    TriageStep(sessions, load_default_rules(), SlaTargets(), webhook="http://127.0.0.1:9/nothing").run_once()
     [item] = items_of(sessions, study_id)
     assert item.escalation == 100

@@ -76,7 +76,7 @@ def _same_task(task: Task, card: ModelCard) -> None:
 
 
 def _from_run(task: Task, folder: Path) -> Predictor:
-    from prescreen.models.export import load_run
+    from prescreen.training.export import load_run
     from prescreen.training.trainer import predict_probs
 
     _cfg, summary, run_task, net = load_run(folder)

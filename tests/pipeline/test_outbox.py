@@ -12,8 +12,9 @@ import pydicom
 from sqlalchemy import select
 
 from prescreen.config import Settings
-from prescreen.integration.outbox import Outbox
-from prescreen.serving.runtime import open_store
+from prescreen.domain import Finding, JobState
+from prescreen.pipeline.outbox import OutboxStep
+from prescreen.pipeline.runtime import open_store
 from prescreen.store.queue import complete_studies, utcnow
 from prescreen.store.schema import Delivery, Study
 from tests.fixtures_dicom import OrthancServer, make_instance
@@ -41,8 +42,8 @@ def test_edge_forwards_a_complete_study_by_c_store(orthanc: OrthancServer, tmp_p
     second = make_instance("CR", study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID)
     for ds in (first, second):
         ingestor.store_dicom(encode(ds), sender="MODALITY")
-    outbox = Outbox(ingestor.sessions, ingestor.blobs, settings)
-    assert outbox.step()  # queues the study (quiet period 0) and sends it
+    outbox = OutboxStep(ingestor.sessions, ingestor.blobs, settings)
+    assert outbox.run_once()  # queues the study (quiet period 0) and sends it
     study_uid = str(first.StudyInstanceUID)
     assert orthanc_sop_uids(orthanc, study_uid) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
     with ingestor.sessions() as session:
@@ -58,9 +59,9 @@ def test_a_forward_to_a_stopped_peer_is_retried_with_backoff(tmp_path: Path) -> 
     )
     ingestor = open_store(settings)
     ingestor.store_dicom(encode(make_instance("US")), sender="MODALITY")
-    outbox = Outbox(ingestor.sessions, ingestor.blobs, settings)
-    assert outbox.step()
-    assert not outbox.step()  # the retry waits for its backoff
+    outbox = OutboxStep(ingestor.sessions, ingestor.blobs, settings)
+    assert outbox.run_once()
+    assert not outbox.run_once()  # the retry waits for its backoff
     with ingestor.sessions() as session:
         delivery = session.scalars(select(Delivery)).one()
     assert (delivery.state, delivery.attempts) == ("pending", 1)
@@ -74,7 +75,7 @@ def test_a_forward_to_a_stopped_peer_is_retried_with_backoff(tmp_path: Path) -> 
 def test_the_sr_is_made_once_and_the_retry_sends_the_same_instance(orthanc: OrthancServer, tmp_path: Path) -> None:
     from sqlalchemy import update
 
-    from prescreen.store.queue import DONE, Outcome, claim_job, finish_job
+    from prescreen.store.queue import Outcome, claim_job, finish_job
 
     settings = Settings(home=tmp_path, delivery_backoff_seconds=0.01)
     ingestor = open_store(settings)
@@ -83,20 +84,21 @@ def test_the_sr_is_made_once_and_the_retry_sends_the_same_instance(orthanc: Orth
     complete_studies(ingestor.sessions, 0)
     job = claim_job(ingestor.sessions, "w", lease_seconds=60)
     assert job is not None
-    result = {
-        "task": "breast-us",
-        "model_name": "breast-us",
-        "model_version": "v1",
-        "flagged": True,
-        "label": "malignant",
-        "score": 0.91,
-        "threshold": 0.5,
-        "probabilities": {"normal": 0.04, "benign": 0.05, "malignant": 0.91},
-    }
+    finding = Finding(
+        task="breast-us",
+        model_name="breast-us",
+        model_version="v1",
+        flagged=True,
+        label="malignant",
+        score=0.91,
+        threshold=0.5,
+        probabilities={"normal": 0.04, "benign": 0.05, "malignant": 0.91},
+    )
     dead = "NOBODY@127.0.0.1:9"
-    assert finish_job(ingestor.sessions, job, "w", Outcome(DONE, result=result), sr_destinations=[dead]) == "screened"
-    outbox = Outbox(ingestor.sessions, ingestor.blobs, settings)
-    assert outbox.step()  # the SR is made and kept; the send fails
+    outcome = Outcome(JobState.DONE, finding=finding)
+    assert finish_job(ingestor.sessions, job, "w", outcome, sr_destinations=[dead]) == "screened"
+    outbox = OutboxStep(ingestor.sessions, ingestor.blobs, settings)
+    assert outbox.run_once()  # the SR is made and kept; the send fails
     with ingestor.sessions() as session:
         failed = session.scalars(select(Delivery)).one()
     assert (failed.state, failed.attempts) == ("pending", 1) and failed.blob_key
@@ -105,7 +107,7 @@ def test_the_sr_is_made_once_and_the_retry_sends_the_same_instance(orthanc: Orth
         session.execute(
             update(Delivery).values(destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", next_attempt_at=None)
         )
-    assert outbox.step()
+    assert outbox.run_once()
     with ingestor.sessions() as session:
         delivered = session.scalars(select(Delivery)).one()
     assert (delivered.state, delivered.attempts, delivered.blob_key) == ("delivered", 2, failed.blob_key)

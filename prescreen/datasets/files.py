@@ -1,0 +1,107 @@
+"""The files of one study, by name, each DICOM parsed at most once.
+
+Content routing reads a DICOM's header and the task's reader decodes its pixels or waveform; both
+take the dataset from here, so a file is parsed once per screening. Headers already read at receipt
+(stored with the instance) can be handed in, and then routing parses nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from prescreen.domain import DicomHeader, FileKind
+from prescreen.errors import InvalidStudyError
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+ECG_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG",
+    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG",
+    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG",
+}
+
+
+def is_dicom(data: bytes) -> bool:
+    """True when the bytes carry the DICOM Part 10 preamble marker."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def looks_dicom(name: str, data: bytes) -> bool:
+    """A DICOM by its content, or by its ``.dcm`` name (a file without preamble)."""
+    return is_dicom(data) or name.lower().endswith(".dcm")
+
+
+def looks_raster(name: str, data: bytes) -> bool:
+    """A PNG or JPEG by its name or its magic bytes."""
+    return name.lower().endswith(RASTER_SUFFIXES) or data.startswith(RASTER_MAGIC)
+
+
+class StudyFiles(Mapping[str, bytes]):
+    """File name → content, plus each DICOM's dataset parsed on first use and kept.
+
+    Args:
+        files: the files as uploaded or stored.
+        headers: DICOM headers already read (at receipt), by file name.
+    """
+
+    def __init__(self, files: Mapping[str, bytes], headers: Mapping[str, DicomHeader] | None = None) -> None:
+        self._files = dict(files)
+        self._headers = dict(headers or {})
+        self._datasets: dict[str, pydicom.Dataset] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._files[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def dataset(self, name: str) -> pydicom.Dataset:
+        """The whole DICOM dataset of file ``name`` (pixel data read, not decoded).
+
+        Raises:
+            InvalidStudyError: the file is not a readable DICOM file.
+        """
+        if name not in self._datasets:
+            try:
+                self._datasets[name] = pydicom.dcmread(io.BytesIO(self._files[name]))
+            except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+                raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+        return self._datasets[name]
+
+    def header(self, name: str) -> DicomHeader:
+        """What routing reads of file ``name``'s DICOM header (raises ``InvalidStudyError``)."""
+        if name not in self._headers:
+            try:
+                ds = self.dataset(name)
+            except InvalidStudyError as exc:
+                raise InvalidStudyError(f"file {name!r} is not a readable DICOM file") from exc
+            self._headers[name] = DicomHeader(
+                sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
+                modality=str(ds.get("Modality", "")) or None,
+                body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
+            )
+        return self._headers[name]
+
+    def kind(self, name: str) -> FileKind | None:
+        """What kind of file ``name`` is, or ``None`` for a WFDB signal file or an unknown one."""
+        data = self._files[name]
+        if name.lower().endswith(".hea"):
+            return FileKind.WFDB
+        if looks_dicom(name, data):
+            sop = self.header(name).sop_class_uid
+            return FileKind.DICOM_WAVEFORM if sop in ECG_SOP_CLASSES else FileKind.DICOM_IMAGE
+        if looks_raster(name, data):
+            return FileKind.RASTER
+        return None
+
+
+def study_files(files: Mapping[str, bytes]) -> StudyFiles:
+    """``files`` as :class:`StudyFiles` (the same object when it already is one)."""
+    return files if isinstance(files, StudyFiles) else StudyFiles(files)

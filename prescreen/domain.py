@@ -1,0 +1,235 @@
+"""Core types shared by every layer: the one ``Finding``, references to studies, series and
+instances, and the string vocabularies (states, priorities) as ``StrEnum``.
+
+A ``StrEnum`` member *is* its string (``StudyStatus.SCREENED == "screened"``), so the values stored in
+the database, sent in JSON and written in routing rules stay exactly what they were; the enums give
+them one definition and a type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class StudyStatus(StrEnum):
+    """Where a study is on its way: ``received → screening → screened | failed | unscreenable``; on
+    an edge node ``received → forwarding → forwarded``."""
+
+    RECEIVED = "received"
+    SCREENING = "screening"
+    SCREENED = "screened"
+    FAILED = "failed"
+    UNSCREENABLE = "unscreenable"
+    FORWARDING = "forwarding"
+    FORWARDED = "forwarded"
+
+
+SCREENING_OUTCOMES: tuple[StudyStatus, ...] = (StudyStatus.SCREENED, StudyStatus.UNSCREENABLE, StudyStatus.FAILED)
+"""Study statuses after screening ended; such a study is routed into worklists."""
+
+
+class JobState(StrEnum):
+    """A screening job (one series): ``pending → running → done | unscreenable | failed``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    UNSCREENABLE = "unscreenable"
+    FAILED = "failed"
+
+
+OPEN_JOB_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.RUNNING)
+
+
+class DeliveryKind(StrEnum):
+    """What a delivery sends: the study's DICOM SR, or the whole study (edge forwarding)."""
+
+    DICOM_SR = "dicom-sr"
+    FORWARD = "forward"
+
+
+class DeliveryState(StrEnum):
+    """A delivery: ``pending → sending → delivered``, back to ``pending`` for a retry, or ``failed``
+    after the last attempt."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ReviewState(StrEnum):
+    """A worklist item under double review (see :mod:`prescreen.triage.review`)."""
+
+    UNREAD = "unread"
+    CLAIMED = "claimed"
+    DRAFT = "draft"
+    AWAITING_REVIEW = "awaiting_review"
+    RETURNED = "returned"
+    FINAL = "final"
+
+
+class Priority(StrEnum):
+    """A worklist item's priority, most urgent first (see :mod:`prescreen.triage.priority`)."""
+
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+    @property
+    def rank(self) -> int:
+        """0 for stat (most urgent), 1 for urgent, 2 for routine."""
+        return list(Priority).index(self)
+
+
+class OrderPriority(StrEnum):
+    """The priority of the order a study was made for, as stored and shown.
+
+    Senders spell it in several vocabularies (DICOM Requested Procedure Priority ``STAT``, ``HIGH``,
+    ``ROUTINE``, ``MEDIUM``, ``LOW``; HL7 v2 table 0027 ``S``, ``A``, ``R``, ...; ``ASAP``, ``URGENT``);
+    :meth:`parse` maps every one of them onto these five values, and :attr:`level` says which worklist
+    priority the order asks for. The same value decides screening order: an order with a level (stat
+    or urgent) is screened first.
+    """
+
+    STAT = "STAT"
+    HIGH = "HIGH"
+    ROUTINE = "ROUTINE"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+
+    @classmethod
+    def parse(cls, value: str | None) -> OrderPriority | None:
+        """The order priority a sender's value means, ``None`` for none.
+
+        Raises:
+            ValueError: a value of no known vocabulary (the message lists the accepted ones).
+        """
+        if value is None or not value.strip():
+            return None
+        found = ORDER_PRIORITY_ALIASES.get(value.strip().upper())
+        if found is None:
+            raise ValueError(
+                f"order priority must be one of {', '.join(sorted(ORDER_PRIORITY_ALIASES))}, not {value!r}"
+            )
+        return found
+
+    @property
+    def level(self) -> Priority | None:
+        """The worklist priority this order asks for, or ``None`` when it asks for none."""
+        return ORDER_LEVELS.get(self)
+
+    @property
+    def screened_first(self) -> bool:
+        """Whether studies of this order go to the front of the screening queue."""
+        return self.level is not None
+
+
+ORDER_PRIORITY_ALIASES: dict[str, OrderPriority] = {
+    "STAT": OrderPriority.STAT,
+    "S": OrderPriority.STAT,
+    "HIGH": OrderPriority.HIGH,
+    "URGENT": OrderPriority.HIGH,
+    "ASAP": OrderPriority.HIGH,
+    "A": OrderPriority.HIGH,
+    "ROUTINE": OrderPriority.ROUTINE,
+    "R": OrderPriority.ROUTINE,
+    "MEDIUM": OrderPriority.MEDIUM,
+    "LOW": OrderPriority.LOW,
+}
+"""Every accepted spelling (upper case) → the stored value: DICOM (0040,1003) Requested Procedure
+Priority and HL7 v2 table 0027 (S stat, A ASAP, R routine)."""
+
+ORDER_LEVELS: dict[OrderPriority, Priority] = {OrderPriority.STAT: Priority.STAT, OrderPriority.HIGH: Priority.URGENT}
+"""Orders that raise a routed priority; the others leave it as the rule says."""
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """A stored study: its database id and Study Instance UID."""
+
+    id: str
+    study_uid: str
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A stored series and the context routing looks at."""
+
+    id: str
+    series_uid: str
+    study_id: str
+    modality: str | None = None
+    body_part: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One stored file of a series: the name it is read under and its blob."""
+
+    file_name: str
+    blob_key: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The AI result of one study or series: made by inference, stored, and shown as it is by the
+    API, the pages, the DICOM SR and the FHIR report.
+
+    Attributes:
+        task: the task that screened it (``ecg-rhythm``, ``chest-xray``, ``breast-us``).
+        model_name: the model's name (its card's ``name``).
+        model_version: the model's version.
+        flagged: whether the score reached the operating threshold (abnormal).
+        label: the reported class, consistent with the flag.
+        score: the abnormality score in [0, 1].
+        threshold: the operating threshold of the model.
+        probabilities: probability of each class.
+        series_uid: Series Instance UID of the screened series, once stored.
+        created_at: when the result was stored.
+        explanation_url: where the explanation overlay of a flagged image is (``/v1/screen`` only).
+    """
+
+    task: str
+    model_name: str
+    model_version: str
+    flagged: bool
+    label: str
+    score: float
+    threshold: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+    series_uid: str | None = None
+    created_at: datetime | None = None
+    explanation_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The study a report is about (identifiers only; patient fields may be absent)."""
+
+    id: str
+    study_uid: str
+    status: str
+    patient_id: str | None = None
+    patient_name: str | None = None
+    institution: str | None = None
+
+
+class FileKind(StrEnum):
+    """What kind of file a study was sent as; each ``Task`` declares the kinds it accepts."""
+
+    WFDB = "wfdb"
+    DICOM_WAVEFORM = "dicom-waveform"
+    DICOM_IMAGE = "dicom-image"
+    RASTER = "raster"
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What content routing reads of a DICOM header (parsed at receipt, or once when screening)."""
+
+    sop_class_uid: str | None = None
+    modality: str | None = None
+    body_part: str | None = None

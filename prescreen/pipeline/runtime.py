@@ -1,0 +1,94 @@
+"""What a service process runs besides HTTP: the store, the screening and triage loops, the outbox
+and the DICOM listener. Started once per process by the BentoML service (or by tests)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.config import Settings
+from prescreen.integration.listener import start_listener
+from prescreen.pipeline.loop import Step, StepLoop
+from prescreen.pipeline.outbox import OutboxStep
+from prescreen.pipeline.screening import Screen, ScreeningStep
+from prescreen.pipeline.triage import TriageStep
+from prescreen.store.blobs import FileBlobStore
+from prescreen.store.db import database_url, make_engine, migrate, session_factory
+from prescreen.store.ingest import Ingestor
+from prescreen.store.queue import release_dead_locks
+from prescreen.triage.priority import SlaTargets
+from prescreen.triage.rules import RuleSet, load_default_rules, load_rules
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> Ingestor:
+    """Migrate the database to the newest schema and open it with the blob store."""
+    url = database_url(settings)
+    migrate(url)
+    return Ingestor(session_factory(make_engine(url)), FileBlobStore(settings.home / "blobs"))
+
+
+def load_routing_rules(settings: Settings) -> RuleSet:
+    """The routing rules of ``PRESCREEN_RULES_PATH``, else the shipped ones (raises ``RulesError``)."""
+    return load_rules(settings.rules_path) if settings.rules_path else load_default_rules()
+
+
+def sla_targets(settings: Settings) -> SlaTargets:
+    """The report targets per priority from the settings."""
+    return SlaTargets(
+        stat=timedelta(minutes=settings.sla_stat_minutes),
+        urgent=timedelta(minutes=settings.sla_urgent_minutes),
+        routine=timedelta(minutes=settings.sla_routine_minutes),
+    )
+
+
+@dataclass
+class Runtime:
+    """The running background parts of one process."""
+
+    ingestor: Ingestor
+    loops: list[StepLoop] = field(default_factory=list)
+    listener: ThreadedAssociationServer | None = None
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.ingestor.sessions
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.shutdown()
+        for loop in self.loops:
+            loop.stop()
+
+
+def start_runtime(settings: Settings, screen: Screen | None, *, listen: bool = True) -> Runtime:
+    """Open the store and start ``PRESCREEN_WORKER_THREADS`` screening loops (triage, then screening;
+    only when ``screen`` is given), the outbox loop and the DICOM listener.
+
+    Raises:
+        RulesError: an invalid routing-rules file (the service must not start with it).
+    """
+    rules = load_routing_rules(settings) if screen is not None else None
+    runtime = Runtime(open_store(settings))
+    released = release_dead_locks(runtime.sessions)
+    if released:
+        log.info("took back %d jobs or deliveries of a process that died", released)
+    blobs = runtime.ingestor.blobs
+    if screen is not None and rules is not None:
+        triage = TriageStep(runtime.sessions, rules, sla_targets(settings), settings.escalation_webhook)
+        for index in range(settings.worker_threads):
+            steps: list[Step] = [triage, ScreeningStep(runtime.sessions, blobs, screen, settings)]
+            runtime.loops.append(StepLoop(f"screening-{index}", steps, settings.worker_poll_seconds))
+    runtime.loops.append(
+        StepLoop("outbox", [OutboxStep(runtime.sessions, blobs, settings)], settings.worker_poll_seconds)
+    )
+    for loop in runtime.loops:
+        loop.start()
+    if listen:
+        runtime.listener = start_listener(runtime.ingestor, settings)
+    return runtime

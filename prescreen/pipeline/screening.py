@@ -1,0 +1,97 @@
+"""The screening step: studies quiet long enough become jobs (one per series); a worker claims a
+job, reads its files from the blob store, screens them and records the outcome.
+
+The queue lives in the database (:mod:`prescreen.store.queue`), so a killed process loses nothing:
+its unfinished jobs are taken again once their lease has expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from prescreen.config import Settings
+from prescreen.datasets.files import StudyFiles
+from prescreen.domain import Finding, JobState
+from prescreen.errors import BlobNotFoundError, InvalidStudyError, UnknownTaskError, UnsupportedStudyError
+from prescreen.store.blobs import BlobStore
+from prescreen.store.queue import (
+    ClaimedJob,
+    Outcome,
+    claim_job,
+    complete_studies,
+    defer_job,
+    fail_exhausted_jobs,
+    finish_job,
+    worker_name,
+)
+
+log = logging.getLogger(__name__)
+
+Screen = Callable[[Mapping[str, bytes]], Finding]
+"""Screens one series' files (``ScreeningEngine.screen``)."""
+
+
+def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
+    """Screen the files of a job's series. Raises only on unexpected (maybe transient) errors."""
+    try:
+        files = {f.file_name: blobs.get(f.blob_key) for f in job.files}
+    except BlobNotFoundError as exc:
+        return Outcome(JobState.FAILED, f"a stored file is missing: {exc}")
+    if not files:
+        return Outcome(JobState.UNSCREENABLE, "the series has no instance")
+    try:
+        finding = screen(StudyFiles(files, job.headers))
+    except (UnsupportedStudyError, UnknownTaskError) as exc:
+        return Outcome(JobState.UNSCREENABLE, str(exc))
+    except InvalidStudyError as exc:
+        return Outcome(JobState.FAILED, str(exc))
+    return Outcome(JobState.DONE, finding=finding)
+
+
+class ScreeningStep:
+    """Turns quiet studies into jobs, fails jobs that used up their attempts, then runs one job.
+
+    Args:
+        sessions: session factory of the migrated database.
+        blobs: the blob store the instances are in.
+        screen: screens one series' files.
+        settings: quiet period, lease, attempts, SR destinations.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, screen: Screen, settings: Settings) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+        self.screen = screen
+        self.settings = settings
+        self.name = worker_name()
+
+    def run_once(self) -> bool:
+        """``True`` when a job ran."""
+        settings = self.settings
+        complete_studies(self.sessions, settings.study_quiet_seconds)
+        fail_exhausted_jobs(
+            self.sessions,
+            lease_seconds=settings.job_lease_seconds,
+            max_attempts=settings.job_max_attempts,
+            sr_destinations=settings.sr_destinations,
+        )
+        job = claim_job(
+            self.sessions, self.name, lease_seconds=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
+        )
+        if job is None:
+            return False
+        try:
+            outcome = run_job(self.screen, self.blobs, job)
+        except Exception as exc:  # a model or runtime failure: try again later, then give up
+            log.error("job %s attempt %d failed: %s", job.id, job.attempts, type(exc).__name__)
+            reason = f"{type(exc).__name__} on attempt {job.attempts}"
+            if job.attempts < settings.job_max_attempts:
+                defer_job(self.sessions, job, self.name, reason, delay_seconds=2.0**job.attempts)
+                return True
+            outcome = Outcome(JobState.FAILED, reason)
+        status = finish_job(self.sessions, job, self.name, outcome, sr_destinations=settings.sr_destinations)
+        log.info("job %s: %s%s", job.id, outcome.state, f"; study {job.study_id} {status}" if status else "")
+        return True

@@ -1,0 +1,382 @@
+"""Property tests of the screening metrics and the bootstrap against brute-force oracles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prescreen.evaluation.evaluate import evaluate_probs
+from prescreen.evaluation.metrics import (
+    BINARY_METRICS,
+    auroc,
+    binary_metrics,
+    bootstrap_ci,
+    challenge_f1,
+    multiclass_confusion,
+)
+from prescreen.evaluation.report import evaluation_json, write_report
+from prescreen.models.task import get_task
+
+FAST = settings(max_examples=150, deadline=None)
+
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+
+PROB = st.one_of(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]), st.floats(0.0, 1.0))
+ANY = st.one_of(PROB, st.floats(allow_nan=False), st.sampled_from([-5e-324, 5e-324, 1e300]))
+
+
+@st.composite
+def labelled(draw: st.DrawFn, scores: st.SearchStrategy[float] = PROB, min_size: int = 0) -> tuple[Bools, Floats]:
+    """Labels and scores of equal length."""
+    n = draw(st.integers(min_size, 40))
+    truth = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    score = draw(st.lists(scores, min_size=n, max_size=n))
+    return np.asarray(truth, dtype=bool), np.asarray(score, dtype=np.float64)
+
+
+def _same(actual: float, expected: float) -> bool:
+    return math.isnan(expected) if math.isnan(actual) else actual == expected
+
+
+def _count_oracle(truth: Bools, score: Floats, threshold: float) -> dict[str, float]:
+    """The metrics by counting items one by one."""
+    tp = tn = fp = fn = 0
+    for t, s in zip(truth.tolist(), score.tolist(), strict=True):
+        flagged = s >= threshold
+        tp += flagged and t
+        tn += not flagged and not t
+        fp += flagged and not t
+        fn += not flagged and t
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else math.nan
+
+    return {
+        "accuracy": ratio(tp + tn, len(truth)),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def _mann_whitney(truth: Bools, score: Floats) -> float:
+    """P(score of a positive > score of a negative), ties counting one half, over all pairs."""
+    pos, neg = score[truth].tolist(), score[~truth].tolist()
+    if not pos or not neg:
+        return math.nan
+    wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+# --- binary_metrics --------------------------------------------------------------------------------------------
+
+
+@FAST
+@given(labelled(), st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 0.25, 0.5, 1.0])))
+def test_flag_metrics_equal_count_oracle(data: tuple[Bools, Floats], threshold: float) -> None:
+    truth, score = data
+    m = binary_metrics(truth, score, threshold)
+    assert set(m) == set(BINARY_METRICS)
+    for key, expected in _count_oracle(truth, score, threshold).items():
+        assert _same(m[key], expected), key
+        assert math.isnan(m[key]) or 0.0 <= m[key] <= 1.0, key
+
+
+@FAST
+@given(labelled(min_size=1), st.data())
+def test_threshold_is_inclusive(data: tuple[Bools, Floats], pick: st.DataObject) -> None:
+    """A study scoring exactly the threshold is flagged."""
+    truth, score = data
+    i = pick.draw(st.integers(0, len(score) - 1))
+    m = binary_metrics(truth, score, float(score[i]))
+    for key, expected in _count_oracle(truth, score, float(score[i])).items():
+        assert _same(m[key], expected), key
+
+
+@FAST
+@given(labelled())
+def test_auroc_equals_pairwise_mann_whitney(data: tuple[Bools, Floats]) -> None:
+    truth, score = data
+    expected = _mann_whitney(truth, score)
+    assert _same(binary_metrics(truth, score, 0.5)["auroc"], expected)
+    assert _same(auroc(truth, score), expected)
+
+
+@FAST
+@given(labelled(ANY))
+def test_auroc_of_any_finite_scores(data: tuple[Bools, Floats]) -> None:
+    truth, score = data
+    assert _same(auroc(truth, score), _mann_whitney(truth, score))
+
+
+@FAST
+@given(labelled(st.sampled_from([-math.inf, 0.0, 0.5, 1.0, math.inf])))
+def test_auroc_of_infinite_scores(data: tuple[Bools, Floats]) -> None:
+    """A logit of ±inf still ranks: it does not crash the AUROC."""
+    truth, score = data
+    assert _same(auroc(truth, score), _mann_whitney(truth, score))
+
+
+MONOTONE: list[Callable[[Floats], Floats]] = [
+    lambda x: 3.0 * x - 7.0,
+    lambda x: x**3,
+    lambda x: np.exp(x / 4.0),
+    lambda x: np.arctan(x),
+    lambda x: 1.0 / (1.0 + np.exp(-x)),
+]
+
+
+@FAST
+@given(labelled(st.integers(-20, 20).map(float)), st.sampled_from(MONOTONE))
+def test_auroc_invariant_under_monotone_transform(
+    data: tuple[Bools, Floats], transform: Callable[[Floats], Floats]
+) -> None:
+    truth, score = data
+    assert _same(auroc(truth, transform(score)), auroc(truth, score))
+
+
+@FAST
+@given(labelled(ANY))
+def test_auroc_depends_only_on_ranks(data: tuple[Bools, Floats]) -> None:
+    truth, score = data
+    dense_rank = np.unique(score, return_inverse=True)[1].astype(np.float64)
+    assert _same(auroc(truth, dense_rank), auroc(truth, score))
+
+
+@FAST
+@given(labelled())
+def test_auroc_of_negated_scores_or_flipped_labels_is_complement(data: tuple[Bools, Floats]) -> None:
+    truth, score = data
+    a = auroc(truth, score)
+    if math.isnan(a):
+        assert math.isnan(auroc(truth, -score))
+        assert math.isnan(auroc(~truth, score))
+    else:
+        assert 0.0 <= a <= 1.0
+        assert auroc(truth, -score) == pytest.approx(1.0 - a, abs=1e-12)
+        assert auroc(~truth, score) == pytest.approx(1.0 - a, abs=1e-12)
+
+
+@FAST
+@given(st.booleans(), st.lists(PROB, min_size=0, max_size=40), st.floats(-0.5, 1.5))
+def test_one_class_set_has_nan_auroc_and_no_crash(label: bool, scores: list[float], threshold: float) -> None:
+    truth = np.full(len(scores), label)
+    score = np.asarray(scores, dtype=np.float64)
+    m = binary_metrics(truth, score, threshold)
+    assert math.isnan(m["auroc"])
+    assert math.isnan(auroc(truth, score))
+    for key, expected in _count_oracle(truth, score, threshold).items():
+        assert _same(m[key], expected), key
+
+
+def test_perfect_and_reversed_ranking() -> None:
+    truth = np.array([False, False, True, True])
+    assert auroc(truth, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert auroc(truth, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert auroc(truth, np.full(4, 0.5)) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("truth", "score"),
+    [([True, False], [0.5]), ([True], [0.2, 0.3]), ([True, False], [math.nan, 0.5])],
+)
+def test_bad_input_raises(truth: list[bool], score: list[float]) -> None:
+    with pytest.raises(ValueError):
+        binary_metrics(np.asarray(truth, dtype=bool), np.asarray(score), 0.5)
+    with pytest.raises(ValueError):
+        auroc(np.asarray(truth, dtype=bool), np.asarray(score))
+
+
+@pytest.mark.parametrize("abnormal", [False, True])
+def test_one_class_evaluation_and_report_cope(abnormal: bool, tmp_path: Path) -> None:
+    """evaluate_probs, the JSON document and the Markdown report on a set of one class: AUROC n/a, no crash."""
+    task = get_task("ecg-rhythm")
+    labels = np.full(30, 1 if abnormal else 0, dtype=np.int64)
+    probs = np.tile(np.array([0.3, 0.5, 0.1, 0.1], dtype=np.float32), (30, 1))
+    probs[::3] = [0.7, 0.1, 0.1, 0.1]
+    ev = evaluate_probs(
+        task, labels, probs, 0.5, split="test", dataset_path="/x", dataset_digest="d" * 64, resamples=50
+    )
+    assert ev.metrics["auroc"].value is None
+    assert ev.metrics["auroc"].ci_low is None and ev.metrics["auroc"].ci_high is None
+    assert ev.metrics["accuracy"].value == pytest.approx(20 / 30 if abnormal else 10 / 30)
+    doc = evaluation_json(task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0)
+    truth = labels != 0
+    path = write_report(tmp_path, doc, truth, 1.0 - probs[:, 0].astype(np.float64))
+    assert "| AUROC | n/a | [n/a, n/a] |" in path.read_text()
+
+
+# --- multi-class figures ---------------------------------------------------------------------------------------
+
+
+@st.composite
+def multiclass(draw: st.DrawFn) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    k = draw(st.integers(1, 5))
+    n = draw(st.integers(0, 40))
+    labels = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    predicted = draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    return np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64), k
+
+
+@FAST
+@given(multiclass())
+def test_confusion_equals_count_oracle(data: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]) -> None:
+    labels, predicted, k = data
+    expected = [[0] * k for _ in range(k)]
+    for t, p in zip(labels.tolist(), predicted.tolist(), strict=True):
+        expected[t][p] += 1
+    assert multiclass_confusion(labels, predicted, k) == expected
+
+
+@FAST
+@given(multiclass(), st.data())
+def test_challenge_f1_equals_mean_per_class_f1(
+    data: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int], pick: st.DataObject
+) -> None:
+    labels, predicted, k = data
+    scored = pick.draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k, unique=True))
+    per_class = []
+    for c in scored:
+        tp = sum(int(t == c and p == c) for t, p in zip(labels, predicted, strict=True))
+        fp = sum(int(t != c and p == c) for t, p in zip(labels, predicted, strict=True))
+        fn = sum(int(t == c and p != c) for t, p in zip(labels, predicted, strict=True))
+        per_class.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    assert challenge_f1(labels, predicted, scored) == pytest.approx(sum(per_class) / len(per_class), abs=1e-12)
+
+
+# --- bootstrap_ci ----------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A statistic that records every index array it is given and returns the mean of ``values`` over it."""
+
+    def __init__(self, values: Floats) -> None:
+        self.values = values
+        self.draws: list[npt.NDArray[np.int64]] = []
+        self.returned: list[float] = []
+
+    def __call__(self, index: npt.NDArray[np.int64]) -> dict[str, float]:
+        self.draws.append(np.array(index, copy=True))
+        mean = float(np.mean(self.values[index]))
+        self.returned.append(mean)
+        return {"mean": mean}
+
+
+SAMPLE = st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30).map(lambda v: np.asarray(v, dtype=np.float64))
+SEED = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), SEED)
+def test_bootstrap_draws_every_index_including_the_last(n: int, seed: int) -> None:
+    """200 resamples of n items miss a given item with probability (1 - 1/n)^(200 n) < 1e-87."""
+    rec = Recorder(np.zeros(n))
+    bootstrap_ci(rec, n, resamples=200, seed=seed)
+    assert len(rec.draws) == 200
+    for index in rec.draws:
+        assert index.shape == (n,)
+        assert np.issubdtype(index.dtype, np.integer)
+        assert index.min() >= 0 and index.max() <= n - 1
+    assert set(np.concatenate(rec.draws).tolist()) == set(range(n))
+
+
+@FAST
+@given(SAMPLE, SEED)
+def test_bootstrap_interval_is_the_percentile_of_the_resampled_statistic(values: Floats, seed: int) -> None:
+    rec = Recorder(values)
+    low, high = bootstrap_ci(rec, len(values), resamples=100, seed=seed, level=0.9)["mean"]
+    returned = np.asarray(rec.returned)
+    # (1 - 0.9) / 2 is 0.04999999999999999 in floats: allow for the interpolation it shifts
+    assert low == pytest.approx(float(np.quantile(returned, 0.05)), rel=1e-9, abs=1e-9)
+    assert high == pytest.approx(float(np.quantile(returned, 0.95)), rel=1e-9, abs=1e-9)
+
+
+@FAST
+@given(SAMPLE, SEED)
+def test_bootstrap_interval_of_the_mean_contains_the_mean(values: Floats, seed: int) -> None:
+    low, high = bootstrap_ci(Recorder(values), len(values), resamples=200, seed=seed)["mean"]
+    mean = float(np.mean(values))
+    slack = 1e-9 * (1.0 + float(np.max(np.abs(values))))  # the mean of a reordered resample may round differently
+    assert low - slack <= mean <= high + slack
+    assert low <= high
+    assert float(np.min(values)) - slack <= low and high <= float(np.max(values)) + slack
+
+
+@FAST
+@given(SAMPLE, SEED)
+def test_bootstrap_is_deterministic_for_a_seed(values: Floats, seed: int) -> None:
+    a, b = Recorder(values), Recorder(values)
+    assert bootstrap_ci(a, len(values), resamples=50, seed=seed) == bootstrap_ci(
+        b, len(values), resamples=50, seed=seed
+    )
+    assert all(np.array_equal(x, y) for x, y in zip(a.draws, b.draws, strict=True))
+
+
+@FAST
+@given(SAMPLE, SEED, st.floats(0.05, 0.9), st.floats(0.05, 0.9))
+def test_bootstrap_intervals_nest_by_level(values: Floats, seed: int, x: float, y: float) -> None:
+    narrow, wide = sorted((x, y))
+    lo_n, hi_n = bootstrap_ci(Recorder(values), len(values), resamples=80, seed=seed, level=narrow)["mean"]
+    lo_w, hi_w = bootstrap_ci(Recorder(values), len(values), resamples=80, seed=seed, level=wide)["mean"]
+    assert lo_w <= lo_n <= hi_n <= hi_w
+
+
+@FAST
+@given(st.integers(1, 30), SEED, st.floats(-1e6, 1e6))
+def test_bootstrap_of_a_constant_is_that_constant(n: int, seed: int, c: float) -> None:
+    assert bootstrap_ci(lambda i: {"c": c}, n, resamples=20, seed=seed) == {"c": (c, c)}
+
+
+@FAST
+@given(st.integers(1, 30), SEED)
+def test_bootstrap_leaves_out_undefined_resamples(n: int, seed: int) -> None:
+    """NaN / inf resamples are dropped: the interval comes from the defined ones only."""
+
+    def stat(index: npt.NDArray[np.int64]) -> dict[str, float]:
+        first = int(index[0])
+        return {
+            "sometimes": math.nan if first % 2 else float(first),
+            "never": math.nan,
+            "infinite": math.inf if first % 2 else 1.0,
+        }
+
+    out = bootstrap_ci(stat, n, resamples=100, seed=seed)
+    low, high = out["sometimes"]
+    assert math.isnan(low) or (0 <= low <= high <= n - 1)
+    assert all(math.isnan(v) for v in out["never"])
+    assert out["infinite"] in {(1.0, 1.0)} or all(math.isnan(v) for v in out["infinite"])
+
+
+@FAST
+@given(labelled(min_size=1), SEED)
+def test_bootstrap_of_binary_metrics_brackets_values_in_unit_interval(data: tuple[Bools, Floats], seed: int) -> None:
+    """The way evaluate_probs uses it; one-class resamples (NaN AUROC) do not crash it."""
+    truth, score = data
+    cis = bootstrap_ci(lambda i: binary_metrics(truth[i], score[i], 0.5), len(truth), resamples=30, seed=seed)
+    assert set(cis) == set(BINARY_METRICS)
+    for low, high in cis.values():
+        assert (math.isnan(low) and math.isnan(high)) or 0.0 <= low <= high <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("n", "resamples", "level"), [(0, 10, 0.95), (-1, 10, 0.95), (5, 0, 0.95), (5, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)]
+)
+def test_bootstrap_bad_arguments_raise(n: int, resamples: int, level: float) -> None:
+    with pytest.raises(ValueError):
+        bootstrap_ci(lambda i: {"x": 0.0}, n, resamples=resamples, level=level)
+
+
+@pytest.mark.parametrize(("labels", "predicted"), [([0, 3], [0, 1]), ([0, 1], [0, -1]), ([0, 1], [0])])
+def test_confusion_bad_input_raises(labels: list[int], predicted: list[int]) -> None:
+    with pytest.raises(ValueError):
+        multiclass_confusion(np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64), 3)
