@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint layers typecheck pytest bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,13 +19,16 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check prescreen tests benchmarks
 
+layers: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict prescreen
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+test: lint layers typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ecg.py --out BENCHMARKS.md --run runs/ecg-ship
@@ -33,5 +36,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_worklist.py --out BENCHMARKS.md
 
+mutate: $(STAMP)
+	$(BIN)/mutmut run || true
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache mutants

@@ -21,7 +21,7 @@ from common import compare_served, measure_training, run_summary, time_calls, wr
 from prescreen.config import get_settings
 from prescreen.datasets.images import read_dicom_image
 from prescreen.models.onnx_model import OnnxModel
-from prescreen.models.store import ModelStore
+from prescreen.models.model_store import ModelStore
 
 SAMPLES = {
     "breast-us": [

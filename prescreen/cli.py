@@ -123,7 +123,7 @@ def evaluate(
 
     from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
     from prescreen.evaluation.report import evaluation_json, write_report
-    from prescreen.models.store import ModelStore
+    from prescreen.models.model_store import ModelStore
     from prescreen.models.task import get_task
     from prescreen.training.resolve import resolve_model
 
@@ -183,7 +183,7 @@ def export(
     activate: Annotated[bool, typer.Option(help="Make it the task's active model")] = False,
 ) -> None:
     """Export a run (or an ensemble of runs) to ONNX, parity-checked, with its model card; add it to the store."""
-    from prescreen.models.store import ModelStore
+    from prescreen.models.model_store import ModelStore
     from prescreen.training.export import export_run
 
     onnx_path, card = export_run(runs, out, progress=True)
@@ -209,7 +209,7 @@ def models_list(task: Annotated[str | None, typer.Option(help="Only this task")]
     """Models in the store: task, name:version, active?, accuracy [95 % CI], target met?"""
     from rich.table import Table
 
-    from prescreen.models.store import ModelStore
+    from prescreen.models.model_store import ModelStore
 
     table = Table(title="models")
     for col in ("task", "name:version", "active", "accuracy [95% CI]", "target met", "measured on"):
@@ -235,7 +235,7 @@ def models_activate(
     tag: Annotated[str, typer.Argument(help="NAME:VERSION of a stored model")],
 ) -> None:
     """Make a stored model the active one of its task (the service loads it at start)."""
-    from prescreen.models.store import ModelStore
+    from prescreen.models.model_store import ModelStore
     from prescreen.models.task import get_task
 
     get_task(task)
@@ -254,7 +254,7 @@ def serve(
     otherwise; port 0 turns it off)."""
     import subprocess
 
-    from prescreen.models.store import ModelStore
+    from prescreen.models.model_store import ModelStore
     from prescreen.pipeline.engine import ScreeningEngine
     from prescreen.pipeline.runtime import load_routing_rules
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from prescreen.models.store import ModelStore, StoredModel
+from prescreen.models.model_store import ModelStore, StoredModel
 from prescreen.models.task import get_task
 from prescreen.training.config import RunConfig
 from prescreen.training.export import export_run

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from prescreen.models.card import ModelCard
-from prescreen.models.store import ModelStore, StoredModel
+from prescreen.models.model_store import ModelStore, StoredModel
 from prescreen.models.task import get_task
 from prescreen.training.config import RunConfig
 from prescreen.training.export import export_run

@@ -57,7 +57,7 @@ def test_corrupt_model_file(tiny_model: object, synthetic_cinc: Path) -> None:
 
 
 def test_models_list_fresh_home_shows_shipped_model() -> None:
-    from prescreen.models.store import SHIPPED_DIR
+    from prescreen.models.model_store import SHIPPED_DIR
 
     if not (SHIPPED_DIR / "ecg-rhythm" / "card.json").is_file():
         pytest.skip("no shipped model in this checkout")

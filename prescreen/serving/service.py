@@ -12,7 +12,7 @@ get_settings()  # sets BENTOML_HOME and BENTOML_DO_NOT_TRACK before bentoml is i
 
 import bentoml  # noqa: E402
 
-from prescreen.models.store import ModelStore  # noqa: E402
+from prescreen.models.model_store import ModelStore  # noqa: E402
 from prescreen.pipeline.engine import ScreeningEngine  # noqa: E402
 from prescreen.pipeline.runtime import start_runtime  # noqa: E402
 from prescreen.serving.app import create_app  # noqa: E402

@@ -13,7 +13,7 @@ from prescreen.evaluation.evaluate import flag_truth
 from prescreen.evaluation.threshold import choose_threshold
 from prescreen.models.card import ModelCard
 from prescreen.models.onnx_model import FloatArray, OnnxModel, sha256_file
-from prescreen.models.store import ModelStore
+from prescreen.models.model_store import ModelStore
 from prescreen.models.task import Task
 
 

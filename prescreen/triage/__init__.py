@@ -1,1 +1,2 @@
-"""Placeholder: built by later issues (see README)."""
+"""Pure decisions of the reading side, tested without servers: routing rules (YAML, validated with
+line numbers), priority with aging and SLA due times, and the double-review state machine."""

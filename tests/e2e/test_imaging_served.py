@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from prescreen.models.store import StoredModel
+from prescreen.models.model_store import StoredModel
 from tests.fixtures_images import blob_image, png_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prescreen.models.store import ModelStore
+from prescreen.models.model_store import ModelStore
 from prescreen.pipeline.engine import ScreeningEngine
 
 pytestmark = pytest.mark.data

@@ -110,7 +110,7 @@ def jobs_of(sessions: Sessions, study_id: str) -> list[Job]:
         return list(
             s.scalars(
                 select(Job)
-                .join(Series, Series.id == Job.series.id)
+                .join(Series, Series.id == Job.series_id)
                 .where(Series.study_id == study_id)
                 .order_by(Job.created_at)
             )
@@ -183,7 +183,7 @@ def test_study_becomes_one_job_per_series_only_after_the_quiet_period(sessions: 
     assert len(jobs) == 2 and {j.state for j in jobs} == {PENDING}
     with sessions() as s:
         by_series = dict(s.execute(select(Series.series_uid, Series.id)).all())
-    assert {j.series.id for j in jobs} == {by_series[series_a], by_series[series_b]}
+    assert {j.series_id for j in jobs} == {by_series[series_a], by_series[series_b]}
 
     assert complete_studies(sessions, QUIET, now=later(QUIET + 1)) == []  # no second set of jobs
     assert len(jobs_of(sessions, first.study_id)) == 2
@@ -261,7 +261,7 @@ def test_screened_study_gets_its_result_and_one_sr_delivery_per_destination(
     with sessions() as s:
         result = s.scalars(select(Result)).one()
         deliveries = s.scalars(select(Delivery).order_by(Delivery.destination)).all()
-    assert (result.job_id, result.series.id, result.label, result.flagged) == (got.id, got.series.id, "af", True)
+    assert (result.job_id, result.series_id, result.label, result.flagged) == (got.id, got.series.id, "af", True)
     assert result.probabilities == {"af": 0.9, "normal": 0.1}
     settled = study(sessions, study_id)
     assert settled.status == "screened" and settled.screened_at is not None and settled.status_reason is None

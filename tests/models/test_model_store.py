@@ -10,7 +10,7 @@ import pytest
 from prescreen.errors import ModelError
 from prescreen.models import store as store_module
 from prescreen.models.card import ModelCard
-from prescreen.models.store import ModelStore
+from prescreen.models.model_store import ModelStore
 
 
 @pytest.fixture
