@@ -16,8 +16,8 @@ from pathlib import Path
 from common import compare_served, measure_training, run_summary, time_calls, write_section
 
 from prescreen.config import get_settings
-from prescreen.models.onnx_model import OnnxModel
 from prescreen.models.model_store import ModelStore
+from prescreen.models.onnx_model import OnnxModel
 
 
 def load_records(folder: Path, n: int) -> list[dict[str, bytes]]:

@@ -20,8 +20,8 @@ from common import compare_served, measure_training, run_summary, time_calls, wr
 
 from prescreen.config import get_settings
 from prescreen.datasets.images import read_dicom_image
-from prescreen.models.onnx_model import OnnxModel
 from prescreen.models.model_store import ModelStore
+from prescreen.models.onnx_model import OnnxModel
 
 SAMPLES = {
     "breast-us": [

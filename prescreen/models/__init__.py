@@ -1,1 +1,2 @@
-"""What a model is: tasks, networks, cards, export and the model store."""
+"""What a model is: tasks (and what each accepts), routing by content, networks, cards, ONNX
+inference, explanations and the model store."""

@@ -25,9 +25,9 @@ from prescreen.errors import (
     UnsupportedStudyError,
 )
 from prescreen.models.explain import occlusion_map, save_overlay
+from prescreen.models.model_store import ModelStore
 from prescreen.models.onnx_model import FloatArray, OnnxModel
 from prescreen.models.routing import route_task
-from prescreen.models.model_store import ModelStore
 from prescreen.models.task import task_names
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -1,1 +1,1 @@
-"""Training: a typed run config and the Trainer loop."""
+"""Training: a typed run config, the Trainer loop, ONNX export with parity, and resolving a model argument."""

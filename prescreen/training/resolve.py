@@ -12,8 +12,8 @@ from prescreen.errors import ModelError
 from prescreen.evaluation.evaluate import flag_truth
 from prescreen.evaluation.threshold import choose_threshold
 from prescreen.models.card import ModelCard
-from prescreen.models.onnx_model import FloatArray, OnnxModel, sha256_file
 from prescreen.models.model_store import ModelStore
+from prescreen.models.onnx_model import FloatArray, OnnxModel, sha256_file
 from prescreen.models.task import Task
 
 

@@ -203,8 +203,8 @@ def test_an_unsupported_refusal_is_an_invalid_study() -> None:
 
 def test_wrong_modality_is_refused_even_when_the_task_is_named() -> None:
     """Routing takes the sender's task as given; the task's own reader still refuses the DICOM."""
-    from prescreen.models.routing import route_task
     from prescreen.models.model_store import ModelStore
+    from prescreen.models.routing import route_task
     from prescreen.pipeline.engine import ScreeningEngine
 
     us = {"us.dcm": dicom_image("US", "BREAST")}

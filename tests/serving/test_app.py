@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError, UnsupportedStudyError
-from prescreen.models.routing import route_task
 from prescreen.models.model_store import ModelStore, StoredModel
+from prescreen.models.routing import route_task
 from prescreen.pipeline.engine import ScreeningEngine
 from prescreen.serving.app import create_app
 

@@ -13,8 +13,8 @@ import pytest
 
 from prescreen.errors import ModelError
 from prescreen.models.card import ModelCard
-from prescreen.models.onnx_model import sha256_file
 from prescreen.models.model_store import ModelStore, StoredModel
+from prescreen.models.onnx_model import sha256_file
 from prescreen.models.task import get_task
 from prescreen.training.resolve import resolve_model
 
