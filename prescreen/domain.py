@@ -111,9 +111,8 @@ class OrderPriority(StrEnum):
             return None
         found = ORDER_PRIORITY_ALIASES.get(value.strip().upper())
         if found is None:
-            raise ValueError(
-                f"order priority must be one of {', '.join(sorted(ORDER_PRIORITY_ALIASES))}, not {value!r}"
-            )
+            aliases = [a for a in ORDER_PRIORITY_ALIASES if a not in cls.__members__]
+            raise ValueError(f"order priority must be one of {', '.join(cls)} (or {', '.join(aliases)})")
         return found
 
     @property

@@ -26,7 +26,7 @@ from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from prescreen.domain import Finding, StudySummary
+from prescreen.domain import Finding, StudyStatus, StudySummary
 
 FHIR_PACKAGE = "fhir.resources.R4B"
 LOINC = "http://loinc.org"
@@ -55,11 +55,11 @@ def report_status(study_status: str, has_findings: bool) -> str:
         study_status: the study's status in the store.
         has_findings: whether at least one series has an AI result.
     """
-    if study_status == "screened":
+    if study_status == StudyStatus.SCREENED:
         return "final" if has_findings else "registered"
-    if study_status in ("received", "screening"):
+    if study_status in (StudyStatus.RECEIVED, StudyStatus.SCREENING):
         return "partial" if has_findings else "registered"
-    if study_status in ("failed", "unscreenable"):
+    if study_status in (StudyStatus.FAILED, StudyStatus.UNSCREENABLE):
         return "partial" if has_findings else "cancelled"
     return "unknown"
 
@@ -117,7 +117,7 @@ def _observation(index: int, finding: Finding, subject: Reference) -> Observatio
 
 def _conclusion(study_status: str, findings: Sequence[Finding]) -> str:
     if not findings:
-        if study_status in ("failed", "unscreenable"):
+        if study_status in (StudyStatus.FAILED, StudyStatus.UNSCREENABLE):
             return "AI pre-screening: the study could not be screened."
         return "AI pre-screening: no result yet."
     flagged = [f for f in findings if f.flagged]

@@ -62,6 +62,8 @@ class OnnxModel:
     """
 
     def __init__(self, onnx_path: Path, card: ModelCard, verify: bool = True) -> None:
+        if not onnx_path.is_file():
+            raise ModelError(f"model file {onnx_path} not found")
         if verify and card.onnx.get("sha256") and sha256_file(onnx_path) != card.onnx["sha256"]:
             raise ModelError(f"model file {onnx_path} does not match its card (SHA-256 differs): corrupt or replaced")
         self.path = onnx_path

@@ -35,10 +35,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from typing_extensions import TypedDict  # like the store's rows
 
 from prescreen.config import get_settings
 from prescreen.errors import (
     ForbiddenError,
+    InvalidRequestError,
     InvalidStudyError,
     NotAuthenticatedError,
     NotFoundError,
@@ -49,12 +51,13 @@ from prescreen.serving.auth import SESSION_COOKIE, Permission, caller, issue_tok
 from prescreen.serving.deps import claim_lease, get_ingestor, get_targets
 from prescreen.serving.errors import status_for
 from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
+from prescreen.serving.schemas import WorklistPage
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import as_utc
 from prescreen.store.reading import DraftText, act, item_detail, latest_report
 from prescreen.store.users import Principal, authenticate, sign_out_everywhere, user_names
 from prescreen.store.views import preview_files, study_detail
-from prescreen.store.worklist import check_access, count_open, list_worklist, load_item
+from prescreen.store.worklist import ItemSummary, check_access, count_open, list_worklist, load_item
 
 pages_router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -307,18 +310,33 @@ def static(name: str) -> Response:
 # --- worklists -----------------------------------------------------------------------------
 
 
-def _worklists(ingestor: Ingestor, user: Principal, only: str | None = None) -> list[dict[str, Any]]:
+class PageItem(ItemSummary):
+    """A worklist row of the pages: the item with the name of who holds its claim."""
+
+    claimed_by_name: str | None
+
+
+class PageWorklist(TypedDict):
+    worklist: str
+    items: list[PageItem]
+    total: int
+
+
+def _worklists(ingestor: Ingestor, user: Principal, only: str | None = None) -> list[PageWorklist]:
     targets = get_targets()
-    out: list[dict[str, Any]] = []
+    lists: list[WorklistPage] = []
     with ingestor.sessions() as session:
         for specialty in [only] if only else user.specialties:
             items = list_worklist(session, specialty, targets, limit=LIST_LIMIT)
-            out.append({"worklist": specialty, "items": items, "total": count_open(session, specialty)})
-        names = user_names(session, (i["claimed_by"] for w in out for i in w["items"]))
-    for worklist in out:
-        for item in worklist["items"]:
-            item["claimed_by_name"] = names.get(item["claimed_by"] or "")
-    return out
+            lists.append({"worklist": specialty, "items": items, "total": count_open(session, specialty)})
+        names = user_names(session, (i["claimed_by"] for w in lists for i in w["items"]))
+    return [
+        {
+            **w,
+            "items": [{**item, "claimed_by_name": names.get(item["claimed_by"] or "")} for item in w["items"]],
+        }
+        for w in lists
+    ]
 
 
 @pages_router.get("/")
@@ -475,7 +493,7 @@ def item_action(
     options: Mapping[str, Any] = {"lease": claim_lease(settings), "max_chars": settings.max_report_chars}
     try:
         if action == "return" and not (comment or "").strip():
-            raise InvalidStudyError("write a comment for the first reader: what should change")
+            raise InvalidRequestError("write a comment for the first reader: what should change")
         draft = DraftText((text or "").replace("\r\n", "\n"), ai_agrees is not None)
         if action == "draft" or (action == "sign" and text is not None and not _is_saved(ingestor, item_id, draft)):
             state = act(ingestor.sessions, item_id, "draft", user, draft=draft, **options)

@@ -1,12 +1,17 @@
-"""Typed response models of the API; each is built from the core types of :mod:`prescreen.domain`."""
+"""Typed response models of the API; each is built from the core types of :mod:`prescreen.domain`
+or from the rows the store's read views return (TypedDicts: the routes return them as they are,
+and FastAPI documents and validates them)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from pydantic import BaseModel
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from prescreen.domain import Finding
+from prescreen.store.sla import AgreementGroup, TurnaroundGroup
+from prescreen.store.worklist import ItemSummary
 
 
 class ModelRef(BaseModel):
@@ -61,3 +66,43 @@ class ModelsOut(BaseModel):
 
 class StatusOut(BaseModel):
     status: str
+
+
+class UserOut(TypedDict):
+    """The signed-in user."""
+
+    id: str
+    login: str
+    name: str
+    grade: str
+    specialties: list[str]
+    institution: str | None
+
+
+class WorklistCount(TypedDict):
+    """A worklist and its number of open items."""
+
+    worklist: str
+    open: int
+
+
+class WorklistsOut(TypedDict):
+    """The worklists of the user's specialties."""
+
+    worklists: list[WorklistCount]
+
+
+class WorklistPage(TypedDict):
+    """A worklist's open items, most urgent first (up to the limit), and how many are open."""
+
+    worklist: str
+    items: list[ItemSummary]
+    total: int
+
+
+class TurnaroundStats(TypedDict):
+    groups: list[TurnaroundGroup]
+
+
+class AgreementStats(TypedDict):
+    groups: list[AgreementGroup]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
+from prescreen.domain import ORDER_PRIORITY_ALIASES, OrderPriority, StudyStatus
 from prescreen.errors import InvalidStudyError
 from prescreen.integration.fhir import diagnostic_report
 from prescreen.serving.auth import Permission, needs, require
@@ -18,7 +19,10 @@ from prescreen.serving.deps import IngestorDep
 from prescreen.serving.errors import error_response
 from prescreen.store.users import Principal
 from prescreen.store.views import (
+    StudyDetail,
     StudyFilter,
+    StudyPage,
+    StudyRow,
     findings_of,
     get_study,
     list_studies,
@@ -30,8 +34,6 @@ from prescreen.store.worklist import in_worklists
 studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ORDER_PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")
-StatusName = Literal["received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded"]
 
 
 def _read_uploads(uploads: list[UploadFile]) -> dict[str, bytes]:
@@ -58,16 +60,24 @@ def upload_study(
     patient_id: Annotated[str | None, Form(max_length=64)] = None,
     patient_name: Annotated[str | None, Form(max_length=128)] = None,
     institution: Annotated[str | None, Form(max_length=128)] = None,
-    order_priority: Annotated[str | None, Form(description=f"One of {', '.join(ORDER_PRIORITIES)}")] = None,
+    order_priority: Annotated[
+        str | None,
+        Form(
+            max_length=16,
+            description=f"One of {', '.join(ORDER_PRIORITY_ALIASES)} (DICOM Requested Procedure Priority or HL7 "
+            "table 0027); stored as one of " + ", ".join(OrderPriority),
+        ),
+    ] = None,
 ) -> Any:
     """Store a study and queue it for screening; answers 202 once the files are durable.
 
     DICOM files are filed by their own UIDs (several studies may come in one upload); other
     files (a WFDB record) become one new study. Poll ``GET /v1/studies/{study_id}``.
     """
-    priority = order_priority.strip().upper() if order_priority else None
-    if priority and priority not in ORDER_PRIORITIES:
-        raise InvalidStudyError(f"order_priority must be one of {', '.join(ORDER_PRIORITIES)}")
+    try:
+        priority = OrderPriority.parse(order_priority)
+    except ValueError as exc:
+        raise InvalidStudyError(str(exc).replace("order priority", "order_priority", 1)) from None
     files = _read_uploads(file)
     limit = get_settings().max_upload_bytes
     if sum(len(v) for v in files.values()) > limit:
@@ -85,7 +95,7 @@ def upload_study(
         "study_id": study_ids[0],
         "study_ids": study_ids,
         "study_uid": received[0].study_uid,
-        "status": "received",
+        "status": StudyStatus.RECEIVED,
         "instances": len(received),
         "duplicates": sum(r.duplicate for r in received),
     }
@@ -93,6 +103,7 @@ def upload_study(
 
 StudyReader = Annotated[Principal | None, Depends(require(Permission.STUDIES_READ))]
 PATIENT_FIELDS = ("patient_id", "patient_name")
+StudyT = TypeVar("StudyT", bound=StudyRow)
 
 
 def _patient_visible(session: Session, user: Principal | None, study_id: str) -> bool:
@@ -105,10 +116,14 @@ def _patient_visible(session: Session, user: Principal | None, study_id: str) ->
     return in_worklists(session, study_id, user.specialties)
 
 
-def _redact(session: Session, user: Principal | None, study: dict[str, Any]) -> dict[str, Any]:
+def _redact(session: Session, user: Principal | None, study: StudyT) -> StudyT:
+    """The study, or a copy with the :data:`PATIENT_FIELDS` set to None for those who may not see them."""
     if _patient_visible(session, user, study["id"]):
         return study
-    return {**study, **dict.fromkeys(PATIENT_FIELDS)}
+    redacted = study.copy()
+    redacted["patient_id"] = None
+    redacted["patient_name"] = None
+    return redacted
 
 
 @studies_router.get("")
@@ -116,11 +131,11 @@ def search_studies(
     ingestor: IngestorDep,
     user: StudyReader,
     study_uid: str | None = None,
-    status: StatusName | None = None,
+    status: StudyStatus | None = None,
     institution: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
+) -> StudyPage:
     """Studies, newest first, filtered by Study Instance UID, status and institution."""
     where = StudyFilter(study_uid=study_uid, status=status, institution=institution, limit=limit, offset=offset)
     with ingestor.sessions() as session:
@@ -129,7 +144,7 @@ def search_studies(
 
 
 @studies_router.get("/{study_id}")
-def read_study(ingestor: IngestorDep, user: StudyReader, study_id: str) -> dict[str, Any]:
+def read_study(ingestor: IngestorDep, user: StudyReader, study_id: str) -> StudyDetail:
     """Status (received → screening → screened | failed | unscreenable) and per-series results.
     Patient identifiers only for readers of a worklist the study is in."""
     with ingestor.sessions() as session:

@@ -3,7 +3,7 @@ actions, and turnaround statistics. The pages (``/ui``) call the same functions.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.security import OAuth2PasswordRequestForm
@@ -13,7 +13,8 @@ from prescreen.config import get_settings
 from prescreen.errors import NotFoundError
 from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
 from prescreen.serving.deps import IngestorDep, claim_lease, get_targets
-from prescreen.store.reading import DraftText, act, item_detail
+from prescreen.serving.schemas import AgreementStats, TurnaroundStats, UserOut, WorklistPage, WorklistsOut
+from prescreen.store.reading import DraftText, ItemDetail, act, item_detail
 from prescreen.store.sla import ai_agreement_stats, turnaround_stats
 from prescreen.store.users import authenticate, sign_out_everywhere
 from prescreen.store.worklist import check_access, count_open, list_worklist
@@ -61,7 +62,7 @@ def logout(ingestor: IngestorDep, user: Reader) -> None:
 
 
 @auth_router.get("/me")
-def me(user: Reader) -> dict[str, Any]:
+def me(user: Reader) -> UserOut:
     """The signed-in user."""
     return {
         "id": user.id,
@@ -74,7 +75,7 @@ def me(user: Reader) -> dict[str, Any]:
 
 
 @worklists_router.get("/worklists")
-def my_worklists(ingestor: IngestorDep, user: Reader) -> dict[str, Any]:
+def my_worklists(ingestor: IngestorDep, user: Reader) -> WorklistsOut:
     """The worklists of the user's specialties with their open item counts."""
     with ingestor.sessions() as session:
         return {"worklists": [{"worklist": w, "open": count_open(session, w)} for w in user.specialties]}
@@ -83,7 +84,7 @@ def my_worklists(ingestor: IngestorDep, user: Reader) -> dict[str, Any]:
 @worklists_router.get("/worklists/{specialty}")
 def worklist(
     ingestor: IngestorDep, user: Reader, specialty: str, limit: Annotated[int, Query(ge=1, le=500)] = 50
-) -> dict[str, Any]:
+) -> WorklistPage:
     """Open items, most urgent first (effective priority aged by time to due, AI score, waiting time)."""
     check_access(user, specialty)
     with ingestor.sessions() as session:
@@ -92,19 +93,19 @@ def worklist(
 
 
 @worklists_router.get("/worklist-items/{item_id}")
-def worklist_item(ingestor: IngestorDep, user: Reader, item_id: str) -> dict[str, Any]:
+def worklist_item(ingestor: IngestorDep, user: Reader, item_id: str) -> ItemDetail:
     """An item: state, study, AI result, report versions with signatures, escalations, history."""
     with ingestor.sessions() as session:
         return item_detail(session, item_id, user, get_targets())
 
 
-def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> dict[str, Any]:
+def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> ItemDetail:
     with ingestor.sessions() as session:
         return {**item_detail(session, item_id, user, get_targets()), "state": state}
 
 
 @worklists_router.post("/worklist-items/{item_id}/draft")
-def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBody) -> dict[str, Any]:
+def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBody) -> ItemDetail:
     """Save the draft report ``{"text", "ai_agrees"}`` (413 above ``PRESCREEN_MAX_REPORT_CHARS``)."""
     settings = get_settings()
     state = act(
@@ -120,7 +121,7 @@ def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBod
 
 
 @worklists_router.post("/worklist-items/{item_id}/return")
-def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnBody) -> dict[str, Any]:
+def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnBody) -> ItemDetail:
     """Return a report under review to its first reader with a comment."""
     settings = get_settings()
     state = act(
@@ -138,7 +139,7 @@ def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnB
 @worklists_router.post("/worklist-items/{item_id}/{action}")
 def item_action(
     ingestor: IngestorDep, user: Writer, item_id: str, action: str, body: SignBody | None = None
-) -> dict[str, Any]:
+) -> ItemDetail:
     """``claim`` (409 when someone else holds it), ``release``, ``sign`` (first reader: submit for
     review; associate chief or above, not the first reader: co-sign → final), ``amend`` a final
     report (a new version). ``draft`` and ``return`` take a JSON body (their own routes)."""
@@ -151,14 +152,14 @@ def item_action(
 
 
 @worklists_router.get("/stats/turnaround")
-def turnaround(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
+def turnaround(ingestor: IngestorDep, _user: StatsReader) -> TurnaroundStats:
     """Receipt → final report: p50/p95 minutes and the share within target, by worklist and priority."""
     with ingestor.sessions() as session:
         return {"groups": turnaround_stats(session, get_targets())}
 
 
 @worklists_router.get("/stats/ai-agreement")
-def ai_agreement(ingestor: IngestorDep, _user: StatsReader) -> dict[str, Any]:
+def ai_agreement(ingestor: IngestorDep, _user: StatsReader) -> AgreementStats:
     """How often final reports agree with the AI flag, per task and flag (in-service monitoring)."""
     with ingestor.sessions() as session:
         return {"groups": ai_agreement_stats(session)}

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prescreen.domain import StudyStatus
 from prescreen.errors import InvalidStudyError, MissingIdentifierError
 from prescreen.store.blobs import BlobStore
 from prescreen.store.schema import Instance, Series, Study
@@ -148,7 +149,7 @@ def _record_instance(sessions: sessionmaker[Session], key: str, size: int, meta:
                     size_bytes=size,
                 )
             )
-            study.status = "received"  # a late instance re-opens a screened study
+            study.status = StudyStatus.RECEIVED  # a late instance re-opens a screened study
             study.last_instance_at = now
         return Received(study.id, study.study_uid, series.series_uid, meta.sop_instance_uid, exists is not None)
 

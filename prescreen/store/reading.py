@@ -10,21 +10,78 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
 from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError
 from prescreen.store.queue import as_utc, changed, utcnow
 from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, User, WorklistItem
 from prescreen.store.users import Principal
-from prescreen.store.worklist import check_access, item_summary, load_item
+from prescreen.store.worklist import ItemSummary, check_access, item_summary, load_item
 from prescreen.triage.priority import SlaTargets
 from prescreen.triage.review import Actor, ItemState, allowed_actions, decide
 
 
-def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTargets) -> dict[str, Any]:
+class SignatureRow(TypedDict):
+    """Who signed a report version's text (its digest), when, and as what."""
+
+    by: str | None
+    user_id: str
+    kind: str
+    signed_at: str
+    text_sha256: str
+
+
+class ReportVersion(TypedDict):
+    """One version of an item's report, with its signatures."""
+
+    version: int
+    status: str
+    text: str
+    ai_agrees: bool | None
+    text_sha256: str
+    author: str | None
+    updated_at: str
+    signatures: list[SignatureRow]
+
+
+class EscalationRow(TypedDict):
+    """The item reached ``level`` % of its SLA target ``at``."""
+
+    level: int
+    at: str
+
+
+class HistoryRow(TypedDict):
+    """One action on the item, by whom and when."""
+
+    action: str
+    state: str
+    by: str | None
+    at: str
+    comment: str | None
+
+
+class ItemDetail(ItemSummary):
+    """An item with its readers, report versions, escalations, history and the actions allowed now
+    (times are ISO 8601 strings, UTC)."""
+
+    first_reader: str | None
+    first_reader_id: str | None
+    claimed_by_name: str | None
+    claim_expires: str | None
+    return_comment: str | None
+    ai_agrees: bool | None
+    finalized_at: str | None
+    reports: list[ReportVersion]
+    escalations: list[EscalationRow]
+    history: list[HistoryRow]
+    allowed_actions: list[str]
+
+
+def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTargets) -> ItemDetail:
     """An item with its study, report versions with their signatures, escalations and history."""
     item, study = load_item(session, item_id)
     check_access(user, item.worklist)
@@ -37,7 +94,7 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
         u.id: u.name
         for u in session.scalars(select(User).where(or_(User.id.in_([i for i in user_ids if i]), User.id.in_(signers))))
     }
-    versions = []
+    versions: list[ReportVersion] = []
     for report in reports:
         signatures = session.scalars(
             select(Signature).where(Signature.report_id == report.id).order_by(Signature.signed_at)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
 from prescreen.domain import Priority
 from prescreen.store.queue import as_utc, utcnow
@@ -67,7 +67,28 @@ def _escalate(
     return new
 
 
-def turnaround_stats(session: Session, targets: SlaTargets) -> list[dict[str, Any]]:
+class TurnaroundGroup(TypedDict):
+    """Receipt → final report of one worklist and priority: p50/p95 minutes, share within target."""
+
+    worklist: str
+    priority: str
+    n: int
+    p50_minutes: float
+    p95_minutes: float
+    within_target: float
+    target_minutes: float
+
+
+class AgreementGroup(TypedDict):
+    """The share of final reports of one task and AI flag that agree with the flag."""
+
+    task: str
+    flagged: bool
+    n: int
+    agree: float
+
+
+def turnaround_stats(session: Session, targets: SlaTargets) -> list[TurnaroundGroup]:
     """Receipt → final report, p50/p95 (minutes) and the share within target, by worklist and priority."""
     rows = session.execute(
         select(WorklistItem.worklist, WorklistItem.priority, WorklistItem.received_at, WorklistItem.finalized_at).where(
@@ -80,7 +101,7 @@ def turnaround_stats(session: Session, targets: SlaTargets) -> list[dict[str, An
             continue
         waited = (as_utc(finalized) - as_utc(received)).total_seconds() / 60
         groups.setdefault((worklist, priority), []).append(waited)
-    out = []
+    out: list[TurnaroundGroup] = []
     for (worklist, priority), minutes in sorted(groups.items()):
         minutes.sort()
         target = targets.target(as_priority(priority)).total_seconds() / 60
@@ -98,7 +119,7 @@ def turnaround_stats(session: Session, targets: SlaTargets) -> list[dict[str, An
     return out
 
 
-def ai_agreement_stats(session: Session) -> list[dict[str, Any]]:
+def ai_agreement_stats(session: Session) -> list[AgreementGroup]:
     """Physicians' agreement with the AI flag on final reports, per task and flag: the ground truth
     that monitors each model in service (a disagreement on a flagged study is a false positive, on an
     unflagged one a false negative, as the physician judged it)."""

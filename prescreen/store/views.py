@@ -4,19 +4,101 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
+from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
 from prescreen.datasets.files import ECG_SOP_CLASSES
-from prescreen.domain import Finding, StudySummary
+from prescreen.domain import Finding, JobState, StudyStatus, StudySummary
 from prescreen.errors import InvalidStudyError, NotFoundError
 from prescreen.store.queue import as_utc
 from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
 
-STUDY_STATUSES = ("received", "screening", "screened", "failed", "unscreenable", "forwarding", "forwarded")
+# --- the rows these views return: the API's response models (times are ISO 8601 strings, UTC) ---
 
+
+class FindingModel(TypedDict):
+    """The model that made a result."""
+
+    name: str
+    version: str
+
+
+class FindingRow(TypedDict):
+    """The newest AI result of a series."""
+
+    task: str
+    model: FindingModel
+    flagged: bool
+    label: str
+    score: float
+    threshold: float
+    probabilities: dict[str, float]
+    created_at: str | None
+
+
+class StudyFields(TypedDict):
+    """What every view of a study shows (patient fields are None where they are redacted)."""
+
+    study_id: str
+    id: str
+    study_uid: str
+    status: str
+    reason: str | None
+    patient_id: str | None
+    patient_name: str | None
+    institution: str | None
+    sender: str | None
+    order_priority: str | None
+    received_at: str
+    last_instance_at: str
+    screened_at: str | None
+
+
+class StudyRow(StudyFields):
+    """A study in a list; ``flagged``: a model flagged any of its series (None: no result yet)."""
+
+    flagged: bool | None
+
+
+class StudyPage(TypedDict):
+    """One page of studies, and the total that match."""
+
+    items: list[StudyRow]
+    total: int
+    limit: int
+    offset: int
+
+
+class SeriesRow(TypedDict):
+    """A series of a study: its instance count, screening status and newest result."""
+
+    series_uid: str
+    modality: str | None
+    body_part: str | None
+    instances: int
+    status: str
+    reason: str | None
+    result: FindingRow | None
+
+
+class DeliveryRow(TypedDict):
+    """A result sent to another system, with its retry log."""
+
+    kind: str
+    destination: str
+    state: str
+    attempts: int
+    last_error: str | None
+    delivered_at: str | None
+
+
+class StudyDetail(StudyRow):
+    """A study with each series and its deliveries."""
+
+    series: list[SeriesRow]
+    deliveries: list[DeliveryRow]
 
 
 @dataclass(frozen=True)
@@ -32,7 +114,7 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value else None
 
 
-def list_studies(session: Session, where: StudyFilter) -> dict[str, Any]:
+def list_studies(session: Session, where: StudyFilter) -> StudyPage:
     """One page of studies, newest first, with the total that match."""
     query = select(Study)
     if where.study_uid:
@@ -44,7 +126,7 @@ def list_studies(session: Session, where: StudyFilter) -> dict[str, Any]:
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     studies = session.scalars(query.order_by(Study.received_at.desc()).limit(where.limit).offset(where.offset)).all()
     flagged = _flagged_by_study(session, [s.id for s in studies])
-    items = [{**_study_json(s), "flagged": flagged.get(s.id)} for s in studies]
+    items: list[StudyRow] = [{**_study_json(s), "flagged": flagged.get(s.id)} for s in studies]
     return {"items": items, "total": total, "limit": where.limit, "offset": where.offset}
 
 
@@ -55,10 +137,10 @@ def get_study(session: Session, study_id: str) -> Study:
     return study
 
 
-def study_detail(session: Session, study_id: str) -> dict[str, Any]:
+def study_detail(session: Session, study_id: str) -> StudyDetail:
     """A study with each series: its instances, newest job and result, and its deliveries."""
     study = get_study(session, study_id)
-    series_out = []
+    series_out: list[SeriesRow] = []
     findings = {f.series_uid: f for f in findings_of(session, study_id)}
     for series in sorted(study.series, key=lambda s: s.series_uid):
         job = session.scalars(select(Job).where(Job.series_id == series.id).order_by(Job.created_at.desc())).first()
@@ -69,9 +151,9 @@ def study_detail(session: Session, study_id: str) -> dict[str, Any]:
                 "series_uid": series.series_uid,
                 "modality": series.modality,
                 "body_part": series.body_part,
-                "instances": count,
+                "instances": count or 0,
                 "status": _series_status(job.state if job else None),
-                "reason": job.last_error if job and job.state != "done" else None,
+                "reason": job.last_error if job and job.state != JobState.DONE else None,
                 "result": _finding_json(finding) if finding else None,
             }
         )
@@ -130,13 +212,20 @@ def study_summary(study: Study) -> StudySummary:
     )
 
 
+SERIES_STATUS: dict[str | None, str] = {
+    None: StudyStatus.RECEIVED,
+    JobState.PENDING: StudyStatus.SCREENING,
+    JobState.RUNNING: StudyStatus.SCREENING,
+    JobState.DONE: StudyStatus.SCREENED,
+}
+"""A series' status from its newest job's state (unscreenable and failed keep their names)."""
+
+
 def _series_status(job_state: str | None) -> str:
-    return {None: "received", "pending": "screening", "running": "screening", "done": "screened"}.get(
-        job_state, job_state or "received"
-    )
+    return SERIES_STATUS.get(job_state, job_state or StudyStatus.RECEIVED)
 
 
-def _study_json(study: Study) -> dict[str, Any]:
+def _study_json(study: Study) -> StudyFields:
     return {
         "study_id": study.id,
         "id": study.id,
@@ -148,13 +237,13 @@ def _study_json(study: Study) -> dict[str, Any]:
         "institution": study.institution,
         "sender": study.sender,
         "order_priority": study.order_priority,
-        "received_at": _iso(study.received_at),
-        "last_instance_at": _iso(study.last_instance_at),
+        "received_at": as_utc(study.received_at).isoformat(),
+        "last_instance_at": as_utc(study.last_instance_at).isoformat(),
         "screened_at": _iso(study.screened_at),
     }
 
 
-def _finding_json(finding: Finding) -> dict[str, Any]:
+def _finding_json(finding: Finding) -> FindingRow:
     return {
         "task": finding.task,
         "model": {"name": finding.model_name, "version": finding.model_version},

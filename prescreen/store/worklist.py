@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
+from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
 from prescreen.domain import SCREENING_OUTCOMES, Priority
 from prescreen.errors import ForbiddenError, NotFoundError
@@ -92,9 +93,35 @@ def add_item(session: Session, study_id: str, routing: Routing, received: dateti
 # --- reading worklists ---------------------------------------------------------------------
 
 
+class ItemSummary(TypedDict):
+    """An open item as a worklist lists it (times are ISO 8601 strings, UTC)."""
+
+    id: str
+    study_id: str
+    study_uid: str
+    worklist: str
+    priority: str
+    effective_priority: str
+    rule: str
+    state: str
+    task: str | None
+    label: str | None
+    flagged: bool | None
+    score: float | None
+    received_at: str
+    due_at: str
+    seconds_to_due: int
+    escalation: int
+    claimed_by: str | None
+    patient_id: str | None
+    patient_name: str | None
+    institution: str | None
+    modalities: list[str]
+
+
 def list_worklist(
     session: Session, worklist: str, targets: SlaTargets, *, now: datetime | None = None, limit: int = 50
-) -> list[dict[str, Any]]:
+) -> list[ItemSummary]:
     """The open items of a worklist, most urgent first: effective priority (aged by the time left
     to the due time), then AI score, then waiting time. One index range query per band."""
     now = (now or utcnow()).astimezone(UTC)  # SQLite compares stored UTC clock times
@@ -149,7 +176,7 @@ def count_open(session: Session, worklist: str) -> int:
 
 def item_summary(
     item: WorklistItem, study: Study, targets: SlaTargets, now: datetime, band: str | None = None
-) -> dict[str, Any]:
+) -> ItemSummary:
     due = as_utc(item.due_at)
     return {
         "id": item.id,

@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from prescreen.datasets.collections import LabelledSet
+from prescreen.errors import DatasetError
 from prescreen.models.task import Task
 from prescreen.training.config import RunConfig
 from prescreen.training.split import stratified_split
@@ -78,6 +79,7 @@ class Trainer:
             data = data.subset(np.sort(rng0.permutation(len(data))[: cfg.limit]))
         train_i, val_i, test_i = stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         train, val, test = data.subset(train_i), data.subset(val_i), data.subset(test_i)
+        _check_validation(self.task, val.labels)
         (out / "run.json").write_text(cfg.model_dump_json(indent=2))
         net = self.task.build_network()
         counts = np.bincount(train.labels, minlength=len(self.task.classes)).astype(np.float64)
@@ -158,6 +160,22 @@ class Trainer:
         }
         (out / "train.json").write_text(json.dumps(meta, indent=2))
         return TrainResult(out, best[1], best[0], len(history), seconds)
+
+
+def _check_validation(task: Task, labels: npt.NDArray[np.int64]) -> None:
+    """The validation split chooses the checkpoint (by flag AUROC) and the threshold: it needs at
+    least one flagged and one normal record.
+
+    Raises:
+        DatasetError: one side is missing (too small a set or ``--limit``, or a rare class).
+    """
+    flagged = ~np.isin(labels, task.normal_index)
+    if len(labels) == 0 or flagged.all() or not flagged.any():
+        side = "normal" if len(labels) and flagged.all() else "flagged"
+        raise DatasetError(
+            f"the validation split ({len(labels)} records) holds no {side} record, so no checkpoint or threshold "
+            "can be chosen; use more data (a larger --limit) or another --split-seed"
+        )
 
 
 def _flag_auroc(task: Task, labels: npt.NDArray[np.int64], probs: FloatArray) -> float:

@@ -321,7 +321,10 @@ def test_ecg_upload_over_http(served: Served, shared_data: Path) -> None:
     r = httpx.post(f"{served.base}/v1/studies", files=files, data={"order_priority": "SOON"}, timeout=60)
     assert (r.status_code, r.json()) == (
         400,
-        {"error": "invalid_study", "detail": "order_priority must be one of STAT, HIGH, ROUTINE, MEDIUM, LOW"},
+        {
+            "error": "invalid_study",
+            "detail": "order_priority must be one of STAT, HIGH, ROUTINE, MEDIUM, LOW (or S, URGENT, ASAP, A, R)",
+        },
     ), r.text
     big = [("file", (f"{record}.hea", hea)), ("file", (f"{record}.dat", dat + bytes(MAX_UPLOAD)))]
     r = httpx.post(f"{served.base}/v1/studies", files=big, data={"institution": "clinic-7"}, timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prescreen.errors import ModelError
-from prescreen.models import store as store_module
+from prescreen.models import model_store as store_module
 from prescreen.models.card import ModelCard
 from prescreen.models.model_store import ModelStore
 

@@ -132,11 +132,6 @@ def test_missing_file_without_digest_is_a_model_error(tmp_path: Path) -> None:
         OnnxModel(tmp_path / "model.onnx", card_for(None))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OnnxModel hashes the file before checking it exists: a missing model.onnx whose card has a "
-    "sha256 raises a bare FileNotFoundError instead of the documented ModelError",
-)
 def test_missing_file_with_digest_is_a_model_error(toy: Path, tmp_path: Path) -> None:
     card = card_for(toy)
     folder = tmp_path / "exported"

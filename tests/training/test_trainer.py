@@ -6,7 +6,6 @@ The split itself is covered in ``test_split.py``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from prescreen.datasets.collections import LabelledSet
-from prescreen.errors import PrescreenError
+from prescreen.errors import DatasetError
 from prescreen.models.task import Task, get_task
 from prescreen.training.config import RunConfig
 from prescreen.training.split import stratified_split
@@ -223,18 +222,12 @@ def test_without_early_stop_every_epoch_runs(tmp_path: Path) -> None:
     assert result.epochs_run == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the validation split holds no flagged (or no normal) record the flag AUROC is NaN every "
-    "epoch, no checkpoint is ever saved, and Trainer.fit crashes loading checkpoint.pt (FileNotFoundError) "
-    "instead of finishing or raising a PrescreenError that says why",
-)
-def test_validation_without_a_flagged_record_does_not_crash(tmp_path: Path) -> None:
+def test_validation_without_a_flagged_record_is_refused_before_training(tmp_path: Path) -> None:
     task, data = toy_task(), toy_data([18, 2])
     seed = next(s for s in range(100) if not (data.labels[stratified_split(data.labels, 0.15, 0.15, s)[1]] == 1).any())
-    with contextlib.suppress(PrescreenError):  # a clear refusal is acceptable; a crash is not
+    with pytest.raises(DatasetError, match="holds no flagged record"):
         fit(task, data, tmp_path / "run", epochs=2, split_seed=seed)
-        assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 # --------------------------------------------------------------------------- predict_probs
