@@ -1,4 +1,4 @@
-"""Core types shared by every layer: the one ``Finding``, references to studies, series and
+"""Core types shared by every layer: the one ``Finding``, the study a report names, series and
 instances, and the string vocabularies (states, priorities) as ``StrEnum``.
 
 A ``StrEnum`` member *is* its string (``StudyStatus.SCREENED == "screened"``), so the values stored in
@@ -146,14 +146,6 @@ ORDER_LEVELS: dict[OrderPriority, Priority] = {OrderPriority.STAT: Priority.STAT
 
 
 @dataclass(frozen=True)
-class StudyRef:
-    """A stored study: its database id and Study Instance UID."""
-
-    id: str
-    study_uid: str
-
-
-@dataclass(frozen=True)
 class SeriesRef:
     """A stored series and the context routing looks at."""
 
@@ -206,7 +198,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class StudySummary:
-    """The study a report is about (identifiers only; patient fields may be absent)."""
+    """A stored study as a report names it: its id, Study Instance UID and status, and the patient
+    (identifiers only; absent for a caller who may not see them)."""
 
     id: str
     study_uid: str
