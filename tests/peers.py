@@ -43,8 +43,8 @@ def require_peer(what: str, available: bool, hint: str) -> None:
     if available:
         return
     if in_ci():
-        pytest.fail(f"{what} is missing, and CI must run this test: {hint}", pytrace=False)
-    pytest.skip(f"{what} is missing ({hint})")
+        pytest.fail(f"missing under CI, which must run this test: {what} ({hint})", pytrace=False)
+    pytest.skip(f"missing: {what} ({hint})")
 
 
 def _search_path() -> list[Path]:

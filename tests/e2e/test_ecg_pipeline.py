@@ -100,10 +100,17 @@ def test_served_screening_with_bad_inputs(tiny_model: object, synthetic_cinc: Pa
     good = httpx.post(f"{server}/v1/screen", files=files(hea, dat), timeout=30)
     assert good.status_code == 200, good.text
     assert good.json()["model"]["version"] == tiny_model.card.version  # type: ignore[attr-defined]
-    for bad in (files(hea, dat[:64]), files(hea, None), files(hea, b"")):
+    refusals = [
+        (files(hea, dat[:64]), f"signal file S00002.dat is truncated: 64 bytes, header implies {len(dat)}"),
+        (files(hea, None), "WFDB header S00002.hea refers to S00002.dat, which is missing"),
+        (files(hea, b""), "file 'S00002.dat' is empty"),
+    ]
+    for bad, detail in refusals:
         r = httpx.post(f"{server}/v1/screen", files=bad, timeout=30)
-        assert 400 <= r.status_code < 500 and set(r.json()) == {"error", "detail"}, r.text
-    assert httpx.post(f"{server}/v1/screen", timeout=30).status_code == 400
+        assert (r.status_code, r.json()) == (400, {"error": "invalid_study", "detail": detail}), r.text
+    r = httpx.post(f"{server}/v1/screen", timeout=30)
+    no_file = {"error": "invalid_study", "detail": "no file was sent; send the study as multipart field 'file'"}
+    assert (r.status_code, r.json()) == (400, no_file)
     again = httpx.post(f"{server}/v1/screen", files=files(hea, dat), timeout=30)
     assert again.status_code == 200 and again.json() == good.json()
     models = {m["task"]: m["version"] for m in httpx.get(f"{server}/v1/models", timeout=10).json()["models"]}

@@ -28,6 +28,12 @@ def test_served_images(image_models: dict[str, StoredModel], shared_data: Path, 
         assert httpx.get(server + r.json()["explanation_url"], timeout=30).status_code == 200
     ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     r = httpx.post(f"{server}/v1/screen", files=[("file", ("ct.dcm", ct))], timeout=60)
-    assert r.status_code == 422 and "no model screens" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        422,
+        {"error": "unsupported_study", "detail": "no model screens DICOM modality CT"},
+    )
     r = httpx.post(f"{server}/v1/screen", files=[("file", ("c.png", png))], timeout=60)
-    assert r.status_code == 400 and "task" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "invalid_study", "detail": "a PNG/JPEG study needs a 'task' field (breast-us or chest-xray)"},
+    )

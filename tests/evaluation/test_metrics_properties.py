@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,6 +181,20 @@ def test_one_class_set_has_nan_auroc_and_no_crash(label: bool, scores: list[floa
         assert _same(m[key], expected), key
 
 
+@FAST
+@given(labelled(st.floats(0.0, 1.0, width=32)), st.floats(0.0, 1.0, width=32))
+def test_input_types_do_not_matter(data: tuple[Bools, Floats], threshold: float) -> None:
+    """0/1 integer labels, plain lists and float32 scores (as ``Task.flag_scores`` returns) give the same metrics."""
+    truth, score = data
+    m = binary_metrics(truth, score, threshold)
+    for other in (
+        binary_metrics(truth.astype(np.int64), score, threshold),
+        binary_metrics(truth.tolist(), score.tolist(), threshold),
+        binary_metrics(truth, score.astype(np.float32), threshold),
+    ):
+        assert all(_same(other[k], m[k]) for k in BINARY_METRICS)
+
+
 def test_perfect_and_reversed_ranking() -> None:
     truth = np.array([False, False, True, True])
     assert auroc(truth, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
@@ -187,33 +203,49 @@ def test_perfect_and_reversed_ranking() -> None:
 
 
 @pytest.mark.parametrize(
-    ("truth", "score"),
-    [([True, False], [0.5]), ([True], [0.2, 0.3]), ([True, False], [math.nan, 0.5])],
+    ("truth", "score", "message"),
+    [
+        ([True, False], [0.5], "same length"),
+        ([True], [0.2, 0.3], "same length"),
+        ([[True]], [[0.2]], "1-D"),
+        ([True, False], [math.nan, 0.5], "NaN"),
+    ],
 )
-def test_bad_input_raises(truth: list[bool], score: list[float]) -> None:
-    with pytest.raises(ValueError):
+def test_bad_input_raises(truth: list[bool], score: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         binary_metrics(np.asarray(truth, dtype=bool), np.asarray(score), 0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         auroc(np.asarray(truth, dtype=bool), np.asarray(score))
 
 
-@pytest.mark.parametrize("abnormal", [False, True])
-def test_one_class_evaluation_and_report_cope(abnormal: bool, tmp_path: Path) -> None:
-    """evaluate_probs, the JSON document and the Markdown report on a set of one class: AUROC n/a, no crash."""
+@pytest.mark.parametrize("kind", ["normal only", "abnormal only", "both"])
+def test_evaluation_and_report_cope_with_any_class_mix(kind: str, tmp_path: Path) -> None:
+    """evaluate_probs, the JSON document and the report on one class (AUROC n/a) or both: no crash, no warning."""
     task = get_task("ecg-rhythm")
-    labels = np.full(30, 1 if abnormal else 0, dtype=np.int64)
+    labels = np.asarray({"normal only": [0] * 30, "abnormal only": [1] * 30, "both": [0, 1, 2] * 10}[kind], np.int64)
     probs = np.tile(np.array([0.3, 0.5, 0.1, 0.1], dtype=np.float32), (30, 1))
     probs[::3] = [0.7, 0.1, 0.1, 0.1]
-    ev = evaluate_probs(
-        task, labels, probs, 0.5, split="test", dataset_path="/x", dataset_digest="d" * 64, resamples=50
-    )
-    assert ev.metrics["auroc"].value is None
-    assert ev.metrics["auroc"].ci_low is None and ev.metrics["auroc"].ci_high is None
-    assert ev.metrics["accuracy"].value == pytest.approx(20 / 30 if abnormal else 10 / 30)
-    doc = evaluation_json(task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0)
     truth = labels != 0
-    path = write_report(tmp_path, doc, truth, 1.0 - probs[:, 0].astype(np.float64))
-    assert "| AUROC | n/a | [n/a, n/a] |" in path.read_text()
+    score = task.flag_scores(probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = evaluate_probs(
+            task, labels, probs, 0.5, split="test", dataset_path="/x", dataset_digest="d" * 64, resamples=50
+        )
+        doc = evaluation_json(task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0)
+        path = write_report(tmp_path, doc, truth, score)
+    if kind == "both":
+        assert ev.metrics["auroc"].value == 1.0
+    else:
+        assert ev.metrics["auroc"].value is None
+        assert ev.metrics["auroc"].ci_low is None and ev.metrics["auroc"].ci_high is None
+        assert "| AUROC | n/a | [n/a, n/a] |" in path.read_text()
+    assert ev.metrics["accuracy"].value == pytest.approx(
+        {"normal only": 10, "abnormal only": 20, "both": 30}[kind] / 30
+    )
+    assert (tmp_path / "evaluation.json").read_text() == json.dumps(doc, indent=2)
+    for png in ("roc.png", "confusion.png"):
+        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
 
 
 # --- multi-class figures ---------------------------------------------------------------------------------------
@@ -368,15 +400,141 @@ def test_bootstrap_of_binary_metrics_brackets_values_in_unit_interval(data: tupl
         assert (math.isnan(low) and math.isnan(high)) or 0.0 <= low <= high <= 1.0
 
 
+def test_bootstrap_defaults_are_1000_resamples_seed_0_level_95() -> None:
+    values = np.random.default_rng(7).random(25)
+    default, explicit = Recorder(values), Recorder(values)
+    assert bootstrap_ci(default, 25) == bootstrap_ci(explicit, 25, resamples=1000, seed=0, level=0.95)
+    assert len(default.draws) == 1000
+    assert all(np.array_equal(x, y) for x, y in zip(default.draws, explicit.draws, strict=True))
+
+
+def test_bootstrap_of_one_resample() -> None:
+    rec = Recorder(np.arange(5.0))
+    low, high = bootstrap_ci(rec, 5, resamples=1)["mean"]
+    assert low == high == rec.returned[0]
+
+
 @pytest.mark.parametrize(
-    ("n", "resamples", "level"), [(0, 10, 0.95), (-1, 10, 0.95), (5, 0, 0.95), (5, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)]
+    ("n", "resamples", "level", "message"),
+    [
+        (0, 10, 0.95, "empty"),
+        (-1, 10, 0.95, "empty"),
+        (5, 0, 0.95, "at least one resample"),
+        (5, 10, 0.0, "level"),
+        (5, 10, 1.0, "level"),
+        (5, 10, 1.5, "level"),
+    ],
 )
-def test_bootstrap_bad_arguments_raise(n: int, resamples: int, level: float) -> None:
-    with pytest.raises(ValueError):
+def test_bootstrap_bad_arguments_raise(n: int, resamples: int, level: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         bootstrap_ci(lambda i: {"x": 0.0}, n, resamples=resamples, level=level)
 
 
-@pytest.mark.parametrize(("labels", "predicted"), [([0, 3], [0, 1]), ([0, 1], [0, -1]), ([0, 1], [0])])
-def test_confusion_bad_input_raises(labels: list[int], predicted: list[int]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("labels", "predicted", "message"),
+    [
+        ([0, 3], [0, 1], "a label lies outside 0..2"),
+        ([0, 1], [0, -1], "a predicted class lies outside 0..2"),
+        ([0, 1], [0], "same length"),
+    ],
+)
+def test_confusion_bad_input_raises(labels: list[int], predicted: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         multiclass_confusion(np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64), 3)
+
+
+def test_challenge_f1_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match="no scored class"):
+        challenge_f1(np.array([0, 1]), np.array([0, 1]), [])
+    with pytest.raises(ValueError, match="same length"):
+        challenge_f1(np.array([0, 1]), np.array([0]), [0])
+
+
+# --- evaluate_probs: the metrics as the CLI and the model card report them -------------------------------------
+
+
+@st.composite
+def class_probs(draw: st.DrawFn) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """ECG-rhythm labels and class probabilities (rows sum to 1; coarse, so scores tie with thresholds)."""
+    n = draw(st.integers(1, 30))
+    labels = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    weights = draw(st.lists(st.lists(st.integers(0, 4), min_size=4, max_size=4), min_size=n, max_size=n))
+    w = np.asarray(weights, dtype=np.float64) + np.asarray([[1e-3, 0, 0, 0]])  # never all zero
+    return np.asarray(labels, dtype=np.int64), (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(class_probs(), st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), SEED)
+def test_evaluate_probs_agrees_with_the_pure_functions(
+    data: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]], threshold: float, seed: int
+) -> None:
+    labels, probs = data
+    task = get_task("ecg-rhythm")
+    score = task.flag_scores(probs)
+    truth = labels != task.classes.index("normal")
+    ev = evaluate_probs(
+        task,
+        labels,
+        probs,
+        threshold,
+        split="s",
+        dataset_path="/x",
+        dataset_digest="d",
+        resamples=40,
+        seed=seed,
+        note="kept",
+    )
+    assert ev.n == len(labels) and ev.note == "kept"
+    point = binary_metrics(truth, score, threshold)
+    cis = bootstrap_ci(lambda i: binary_metrics(truth[i], score[i], threshold), len(labels), 40, seed)
+    for key, m in ev.metrics.items():
+        expected = None if math.isnan(point[key]) else point[key]
+        assert m.value == expected, key
+        if m.value is not None and m.ci_low is not None and m.ci_high is not None:
+            assert m.ci_low <= m.value <= m.ci_high, key
+            assert m.ci_low == min(cis[key][0], m.value), key  # widened to the point only where it misses it
+            assert m.ci_high == max(cis[key][1], m.value), key
+        else:
+            assert (m.ci_low is None) == math.isnan(cis[key][0]), key
+    # the class reported is on the flag's side of the threshold (inclusive), and F1 leaves out "noisy"
+    flagged = score >= threshold
+    predicted = np.asarray(ev.confusion).sum(axis=0)
+    assert int(predicted[task.classes.index("normal")]) == int(np.sum(~flagged))
+    scored = [i for i, c in enumerate(task.classes) if c != "noisy"]
+    classes = np.asarray(
+        [task.classes.index(task.label_for(p, bool(f))) for p, f in zip(probs, flagged, strict=True)], dtype=np.int64
+    )
+    assert ev.challenge_f1 == pytest.approx(challenge_f1(labels, classes, scored), abs=1e-12)
+    accuracy = ev.metrics["accuracy"].value
+    assert ev.target.met == (accuracy is not None and accuracy >= ev.target.threshold)
+
+
+def _ecg_probs(flags: list[bool]) -> npt.NDArray[np.float32]:
+    """Class probabilities whose flag score (1 - P(normal)) is 0.8 where flagged, else 0.2."""
+    return np.asarray([[0.2, 0.8, 0.0, 0.0] if f else [0.8, 0.2, 0.0, 0.0] for f in flags], dtype=np.float32)
+
+
+@pytest.mark.parametrize(("correct", "met"), [(19, True), (18, False)])
+def test_target_is_met_at_exactly_the_target_accuracy(correct: int, met: bool) -> None:
+    """19 of 20 right is accuracy 0.95: the default target (accuracy >= 0.95) is met, inclusive."""
+    task = get_task("ecg-rhythm")
+    labels = np.asarray([1] * 10 + [0] * 10, dtype=np.int64)
+    flags = [True] * 10 + [False] * 10
+    for i in range(20 - correct):
+        flags[i] = not flags[i]
+    ev = evaluate_probs(
+        task, labels, _ecg_probs(flags), 0.5, split="s", dataset_path="/x", dataset_digest="d", resamples=5
+    )
+    assert ev.metrics["accuracy"].value == correct / 20
+    assert ev.target.metric == "accuracy" and ev.target.threshold == 0.95
+    assert ev.target.met is met
+
+
+def test_evaluate_probs_default_seed_is_0() -> None:
+    task = get_task("ecg-rhythm")
+    labels = np.asarray([0, 1, 2, 3, 0, 1, 2, 3, 0, 1], dtype=np.int64)
+    probs = _ecg_probs([False, True, True, True, True, False, True, False, False, True])
+    common = {"split": "s", "dataset_path": "/x", "dataset_digest": "d", "resamples": 30}
+    default = evaluate_probs(task, labels, probs, 0.5, **common)  # type: ignore[arg-type]
+    assert default.metrics == evaluate_probs(task, labels, probs, 0.5, seed=0, **common).metrics  # type: ignore[arg-type]
+    assert default.metrics != evaluate_probs(task, labels, probs, 0.5, seed=1, **common).metrics  # type: ignore[arg-type]

@@ -126,8 +126,8 @@ def test_order_of_items_does_not_matter(
     data: tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]], rnd: random.Random
 ) -> None:
     truth, score = data
-    order = np.arange(len(truth))
-    rnd.shuffle(order)  # type: ignore[arg-type]
+    order = list(range(len(truth)))
+    rnd.shuffle(order)
     assert choose_threshold(truth[order], score[order]) == choose_threshold(truth, score)
 
 
@@ -150,6 +150,17 @@ def test_separable_data_is_split_perfectly(data: tuple[npt.NDArray[np.bool_], np
     score = np.where(truth, 2.0 + score, score)  # every positive above every negative
     t = choose_threshold(truth, score)
     assert np.array_equal(score >= t, truth)
+
+
+@FAST
+@given(labelled(st.floats(0.0, 1.0, width=32)))
+def test_input_types_do_not_matter(data: tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]) -> None:
+    """0/1 integer labels, plain lists and float32 scores (as ``Task.flag_scores`` returns) give the same threshold."""
+    truth, score = data
+    t = choose_threshold(truth, score)
+    assert choose_threshold(truth.astype(np.int64), score) == t
+    assert choose_threshold(truth.tolist(), score.tolist()) == t
+    assert choose_threshold(truth, score.astype(np.float32)) == t
 
 
 def test_flag_everything_is_chosen_when_best() -> None:

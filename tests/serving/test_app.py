@@ -111,6 +111,7 @@ def test_bad_input_is_4xx_with_reason_and_service_keeps_working(
     assert r.status_code == status, r.text
     body = r.json()
     assert set(body) == {"error", "detail"}
+    assert body["error"] == {400: "invalid_study", 422: "unsupported_study"}[status], body
     assert words.lower() in body["detail"].lower(), body
     again = client.post("/v1/screen", files=record_files(synthetic_cinc, "S00001"))
     assert again.status_code == 200
@@ -118,8 +119,10 @@ def test_bad_input_is_4xx_with_reason_and_service_keeps_working(
 
 def test_no_file(client: TestClient) -> None:
     r = client.post("/v1/screen")
-    assert r.status_code == 400
-    assert "no file" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "invalid_study", "detail": "no file was sent; send the study as multipart field 'file'"},
+    )
 
 
 def test_upload_over_limit_is_413(
@@ -129,8 +132,10 @@ def test_upload_over_limit_is_413(
     get_settings.cache_clear()
     client = TestClient(create_app(ScreeningEngine(ModelStore())))
     r = client.post("/v1/screen", files=record_files(synthetic_cinc, "S00000"))
-    assert r.status_code == 413
-    assert r.json()["error"] == "too_large"
+    assert (r.status_code, r.json()) == (
+        413,
+        {"error": "too_large", "detail": "the upload exceeds the limit of 1000 bytes"},
+    )
 
 
 def test_models_and_health(client: TestClient, tiny_model: StoredModel) -> None:
@@ -142,7 +147,7 @@ def test_models_and_health(client: TestClient, tiny_model: StoredModel) -> None:
 
 def test_readyz_before_models_loaded() -> None:
     r = TestClient(create_app(None)).get("/readyz")
-    assert r.status_code == 503
+    assert (r.status_code, r.json()) == (503, {"status": "starting"})
 
 
 def test_route_task() -> None:
@@ -172,8 +177,10 @@ def test_chunked_upload_over_limit_is_413(
     r = client.post(
         "/v1/screen", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
     )
-    assert r.status_code == 413, r.text
-    assert r.json()["error"] == "too_large"
+    assert (r.status_code, r.json()) == (
+        413,
+        {"error": "too_large", "detail": "the upload exceeds the limit of 2000 bytes"},
+    ), r.text
 
 
 @pytest.mark.parametrize(
@@ -188,4 +195,7 @@ def test_absurd_sampling_rates_are_refused(client: TestClient, header: str, word
 
 def test_dot_file_names_are_refused(client: TestClient) -> None:
     r = client.post("/v1/screen", files=[("file", ("x.hea", b"x 1 300 10\n")), ("file", ("..", b"abc"))])
-    assert r.status_code == 400
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "invalid_study", "detail": "file name '..' is not a plain WFDB file name"},
+    )

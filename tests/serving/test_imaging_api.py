@@ -88,8 +88,13 @@ def test_explanation_for_flagged_image(image_models: dict[str, StoredModel], tmp
     assert result.flagged and result.explanation_url
     client = TestClient(create_app(engine))
     assert client.get(result.explanation_url).status_code == 200
-    assert client.get("/v1/explanations/../../etc/passwd.png").status_code == 404
-    assert client.get("/v1/explanations/" + "0" * 32 + ".png").status_code == 404
+    escape = client.get("/v1/explanations/../../etc/passwd.png")  # normalised to /etc/passwd.png: no route
+    assert (escape.status_code, escape.json()) == (404, {"error": "not_found", "detail": "Not Found"})
+    unknown = client.get("/v1/explanations/" + "0" * 32 + ".png")
+    assert (unknown.status_code, unknown.json()) == (
+        404,
+        {"error": "not_found", "detail": f"no explanation '{'0' * 32}'"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,6 +114,8 @@ def test_bad_image_inputs(
 ) -> None:
     r = client.post("/v1/screen", files=files, data=data)
     assert r.status_code == status, r.text
+    expected_error = {400: "unknown_task" if words == "unknown task" else "invalid_study", 422: "unsupported_study"}
+    assert r.json()["error"] == expected_error[status], r.text
     assert words in r.json()["detail"].lower()
     ok = client.post(
         "/v1/screen",
@@ -124,13 +131,25 @@ def test_image_over_pixel_limit(image_models: dict[str, StoredModel], monkeypatc
     client = TestClient(create_app(ScreeningEngine(ModelStore())))
     png = png_bytes(blob_image(64, 0, np.random.default_rng(4)))
     r = client.post("/v1/screen", files=[("file", ("c.png", png))], data={"task": "chest-xray"})
-    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        413,
+        {"error": "too_large", "detail": "image has 4096 pixels; the limit is 1000"},  # 64 x 64
+    )
 
 
 def test_ct_without_task_is_422(client: TestClient) -> None:
     r = client.post("/v1/screen", files=[("file", ("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes()))])
-    assert r.status_code == 422
-    assert "no model screens" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        422,
+        {"error": "unsupported_study", "detail": "no model screens DICOM modality CT"},
+    )
+
+
+MALFORMED_DETAIL = {
+    "WindowWidth": "DICOM image attributes cannot be interpreted (ValueError)",
+    "PhotometricInterpretation": "pixel data (Explicit VR Little Endian) cannot be decoded:"
+    " Unknown (0028,0004) 'Photometric Interpretation' value 'MONOCHROME3'",
+}
 
 
 @pytest.mark.parametrize(
@@ -147,11 +166,14 @@ def test_malformed_dicom_attributes_are_400(client: TestClient, attribute: str, 
     ds.save_as(buf)
     r = client.post("/v1/screen", files=[("file", ("cr.dcm", buf.getvalue()))], data={"task": "chest-xray"})
     assert r.status_code == 400, r.text
-    assert set(r.json()) == {"error", "detail"}
+    assert r.json() == {"error": "invalid_study", "detail": MALFORMED_DETAIL[attribute]}
 
 
 @pytest.mark.data
 def test_named_task_still_checks_the_body_part(client: TestClient, shared_data: Path) -> None:
     hand = (shared_data / "dicom" / "RG3_J2KR.dcm").read_bytes()  # CR of an EXTREMITY
     r = client.post("/v1/screen", files=[("file", ("rg3.dcm", hand))], data={"task": "chest-xray"})
-    assert r.status_code == 422 and "not body part EXTREMITY" in r.json()["detail"]
+    assert (r.status_code, r.json()) == (
+        422,
+        {"error": "unsupported_study", "detail": "chest-xray screens CHEST images, not body part EXTREMITY"},
+    )

@@ -33,6 +33,8 @@ from prescreen.store.schema_triage import WorklistItem
 from prescreen.store.users import add_user
 
 PASSWORD = "correct horse battery"
+#: an ECG preview is 270 mm wide (15 mm margin, 10 s at 25 mm/s, 5 mm) at 130 dpi, whatever the record
+ECG_PNG_WIDTH = 1381
 
 
 @dataclass
@@ -156,8 +158,9 @@ def test_pages_redirect_to_login_without_a_session(site: Site) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/"
     r = client.get("/ui/items/abc")
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/items/abc"
-    assert client.get("/ui/items/abc/series/1.2.png").status_code == 401
-    assert client.get("/ui/worklists/cardiology/rows").status_code == 401
+    for fragment in ("/ui/items/abc/series/1.2.png", "/ui/worklists/cardiology/rows"):  # no redirect for these
+        r = client.get(fragment)
+        assert (r.status_code, r.headers["content-type"], r.text) == (401, "text/plain; charset=utf-8", "sign in again")
     r = client.get("/ui/login")
     assert r.status_code == 200 and 'name="password"' in r.text and 'type="password"' in r.text
 
@@ -241,8 +244,10 @@ def test_a_reader_sees_no_other_specialty(site: Site, tmp_path: Path) -> None:
     assert page.status_code == 200 and "Sonography" in page.text and item not in page.text
     r = client.get(f"/ui/items/{item}")
     assert r.status_code == 403 and "cardiology" in r.text and "<html" in r.text
-    assert client.get(f"/ui/items/{item}/series/{series}.png").status_code == 403
-    assert client.get("/ui/worklists/cardiology/rows").status_code == 403
+    not_mine = {"error": "forbidden", "detail": "worklist 'cardiology' is not among your specialties (sonography)"}
+    for fragment in (f"/ui/items/{item}/series/{series}.png", "/ui/worklists/cardiology/rows"):
+        r = client.get(fragment)
+        assert (r.status_code, r.json()) == (403, not_mine)
     r = client.post(f"/ui/items/{item}/claim")
     assert r.status_code == 303 and "prescreen_flash" in r.headers["set-cookie"]
     assert "not among your specialties" in client.get(f"/ui/items/{item}").text  # (the 403 page)
@@ -304,7 +309,11 @@ def test_review_through_the_forms(site: Site, tmp_path: Path) -> None:
 
 def test_unknown_action_is_404(site: Site, tmp_path: Path) -> None:
     item, _ = ecg_item(site, tmp_path)
-    assert site.signed_in("liwei").post(f"/ui/items/{item}/delete").status_code == 404
+    r = site.signed_in("liwei").post(f"/ui/items/{item}/delete")
+    assert (r.status_code, r.json()) == (
+        404,
+        {"error": "not_found", "detail": "no action 'delete'; one of claim, release, draft, sign, return, amend"},
+    )
 
 
 # --- preview PNGs --------------------------------------------------------------------------
@@ -316,13 +325,13 @@ def test_png_of_a_wfdb_ecg(site: Site, tmp_path: Path) -> None:
     r = client.get(f"/ui/items/{item}/series/{series}.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = png_of(r.content)
-    assert image.width > 1000 and image.height > 150
+    assert image.width == ECG_PNG_WIDTH and image.height > 150  # the height follows the trace's amplitude
     pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     pink = (pixels[..., 0] > 200) & (pixels[..., 1] < 215) & (pixels[..., 0] - pixels[..., 1] > 25)
     dark = pixels.sum(axis=2) < 150
     assert pink.mean() > 0.05 and dark.mean() > 0.003  # a grid, and a trace on it
     again = client.get(f"/ui/items/{item}/series/{series}.png", headers={"If-None-Match": r.headers["etag"]})
-    assert again.status_code == 304
+    assert (again.status_code, again.content) == (304, b"")
 
 
 def test_png_of_the_real_cinc_record(site: Site, shared_data: Path) -> None:
@@ -330,7 +339,7 @@ def test_png_of_the_real_cinc_record(site: Site, shared_data: Path) -> None:
     received = site.ingestor.store_upload(files)
     item = add_item(site, received[0].study_id)
     r = site.signed_in("liwei").get(f"/ui/items/{item}/series/{received[0].series_uid}.png")
-    assert r.status_code == 200 and png_of(r.content).width > 1000
+    assert r.status_code == 200 and png_of(r.content).width == ECG_PNG_WIDTH
 
 
 def test_png_of_a_dicom_image_is_windowed(site: Site) -> None:
@@ -357,7 +366,7 @@ def test_png_of_a_dicom_ecg(site: Site) -> None:
     stored = site.ingestor.store_dicom(Path(get_testdata_file("waveform_ecg.dcm")).read_bytes())
     item = add_item(site, stored.study_id)
     r = site.signed_in("liwei").get(f"/ui/items/{item}/series/{stored.series_uid}.png")
-    assert r.status_code == 200 and png_of(r.content).width > 1000
+    assert r.status_code == 200 and png_of(r.content).width == ECG_PNG_WIDTH  # 12 leads: I and II, same width
 
 
 def test_png_of_something_unreadable_says_why(site: Site) -> None:
@@ -366,7 +375,8 @@ def test_png_of_something_unreadable_says_why(site: Site) -> None:
     client = site.signed_in("liwei")
     r = client.get(f"/ui/items/{item}/series/{received[0].series_uid}.png")
     assert r.status_code == 422 and r.headers["content-type"] == "image/png" and png_of(r.content).width > 0
-    assert client.get(f"/ui/items/{item}/series/1.2.3.png").status_code == 404
+    r = client.get(f"/ui/items/{item}/series/1.2.3.png")
+    assert (r.status_code, r.json()) == (404, {"error": "not_found", "detail": "no such series in this study"})
 
 
 def test_twelve_lead_ecg_shows_leads_one_and_two() -> None:
@@ -377,7 +387,7 @@ def test_twelve_lead_ecg_shows_leads_one_and_two() -> None:
     from prescreen.datasets.ecg import EcgRecord
 
     short = EcgRecord(signal=np.zeros((1, 300), dtype=np.float32), fs=300.0, lead_names=("II",))
-    assert png_of(ecg_png(short)).width > 1000  # shorter than 10 s: drawn as far as it goes
+    assert png_of(ecg_png(short)).width == ECG_PNG_WIDTH  # shorter than 10 s: drawn as far as it goes
 
 
 # --- static files and the route audit ------------------------------------------------------
@@ -388,8 +398,11 @@ def test_static_files_are_an_allow_list(site: Site) -> None:
     css = client.get("/ui/static/app.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert client.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
-    for name in ("pages.py", "..%2Fpages.py", "login.html", "app.css.bak"):
-        assert client.get(f"/ui/static/{name}").status_code == 404, name
+    for name in ("pages.py", "login.html", "app.css.bak"):
+        r = client.get(f"/ui/static/{name}")
+        assert (r.status_code, r.json()) == (404, {"error": "not_found", "detail": f"no static file '{name}'"}), name
+    r = client.get("/ui/static/..%2Fpages.py")  # normalised to /ui/pages.py: no such route
+    assert (r.status_code, r.json()) == (404, {"error": "not_found", "detail": "Not Found"})
 
 
 def test_every_page_route_names_its_permission() -> None:
