@@ -30,6 +30,14 @@ users_app = typer.Typer(help="Reading physicians: add and list users.", no_args_
 app.add_typer(users_app, name="users")
 rules_app = typer.Typer(help="Routing rules: validate a rules file.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+
+
+@app.callback()
+def _owner_only() -> None:
+    """Everything prescreen writes (database, blobs, keys, model store) is readable by its owner only."""
+    os.umask(0o077)
+
+
 # outside a terminal (pipes, CI logs) keep table rows whole instead of wrapping them at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
@@ -252,13 +260,16 @@ def serve(
     """Start the service: the REST API under /v1 (BentoML), the screening workers and the DICOM
     listener (AE PRESCREEN on port 11112 unless PRESCREEN_DICOM_AE_TITLE / PRESCREEN_DICOM_PORT say
     otherwise; port 0 turns it off)."""
+    import signal
     import subprocess
 
     from prescreen.models.model_store import ModelStore
     from prescreen.pipeline.engine import ScreeningEngine
     from prescreen.pipeline.runtime import load_routing_rules
+    from prescreen.serving.process import die_with_parent, restrict_to_owner
 
     settings = get_settings()
+    restrict_to_owner(settings.home)  # a home made before umask 077 (an older version) is closed too
     ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
     load_routing_rules(settings)  # and here, naming the rule, if the routing rules are invalid
     cmd = [
@@ -278,10 +289,14 @@ def serve(
         "PRESCREEN_DATA_DIR": str(settings.data_dir),
         "PRESCREEN_HOST": host or settings.host,
     }
+    # the server dies with this process (kill -9 included); SIGTERM here stops it gracefully
+    server = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
+        raise typer.Exit(server.wait())
     except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        server.terminate()
+        raise typer.Exit(server.wait()) from None
 
 
 @app.command()

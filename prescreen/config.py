@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     dicom_allowed_aes: CommaList = Field(
         default_factory=list, description="Calling AE titles allowed to associate; empty allows all"
     )
+    dicom_acse_timeout_seconds: float = Field(
+        5.0, gt=0, description="A connection that sends no association request within this is closed"
+    )
+    dicom_network_timeout_seconds: float = Field(60.0, gt=0, description="An association silent this long is aborted")
+    dicom_max_associations: int = Field(64, ge=1, description="Concurrent associations the DICOM listener serves")
     study_quiet_seconds: float = Field(10.0, description="A study is complete after this long with no new instance")
     worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")
     worker_poll_seconds: float = Field(0.5, description="How often an idle worker looks for work")
@@ -61,6 +66,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     max_image_frames: int = Field(512, description="Most frames of one image study")
+    max_decoded_bytes: int = Field(
+        256 * 1024 * 1024,
+        description="Largest image working size (rows x columns x frames x samples x 4 bytes, as 32-bit floats), "
+        "checked from the header before decoding (413 above)",
+    )
     explanation_ttl_hours: float = Field(24.0, description="Explanation overlays are deleted after this")
     target_metric: str = "accuracy"
     target_threshold: float = 0.95

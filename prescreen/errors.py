@@ -19,6 +19,11 @@ class UnsupportedStudyError(InvalidStudyError):
     """A study that is readable but that no model screens (e.g. a DICOM without waveform)."""
 
 
+class NotAssessableError(InvalidStudyError):
+    """A readable study without content to judge (blank or near-constant image, mostly empty, absurd
+    aspect ratio; flat or saturated ECG): a pre-screen must neither flag nor clear it (HTTP 422)."""
+
+
 class StudyTooLargeError(InvalidStudyError):
     """A study over a size limit (bytes or pixels)."""
 

@@ -10,6 +10,7 @@ averages their probabilities.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
         raise StudyTooLargeError(f"image has {n_frames} frames; the limit is {max_frames}")
     if rows * cols * n_frames > max_pixels:
         raise StudyTooLargeError(f"image has {rows * cols * n_frames} pixels; the limit is {max_pixels}")
+    check_decoded_size(rows * cols * n_frames * max(int(ds.get("SamplesPerPixel", 1) or 1), 1))
     syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     try:
         arr = np.asarray(ds.pixel_array)
@@ -159,6 +161,77 @@ def _crop_us_region(frames: FloatArray, ds: Any) -> FloatArray:
     return np.ascontiguousarray(frames[:, y0 : y1 + 1, x0 : x1 + 1])
 
 
+TO_RGB_MODES = ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1")
+"""Pillow modes converted to RGB before they become gray."""
+
+
+MAX_ASPECT_RATIO = 8.0
+MIN_CONTENT_STD = 0.01
+MIN_CONTENT_ROWS = 0.05
+
+
+def assess_content(frames: FloatArray) -> str | None:
+    """Why an image (frames scaled to [0, 1]) holds nothing to judge, or ``None`` when it does:
+    an absurd aspect ratio, near-constant pixels, or content in under 5 % of its rows."""
+    height, width = frames.shape[-2:]
+    if max(height, width) > MAX_ASPECT_RATIO * max(min(height, width), 1):
+        return f"an aspect ratio of {width}x{height} is not a radiograph or ultrasound image"
+    if float(frames.std()) < MIN_CONTENT_STD:
+        return "the image is blank (near-constant pixel values)"
+    rows_with_content = (frames.std(axis=-1) >= MIN_CONTENT_STD).mean()
+    if rows_with_content < MIN_CONTENT_ROWS:
+        return f"the image is mostly empty (content in {rows_with_content:.1%} of its rows)"
+    return None
+
+
+def check_decoded_size(samples: int) -> None:
+    """Refuse, before decoding, an image whose samples (pixels x frames x channels) would take more
+    than ``PRESCREEN_MAX_DECODED_BYTES`` as 32-bit floats: a few kilobytes of JPEG 2000 or PNG can
+    declare gigabytes.
+
+    Raises:
+        StudyTooLargeError: over the limit.
+    """
+    limit = get_settings().max_decoded_bytes
+    if samples * 4 > limit:
+        raise StudyTooLargeError(
+            f"the image would take {samples * 4 // 2**20} MiB decoded; the limit is {limit // 2**20} MiB"
+        )
+
+
+def check_png_complete(data: bytes, image: Image.Image) -> None:
+    """Refuse a PNG whose image data is shorter than its header declares (Pillow pads it with zeros).
+
+    Reads the IDAT stream with a bounded inflater: at most the declared size is ever produced.
+
+    Raises:
+        InvalidStudyError: truncated image data.
+    """
+    if image.info.get("interlace"):
+        return  # Adam7 passes: their sizes differ; Pillow itself reports a short interlaced stream
+    bits = {"1": 1, "L": 8, "P": 8, "RGB": 24, "RGBA": 32, "LA": 16, "I;16": 16, "I;16B": 16, "I": 32}.get(image.mode)
+    if bits is None:
+        return
+    expected = image.height * (1 + (image.width * bits + 7) // 8)
+    inflater, produced, offset = zlib.decompressobj(), 0, 8
+    while offset + 8 <= len(data) and produced < expected:
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            chunk = data[offset + 8 : offset + 8 + length]
+            try:
+                produced += len(inflater.decompress(chunk, expected - produced))
+                while inflater.unconsumed_tail and produced < expected:
+                    produced += len(inflater.decompress(inflater.unconsumed_tail, expected - produced))
+            except zlib.error as exc:
+                raise InvalidStudyError("the PNG image data is corrupt") from exc
+        offset += 12 + length
+    if produced < expected:
+        raise InvalidStudyError(
+            f"the PNG image data is truncated: it holds {produced * 100 // max(expected, 1)} % of the declared image"
+        )
+
+
 def open_raster(data: bytes, max_pixels: int) -> Image.Image:
     """Decode a PNG/JPEG with Pillow, refusing it before decoding when it has too many pixels.
 
@@ -170,6 +243,10 @@ def open_raster(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
             raise StudyTooLargeError(f"image has {image.width * image.height} pixels; the limit is {max_pixels}")
+        bands = 3 if image.mode in TO_RGB_MODES else len(image.getbands())
+        check_decoded_size(image.width * image.height * bands)
+        if image.format == "PNG":
+            check_png_complete(data, image)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidStudyError(f"not a readable PNG/JPEG image: {exc}") from exc
@@ -186,7 +263,7 @@ def read_raster_image(data: bytes, max_pixels: int) -> ImageStudy:
     image = open_raster(data, max_pixels)
     fmt = image.format or "raster"
     image = ImageOps.exif_transpose(image)  # phone photos carry their orientation in EXIF
-    if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+    if image.mode in TO_RGB_MODES:
         image = image.convert("RGB")
     arr = np.asarray(image)
     gray = _to_gray(arr) if arr.ndim == 3 else arr.astype(np.float32)

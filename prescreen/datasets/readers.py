@@ -34,6 +34,32 @@ def _check_rate(fs: float) -> None:
         )
 
 
+_NUMBER = re.compile(r"^[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?$")
+
+
+def _check_record_line(header: Path) -> None:
+    """Validate the record line's numbers before wfdb reads it: wfdb falls back to its defaults
+    (250 Hz) on a value it cannot parse, such as a negative sampling rate.
+
+    Record line: ``name[/segments] n_signals [fs[/counter_freq[(base)]] [n_samples ...]]``.
+
+    Raises:
+        InvalidStudyError: a field that is not a non-negative number (the message names the field).
+    """
+    try:
+        lines = header.read_text(encoding="latin-1").splitlines()
+    except OSError as exc:
+        raise InvalidStudyError(f"WFDB header {header.name} cannot be read") from exc
+    record = next((line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")), [])
+    fields = {"number of signals": 1, "sampling rate": 2, "number of samples": 3}
+    for field, index in fields.items():
+        if index >= len(record):
+            continue
+        value = record[index].split("/", 1)[0] if field == "sampling rate" else record[index]
+        if not _NUMBER.match(value):
+            raise InvalidStudyError(f"WFDB header {header.name}: the {field} must be a non-negative number")
+
+
 def read_wfdb(record_path: str | Path) -> EcgRecord:
     """Read a WFDB record given its path without extension.
 
@@ -52,6 +78,7 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
         head = wfdb.rdheader(str(path))
     except Exception as exc:  # wfdb raises bare ValueError/IndexError on bad headers
         raise InvalidStudyError(f"WFDB header {header.name} cannot be parsed: {exc}") from exc
+    _check_record_line(header)
     if isinstance(head, wfdb.MultiRecord) or not hasattr(head, "file_name"):
         raise InvalidStudyError(f"WFDB header {header.name} is a multi-segment record; send a single-segment record")
     if not head.fs or float(head.fs) <= 0:

@@ -48,12 +48,18 @@ TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 
+ULTRASOUND_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.6"
+ULTRASOUND_MULTIFRAME_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.3"
+
 STORAGE_CLASSES = [
     uid.ComputedRadiographyImageStorage,
     uid.DigitalXRayImageStorageForPresentation,
     uid.DigitalXRayImageStorageForProcessing,
     uid.UltrasoundImageStorage,
     uid.UltrasoundMultiFrameImageStorage,
+    # retired in 1993, still sent by older ultrasound machines in county hospitals
+    ULTRASOUND_IMAGE_STORAGE_RETIRED,
+    ULTRASOUND_MULTIFRAME_IMAGE_STORAGE_RETIRED,
     uid.SecondaryCaptureImageStorage,
     uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -116,14 +122,18 @@ def _handle_echo(_event: Any) -> int:
 
 
 def make_ae(settings: Settings) -> AE:
-    """An AE with the storage contexts, the AE title and the calling AE allow-list of ``settings``."""
+    """An AE with the storage contexts, the AE title (a different called AE title is rejected,
+    reason 0x07), the calling AE allow-list and the timeouts of ``settings``. A connection that
+    sends no association request within ``PRESCREEN_DICOM_ACSE_TIMEOUT_SECONDS`` is closed, so idle
+    connections cannot hold the listener's association slots."""
     _config.STORE_RECV_CHUNKED_DATASET = True  # received datasets go to a temporary file, not memory
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.maximum_pdu_size = 0  # no limit: large images in fewer PDUs
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.maximum_associations = 32
+    ae.network_timeout = settings.dicom_network_timeout_seconds
+    ae.acse_timeout = settings.dicom_acse_timeout_seconds
+    ae.dimse_timeout = settings.dicom_network_timeout_seconds
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.require_called_aet = True
     ae.add_supported_context(Verification)
     for storage_class in STORAGE_CLASSES:
         ae.add_supported_context(storage_class, TRANSFER_SYNTAXES)

@@ -13,9 +13,9 @@ from prescreen.config import get_settings
 from prescreen.datasets.collections import LabelledSet
 from prescreen.datasets.image_collections import find_npz, load_image_folder, load_npz
 from prescreen.datasets.image_transforms import ImageAugment, ImagePreprocess, frames_as_batch
-from prescreen.datasets.images import ImageStudy, read_image_files
+from prescreen.datasets.images import ImageStudy, assess_content, read_image_files
 from prescreen.domain import FileKind
-from prescreen.errors import DatasetError, UnsupportedStudyError
+from prescreen.errors import DatasetError, NotAssessableError, UnsupportedStudyError
 from prescreen.models.task import Accepts, Task, register
 
 FRAME_POLICY = "every frame is screened; class probabilities are averaged over frames"
@@ -48,6 +48,9 @@ def image_reader(task: str, accepts: Accepts) -> Callable[[Mapping[str, bytes]],
         parts = accepts.body_parts
         if parts is not None and body_part is not None and body_part not in parts:
             raise UnsupportedStudyError(f"{task} screens {'/'.join(parts)} images, not body part {body_part}")
+        reason = assess_content(study.frames)
+        if reason is not None:
+            raise NotAssessableError(f"not assessable: {reason}")
         return study
 
     return read

@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.config import Settings
 from prescreen.datasets.files import StudyFiles
 from prescreen.domain import Finding, JobState
-from prescreen.errors import BlobNotFoundError, InvalidStudyError, UnknownTaskError, UnsupportedStudyError
+from prescreen.errors import (
+    BlobNotFoundError,
+    InvalidStudyError,
+    NotAssessableError,
+    UnknownTaskError,
+    UnsupportedStudyError,
+)
 from prescreen.store.blobs import BlobStore
 from prescreen.store.queue import (
     ClaimedJob,
@@ -44,8 +50,8 @@ def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
         return Outcome(JobState.UNSCREENABLE, "the series has no instance")
     try:
         finding = screen(StudyFiles(files, job.headers))
-    except (UnsupportedStudyError, UnknownTaskError) as exc:
-        return Outcome(JobState.UNSCREENABLE, str(exc))
+    except (UnsupportedStudyError, UnknownTaskError, NotAssessableError) as exc:
+        return Outcome(JobState.UNSCREENABLE, str(exc))  # routed to a human list, neither flagged nor cleared
     except InvalidStudyError as exc:
         return Outcome(JobState.FAILED, str(exc))
     return Outcome(JobState.DONE, finding=finding)

@@ -16,6 +16,7 @@ from prescreen.models.model_store import ModelStore  # noqa: E402
 from prescreen.pipeline.engine import ScreeningEngine  # noqa: E402
 from prescreen.pipeline.runtime import start_runtime  # noqa: E402
 from prescreen.serving.app import create_app  # noqa: E402
+from prescreen.serving.process import die_with_parent  # noqa: E402
 
 api = create_app()
 
@@ -26,6 +27,7 @@ class Prescreen:
     """Holds the ONNX Runtime sessions of the active models; the mounted app uses them."""
 
     def __init__(self) -> None:
+        die_with_parent()  # the worker stops when BentoML's arbiter is killed, freeing the DICOM port
         settings = get_settings()
         self.engine = ScreeningEngine(ModelStore(), explanations_dir=settings.home / "explanations")
         self.runtime = start_runtime(settings, self.engine.screen)

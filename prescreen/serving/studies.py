@@ -33,6 +33,8 @@ from prescreen.store.worklist import in_worklists
 
 studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
+MAX_OFFSET = 2**31 - 1
+"""The largest page offset (a database integer); larger is a 422, never a 500."""
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -134,7 +136,7 @@ def search_studies(
     status: StudyStatus | None = None,
     institution: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StudyPage:
     """Studies, newest first, filtered by Study Instance UID, status and institution."""
     where = StudyFilter(study_uid=study_uid, status=status, institution=institution, limit=limit, offset=offset)

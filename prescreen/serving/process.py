@@ -1,0 +1,45 @@
+"""The service process on the host: it dies with its parent (``prctl(PR_SET_PDEATHSIG)``), so
+``kill -9`` of ``prescreen serve`` leaves no server or worker holding the HTTP and DICOM ports; and
+its state is readable by its owner only."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent exits; ``False`` where that
+    is not available (not Linux). Exits at once when the parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent or parent == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)
+    return True
+
+
+def restrict_to_owner(home: Path) -> int:
+    """Remove group and other permissions from ``home`` and everything under it; returns how many
+    paths changed. Patient data must not be readable by other local users."""
+    changed = 0
+    if not home.exists():
+        return 0
+    for path in [home, *home.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            changed += 1
+    return changed
