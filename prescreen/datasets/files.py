@@ -8,6 +8,7 @@ take the dataset from here, so a file is parsed once per screening. Headers alre
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator, Mapping
 
 import pydicom
@@ -23,6 +24,26 @@ ECG_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG",
     "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG",
 }
+
+
+_CODE_STRING = re.compile(r"^[A-Z0-9 _]{0,16}$")
+_UID = re.compile(r"^[0-9.]{0,64}$")
+
+
+def code_string(ds: pydicom.Dataset, keyword: str) -> str | None:
+    """A DICOM code string (Modality, Body Part Examined), upper case, or ``None`` when absent.
+
+    Raises:
+        InvalidStudyError: a value that is no code string (a corrupt length reads raw header bytes
+            into it); the message names the attribute, never its bytes.
+    """
+    try:
+        value = str(ds.get(keyword, "") or "").strip().upper()
+    except Exception as exc:  # pydicom decodes lazily: a corrupt element raises on first access
+        raise InvalidStudyError(f"the DICOM {keyword} attribute cannot be decoded ({type(exc).__name__})") from exc
+    if not _CODE_STRING.fullmatch(value):
+        raise InvalidStudyError(f"the DICOM {keyword} attribute is malformed: expected up to 16 letters, digits or _")
+    return value or None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -72,7 +93,7 @@ class StudyFiles(Mapping[str, bytes]):
             try:
                 self._datasets[name] = pydicom.dcmread(io.BytesIO(self._files[name]))
             except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-                raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+                raise InvalidStudyError(f"not a readable DICOM file ({type(exc).__name__})") from exc
         return self._datasets[name]
 
     def header(self, name: str) -> DicomHeader:
@@ -82,10 +103,16 @@ class StudyFiles(Mapping[str, bytes]):
                 ds = self.dataset(name)
             except InvalidStudyError as exc:
                 raise InvalidStudyError(f"file {name!r} is not a readable DICOM file") from exc
+            try:
+                sop_class = str(ds.get("SOPClassUID", "") or "")
+            except Exception as exc:
+                raise InvalidStudyError(f"the DICOM SOPClassUID cannot be decoded ({type(exc).__name__})") from exc
+            if not _UID.fullmatch(sop_class):
+                raise InvalidStudyError("the DICOM SOPClassUID is malformed: expected a UID of digits and dots")
             self._headers[name] = DicomHeader(
-                sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
-                modality=str(ds.get("Modality", "")) or None,
-                body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
+                sop_class_uid=sop_class or None,
+                modality=code_string(ds, "Modality"),
+                body_part=code_string(ds, "BodyPartExamined"),
             )
         return self._headers[name]
 

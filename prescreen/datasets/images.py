@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from prescreen.config import get_settings
-from prescreen.datasets.files import ECG_SOP_CLASSES, looks_dicom, study_files
+from prescreen.datasets.files import ECG_SOP_CLASSES, code_string, looks_dicom, study_files
 from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError, UnsupportedStudyError
 
 FloatArray = npt.NDArray[np.float32]
@@ -82,7 +82,7 @@ def read_dicom_image(source: str | Path | bytes | pydicom.Dataset, max_pixels: i
         else:
             ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+        raise InvalidStudyError(f"not a readable DICOM file ({type(exc).__name__})") from exc
     try:
         return _image_from_dataset(ds, max_pixels)
     except PrescreenError:
@@ -93,7 +93,7 @@ def read_dicom_image(source: str | Path | bytes | pydicom.Dataset, max_pixels: i
 
 
 def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
-    modality = str(ds.get("Modality", "")) or None
+    modality = code_string(ds, "Modality")
     if str(ds.get("SOPClassUID", "")) in ECG_SOP_CLASSES:
         raise UnsupportedStudyError("this DICOM is an ECG waveform, not an image")
     if "PixelData" not in ds:
@@ -113,7 +113,7 @@ def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types: missing plugin, corrupt stream
         name = getattr(syntax, "name", str(syntax))
-        raise InvalidStudyError(f"pixel data ({name}) cannot be decoded: {exc}") from exc
+        raise InvalidStudyError(f"pixel data ({name}) cannot be decoded: {type(exc).__name__}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     samples = int(ds.get("SamplesPerPixel", 1))
     if n_frames == 1:
@@ -134,7 +134,7 @@ def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
     return ImageStudy(
         frames=frames,
         modality=modality,
-        body_part=str(ds.get("BodyPartExamined", "")).upper() or None,
+        body_part=code_string(ds, "BodyPartExamined"),
         source={
             "format": "dicom",
             "photometric": photometric,
@@ -249,7 +249,7 @@ def open_raster(data: bytes, max_pixels: int) -> Image.Image:
             check_png_complete(data, image)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidStudyError(f"not a readable PNG/JPEG image: {exc}") from exc
+        raise InvalidStudyError(f"not a readable PNG/JPEG image ({type(exc).__name__})") from exc
     return image
 
 

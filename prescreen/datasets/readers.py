@@ -77,7 +77,7 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
     try:
         head = wfdb.rdheader(str(path))
     except Exception as exc:  # wfdb raises bare ValueError/IndexError on bad headers
-        raise InvalidStudyError(f"WFDB header {header.name} cannot be parsed: {exc}") from exc
+        raise InvalidStudyError(f"WFDB header {header.name} cannot be parsed ({type(exc).__name__})") from exc
     _check_record_line(header)
     if isinstance(head, wfdb.MultiRecord) or not hasattr(head, "file_name"):
         raise InvalidStudyError(f"WFDB header {header.name} is a multi-segment record; send a single-segment record")
@@ -93,7 +93,7 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
     try:
         rec = wfdb.rdrecord(str(path), physical=True)
     except Exception as exc:
-        raise InvalidStudyError(f"WFDB record {path.name} cannot be decoded: {exc}") from exc
+        raise InvalidStudyError(f"WFDB record {path.name} cannot be decoded ({type(exc).__name__})") from exc
     sig = rec.p_signal
     if sig is None:
         raise InvalidStudyError(f"WFDB record {path.name} holds no signal")
@@ -161,7 +161,7 @@ def read_dicom_ecg(source: str | Path | bytes | pydicom.Dataset) -> EcgRecord:
         fileobj: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(fileobj)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidStudyError(f"not a readable DICOM file: {exc}") from exc
+        raise InvalidStudyError(f"not a readable DICOM file ({type(exc).__name__})") from exc
     try:
         return _ecg_from_dataset(ds)
     except PrescreenError:
@@ -186,7 +186,7 @@ def _ecg_from_dataset(ds: Any) -> EcgRecord:
         fs = float(group.SamplingFrequency)
         raw = np.asarray(ds.waveform_array(0), dtype=np.float64)  # samples × channels, scaled
     except Exception as exc:
-        raise InvalidStudyError(f"DICOM waveform data cannot be decoded: {exc}") from exc
+        raise InvalidStudyError(f"DICOM waveform data cannot be decoded ({type(exc).__name__})") from exc
     _check_rate(fs)
     channels = group.get("ChannelDefinitionSequence") or []
     names: list[str] = []

@@ -66,7 +66,7 @@ def dicom_meta(data: bytes, sender: str | None = None, institution: str | None =
     except InvalidStudyError:
         raise
     except InvalidDicomError as exc:
-        raise InvalidStudyError(f"not a DICOM file: {exc}") from exc
+        raise InvalidStudyError(f"not a DICOM file ({type(exc).__name__})") from exc
     except Exception as exc:  # pydicom decodes lazily and raises many kinds (unknown VR, bad lengths, ...)
         raise InvalidStudyError(f"a DICOM file that cannot be decoded ({type(exc).__name__})") from exc
 
