@@ -25,7 +25,8 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, evt, sop_class
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -50,6 +51,13 @@ TRANSFER_SYNTAXES = [
 
 ULTRASOUND_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.6"
 ULTRASOUND_MULTIFRAME_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.3"
+# pynetdicom knows no service class for retired SOP classes until told: both are plain storage
+for _uid, _keyword in (
+    (ULTRASOUND_IMAGE_STORAGE_RETIRED, "UltrasoundImageStorageRetired"),
+    (ULTRASOUND_MULTIFRAME_IMAGE_STORAGE_RETIRED, "UltrasoundMultiFrameImageStorageRetired"),
+):
+    if not hasattr(sop_class, _keyword):
+        sop_class.register_uid(_uid, _keyword, StorageServiceClass)
 
 STORAGE_CLASSES = [
     uid.ComputedRadiographyImageStorage,

@@ -230,22 +230,38 @@ def test_evaluation_and_report_cope_with_any_class_mix(kind: str, tmp_path: Path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ev = evaluate_probs(
-            task, labels, probs, 0.5, split="test", dataset_path="/x", dataset_digest="d" * 64, resamples=50
+            task,
+            labels,
+            probs,
+            0.5,
+            split="test",
+            dataset_path="/x",
+            dataset_digest="0123456789abcdef" * 4,
+            resamples=50,
         )
         doc = evaluation_json(task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0)
-        path = write_report(tmp_path, doc, truth, score)
+        folder = tmp_path / "new" / "folder"
+        path = write_report(folder, doc, truth, score)
     if kind == "both":
         assert ev.metrics["auroc"].value == 1.0
     else:
         assert ev.metrics["auroc"].value is None
         assert ev.metrics["auroc"].ci_low is None and ev.metrics["auroc"].ci_high is None
         assert "| AUROC | n/a | [n/a, n/a] |" in path.read_text()
-    assert ev.metrics["accuracy"].value == pytest.approx(
-        {"normal only": 10, "abnormal only": 20, "both": 30}[kind] / 30
-    )
-    assert (tmp_path / "evaluation.json").read_text() == json.dumps(doc, indent=2)
+    accuracy = ev.metrics["accuracy"]
+    assert accuracy.value == pytest.approx({"normal only": 10, "abnormal only": 20, "both": 30}[kind] / 30)
+    assert accuracy.ci_low is not None and accuracy.ci_high is not None
+    assert path == folder / "report.md"
+    text = path.read_text()
+    assert "(digest `0123456789abcdef`)" in text
+    verdict = "met" if kind == "both" else "**not met**"
+    assert f"- Target: accuracy ≥ 0.95 — {verdict} (accuracy {accuracy.value:.3f})" in text
+    assert f"- Challenge F1 (mean over normal, af, other): {ev.challenge_f1:.3f}" in text
+    assert f"| Accuracy | {accuracy.value:.3f} | [{accuracy.ci_low:.3f}, {accuracy.ci_high:.3f}] |" in text
+    assert doc["ci"] == "95 % percentile bootstrap" and f"- Intervals: {doc['ci']} (" in text
+    assert (folder / "evaluation.json").read_text() == json.dumps(doc, indent=2)
     for png in ("roc.png", "confusion.png"):
-        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
+        assert (folder / png).read_bytes().startswith(b"\x89PNG")
 
 
 # --- multi-class figures ---------------------------------------------------------------------------------------
