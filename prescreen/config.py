@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     max_image_frames: int = Field(512, description="Most frames of one image study")
+    max_instances_per_study: int = Field(
+        32, ge=1, description="Most instances screened per series; beyond it an evenly spaced sample, said so"
+    )
     max_decoded_bytes: int = Field(
         256 * 1024 * 1024,
         description="Largest image working size (rows x columns x frames x samples x 4 bytes, as 32-bit floats), "

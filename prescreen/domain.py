@@ -181,6 +181,11 @@ class Finding:
         series_uid: Series Instance UID of the screened series, once stored.
         created_at: when the result was stored.
         explanation_url: where the explanation overlay of a flagged image is (``/v1/screen`` only).
+        instance_uid: the instance whose score is the finding's (the highest of a multi-image
+            series): its SOP Instance UID, or its file name for a file without one.
+        instances_screened: how many instances were screened.
+        instances_total: how many the series holds; more than screened when the per-study budget
+            (``PRESCREEN_MAX_INSTANCES_PER_STUDY``) made the screening a representative sample.
     """
 
     task: str
@@ -194,6 +199,14 @@ class Finding:
     series_uid: str | None = None
     created_at: datetime | None = None
     explanation_url: str | None = None
+    instance_uid: str | None = None
+    instances_screened: int = 1
+    instances_total: int = 1
+
+    @property
+    def sampled(self) -> bool:
+        """Whether only a sample of the series' instances was screened."""
+        return self.instances_screened < self.instances_total
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,23 @@ class StudyFiles(Mapping[str, bytes]):
     def __len__(self) -> int:
         return len(self._files)
 
+    def subset(self, names: list[str]) -> StudyFiles:
+        """The files named, sharing the datasets and headers already read."""
+        part = StudyFiles({n: self._files[n] for n in names}, {n: h for n, h in self._headers.items() if n in names})
+        part._datasets = {n: d for n, d in self._datasets.items() if n in names}
+        return part
+
+    def instance_uid(self, name: str) -> str:
+        """The SOP Instance UID of a DICOM file, else the file's name."""
+        if looks_dicom(name, self._files[name]):
+            try:
+                uid = str(self.dataset(name).get("SOPInstanceUID", "") or "")
+            except Exception:  # an unreadable file is reported by its reader; here it is only named
+                uid = ""
+            if _UID.fullmatch(uid) and uid:
+                return uid
+        return name
+
     def dataset(self, name: str) -> pydicom.Dataset:
         """The whole DICOM dataset of file ``name`` (pixel data read, not decoded).
 

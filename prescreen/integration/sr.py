@@ -209,7 +209,12 @@ def _measurement_group(
     algorithm = hd.sr.AlgorithmIdentification(
         name=finding.model_name,
         version=finding.model_version,
-        parameters=[f"task={finding.task}", f"threshold={finding.threshold:g}"],
+        parameters=[
+            f"task={finding.task}",
+            f"threshold={finding.threshold:g}",
+            f"instances_screened={finding.instances_screened}/{finding.instances_total}"
+            + (" (a representative sample)" if finding.sampled else ""),
+        ],
         manufacturer=manufacturer,
     )
     evaluations = [hd.sr.QualitativeEvaluation(FINDING, ABNORMAL if finding.flagged else NORMAL)]
@@ -219,9 +224,11 @@ def _measurement_group(
             hd.sr.QualitativeEvaluation(MOST_LIKELY_CLASS, hd.sr.CodedConcept(label, PRIVATE_SCHEME, label))
         )
     score = hd.sr.Measurement(name=SCORE, value=float(finding.score), unit=SCORE_UNIT)
+    # the image whose score is the finding's is the measurement's source; without it, every image
+    driver = [ds for ds in series if str(ds.SOPInstanceUID) == finding.instance_uid and _is_image(ds)]
     images = [
         hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        for ds in series
+        for ds in (driver or series)
         if _is_image(ds)
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from prescreen.config import get_settings
-from prescreen.datasets.files import study_files
+from prescreen.datasets.files import StudyFiles, study_files
 from prescreen.domain import Finding
 from prescreen.errors import (
     ExplanationNotFoundError,
     InvalidStudyError,
     ModelError,
+    NotAssessableError,
     UnknownTaskError,
     UnsupportedStudyError,
 )
@@ -31,6 +32,25 @@ from prescreen.models.routing import route_task
 from prescreen.models.task import task_names
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def split_instances(files: StudyFiles) -> list[list[str]]:
+    """The instances of a study, each as the names of its files: a WFDB record is one instance (its
+    header with its signal files); any other file is one instance of its own, in name order."""
+    names = sorted(files)
+    if any(name.lower().endswith(".hea") for name in names):
+        return [names]
+    return [[name] for name in names]
+
+
+def sample_instances(total: int, budget: int) -> list[int]:
+    """Indices of the instances to screen: all of them within ``budget``, else ``budget`` of them
+    evenly spaced from first to last (a representative sample, in order)."""
+    if total <= budget:
+        return list(range(total))
+    if budget == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (budget - 1)) for i in range(budget)})
 
 
 class ScreeningEngine:
@@ -59,7 +79,9 @@ class ScreeningEngine:
             raise ModelError("no active model for any task; export and activate one first")
 
     def screen(self, files: Mapping[str, bytes], task: str | None = None) -> Finding:
-        """Screen one study (raises ``InvalidStudyError`` / ``UnsupportedStudyError``)."""
+        """Screen one study: each instance (every frame of it), within the per-study budget; the
+        finding is that of the instance with the highest flag score, naming it and how many were
+        screened (raises ``InvalidStudyError`` / ``UnsupportedStudyError``)."""
         if not files:
             raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
         empty = [n for n, data in files.items() if not data]
@@ -72,8 +94,23 @@ class ScreeningEngine:
             raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
         if model is None:
             raise UnsupportedStudyError(f"no active model for task {name!r}; known: {', '.join(self.models)}")
-        x = model.task.preprocess(model.task.read_files(files))
-        result = model.screen_signal(x)
+        instances = split_instances(files)
+        chosen = sample_instances(len(instances), get_settings().max_instances_per_study)
+        screened: list[tuple[Finding, FloatArray]] = []
+        not_assessable: list[NotAssessableError] = []
+        for index in chosen:
+            part = files.subset(instances[index])
+            try:
+                x = model.task.preprocess(model.task.read_files(part))
+            except NotAssessableError as exc:  # one blank image of many: the others decide
+                not_assessable.append(exc)
+                continue
+            finding = model.screen_signal(x)
+            screened.append((dataclasses.replace(finding, instance_uid=part.instance_uid(instances[index][0])), x))
+        if not screened:
+            raise not_assessable[0]
+        result, x = max(screened, key=lambda pair: pair[0].score)  # the first of equal scores
+        result = dataclasses.replace(result, instances_screened=len(screened), instances_total=len(instances))
         if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
             name = self._keep_for_explanation(x[0], result)
             result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")

@@ -33,6 +33,9 @@ class FindingOut(BaseModel):
     threshold: float
     explanation_url: str | None = None
     created_at: datetime | None = None
+    instance_uid: str | None = None
+    instances_screened: int = 1
+    instances_total: int = 1
 
     @classmethod
     def of(cls, finding: Finding) -> FindingOut:
@@ -46,6 +49,9 @@ class FindingOut(BaseModel):
             threshold=finding.threshold,
             explanation_url=finding.explanation_url,
             created_at=finding.created_at,
+            instance_uid=finding.instance_uid,
+            instances_screened=finding.instances_screened,
+            instances_total=finding.instances_total,
         )
 
 

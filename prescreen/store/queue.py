@@ -300,6 +300,9 @@ def _result_row(job: ClaimedJob, finding: Finding) -> Result:
         score=float(finding.score),
         threshold=float(finding.threshold),
         probabilities={k: float(v) for k, v in finding.probabilities.items()},
+        instance_uid=finding.instance_uid,
+        instances_screened=finding.instances_screened,
+        instances_total=finding.instances_total,
     )
 
 

@@ -118,6 +118,10 @@ class Result(Base):
     score: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the instance (SOP Instance UID, or file name) whose score is the series' score
+    instance_uid: Mapped[str | None] = mapped_column(String(128))
+    instances_screened: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    instances_total: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

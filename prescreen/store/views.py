@@ -36,6 +36,9 @@ class FindingRow(TypedDict):
     threshold: float
     probabilities: dict[str, float]
     created_at: str | None
+    instance_uid: str | None
+    instances_screened: int
+    instances_total: int
 
 
 class StudyFields(TypedDict):
@@ -197,6 +200,9 @@ def findings_of(session: Session, study_id: str) -> list[Finding]:
             threshold=result.threshold,
             probabilities={str(k): float(v) for k, v in result.probabilities.items()},
             created_at=as_utc(result.created_at),
+            instance_uid=result.instance_uid,
+            instances_screened=result.instances_screened,
+            instances_total=result.instances_total,
         )
     return list(latest.values())
 
@@ -253,6 +259,9 @@ def _finding_json(finding: Finding) -> FindingRow:
         "threshold": finding.threshold,
         "probabilities": finding.probabilities,
         "created_at": _iso(finding.created_at),
+        "instance_uid": finding.instance_uid,
+        "instances_screened": finding.instances_screened,
+        "instances_total": finding.instances_total,
     }
 
 
