@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     max_instances_per_study: int = Field(
         32, ge=1, description="Most instances screened per series; beyond it an evenly spaced sample, said so"
     )
+    max_screen_record_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest record /v1/screen screens in the request (413 above): long recordings (Holter) go "
+        "to the queue through /v1/studies",
+    )
+    max_concurrent_screens: int = Field(
+        2, ge=1, description="Studies /v1/screen decodes and screens at once in one process; others wait"
+    )
+    screen_wait_seconds: float = Field(
+        10.0, ge=0, description="How long a /v1/screen request waits for a free slot before a 503 with Retry-After"
+    )
     max_decoded_bytes: int = Field(
         256 * 1024 * 1024,
         description="Largest image working size (rows x columns x frames x samples x 4 bytes, as 32-bit floats), "

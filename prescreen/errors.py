@@ -65,6 +65,11 @@ class ServiceUnavailableError(PrescreenError):
     """The service cannot answer yet (starting: models not loaded, store not open); HTTP 503."""
 
 
+class ServiceBusyError(ServiceUnavailableError):
+    """Every screening slot is taken and none came free in time; try again shortly (HTTP 503 with
+    ``Retry-After``)."""
+
+
 class BlobNotFoundError(PrescreenError):
     """No blob with that key."""
 

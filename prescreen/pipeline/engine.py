@@ -22,6 +22,7 @@ from prescreen.errors import (
     InvalidStudyError,
     ModelError,
     NotAssessableError,
+    StudyTooLargeError,
     UnknownTaskError,
     UnsupportedStudyError,
 )
@@ -32,6 +33,15 @@ from prescreen.models.routing import route_task
 from prescreen.models.task import task_names
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check_duration(study: object, max_seconds: float | None) -> None:
+    duration = getattr(study, "duration_seconds", None)
+    if max_seconds is not None and duration is not None and duration > max_seconds:
+        raise StudyTooLargeError(
+            f"the record lasts {duration / 60:.0f} min; /v1/screen screens up to {max_seconds / 60:.0f} min in the "
+            "request: send long recordings to /v1/studies, which screens them in the queue"
+        )
 
 
 def split_instances(files: StudyFiles) -> list[list[str]]:
@@ -78,10 +88,18 @@ class ScreeningEngine:
         if not self.models:
             raise ModelError("no active model for any task; export and activate one first")
 
-    def screen(self, files: Mapping[str, bytes], task: str | None = None) -> Finding:
+    def screen(
+        self, files: Mapping[str, bytes], task: str | None = None, *, max_seconds: float | None = None
+    ) -> Finding:
         """Screen one study: each instance (every frame of it), within the per-study budget; the
         finding is that of the instance with the highest flag score, naming it and how many were
-        screened (raises ``InvalidStudyError`` / ``UnsupportedStudyError``)."""
+        screened (raises ``InvalidStudyError`` / ``UnsupportedStudyError``).
+
+        Args:
+            files: the study's files by name.
+            task: the task to use; chosen from the content when ``None``.
+            max_seconds: refuse (``StudyTooLargeError``) a record longer than this before screening it.
+        """
         if not files:
             raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
         empty = [n for n, data in files.items() if not data]
@@ -101,7 +119,9 @@ class ScreeningEngine:
         for index in chosen:
             part = files.subset(instances[index])
             try:
-                x = model.task.preprocess(model.task.read_files(part))
+                study = model.task.read_files(part)
+                _check_duration(study, max_seconds)
+                x = model.task.preprocess(study)
             except NotAssessableError as exc:  # one blank image of many: the others decide
                 not_assessable.append(exc)
                 continue

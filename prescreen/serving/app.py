@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
@@ -9,11 +10,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
-from prescreen.errors import InvalidStudyError, StudyTooLargeError
+from prescreen.errors import InvalidStudyError, ServiceBusyError, StudyTooLargeError
 from prescreen.pipeline.engine import ScreeningEngine
 from prescreen.serving.auth import Permission, needs
 from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
+from prescreen.serving.process import release_memory
 from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, StatusOut
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
@@ -23,13 +25,17 @@ health_router = APIRouter(tags=["health"])
 
 @screen_router.post("/screen", dependencies=needs(Permission.SCREEN), response_model_exclude_none=True)
 def screen(
+    request: Request,
     engine: EngineDep,
     file: Annotated[
-        list[UploadFile] | None, File(description="A WFDB .hea with its .dat/.mat, or one DICOM ECG")
+        list[UploadFile] | None,
+        File(description="A WFDB .hea with its .dat/.mat, DICOM files of one study, or one PNG/JPEG"),
     ] = None,
     task: Annotated[str | None, Form(description="Task name; chosen from the content when absent")] = None,
 ) -> FindingOut:
-    """Screen one study sent as multipart files (field name ``file``, repeated)."""
+    """Screen one study sent as multipart files (field name ``file``, repeated). At most
+    ``PRESCREEN_MAX_CONCURRENT_SCREENS`` are screened at once; a request that finds no slot within
+    ``PRESCREEN_SCREEN_WAIT_SECONDS`` gets 503 with ``Retry-After``."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}
     for upload in file or []:
@@ -41,7 +47,16 @@ def screen(
         files[name] = upload.file.read(limit + 1)
         if sum(len(v) for v in files.values()) > limit:
             raise StudyTooLargeError(f"the upload exceeds the limit of {limit} bytes")
-    return FindingOut.of(engine.screen(files, task))
+    settings = get_settings()
+    slots: threading.BoundedSemaphore = request.app.state.screen_slots
+    if not slots.acquire(timeout=settings.screen_wait_seconds):
+        raise ServiceBusyError(f"all {settings.max_concurrent_screens} screening slots are busy; try again shortly")
+    try:
+        finding = engine.screen(files, task, max_seconds=settings.max_screen_record_seconds)
+    finally:
+        slots.release()
+        release_memory()
+    return FindingOut.of(finding)
 
 
 @screen_router.get("/explanations/{name}.png", dependencies=needs(Permission.SCREEN))
@@ -115,6 +130,8 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     """The REST API; ``engine`` may be attached later (``app.state.engine``)."""
     app = FastAPI(title="prescreen", version="0.1.0", description="AI pre-screening of medical studies")
     app.state.engine = engine
+    # at most this many studies are decoded and screened at once: memory and CPU stay bounded
+    app.state.screen_slots = threading.BoundedSemaphore(get_settings().max_concurrent_screens)
     install_error_handlers(app)
     from prescreen.serving.dicomweb import dicomweb_router
     from prescreen.serving.pages import pages_router

@@ -111,8 +111,10 @@ _bearer = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
 
 def caller(request: Request, token: Annotated[str | None, Depends(_bearer)]) -> Principal | None:
-    """The signed-in user (bearer token or session cookie), or ``None`` for an anonymous call."""
-    cookie = None if token else request.cookies.get(SESSION_COOKIE)
+    """The signed-in user, or ``None`` for an anonymous call. The ``/v1`` API takes bearer tokens
+    only; the session cookie counts for the pages (``/ui``), whose forms are checked for their origin:
+    a cookie alone, sent by a browser from another site, opens no API route."""
+    cookie = None if token or not request.url.path.startswith("/ui/") else request.cookies.get(SESSION_COOKIE)
     if not token and not cookie:
         return None
     sessions = getattr(request.app.state, "ingestor", None)

@@ -32,6 +32,9 @@ from prescreen.errors import (
 log = logging.getLogger(__name__)
 
 
+RETRY_AFTER_SECONDS = 5
+
+
 def error_response(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail})
 
@@ -71,6 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(status, code, str(exc))
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     @app.exception_handler(RequestValidationError)

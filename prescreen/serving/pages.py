@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from importlib.resources import files
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -59,7 +59,27 @@ from prescreen.store.users import Principal, authenticate, sign_out_everywhere, 
 from prescreen.store.views import preview_files, study_detail
 from prescreen.store.worklist import ItemSummary, check_access, count_open, list_worklist, load_item
 
-pages_router = APIRouter(prefix="/ui", include_in_schema=False)
+
+def same_origin(request: Request) -> None:
+    """Refuse a state-changing form posted from another site (CSRF): the browser's ``Origin`` (or,
+    without it, ``Referer``) must name this host. SameSite=Strict alone does not cover a page on
+    another port of the same host. Callers that send neither (not a browser) carry no ambient
+    cookie risk and pass.
+
+    Raises:
+        ForbiddenError: a cross-origin POST.
+    """
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return
+    origin = urlsplit(source)
+    if source == "null" or (origin.scheme, origin.netloc) != (request.url.scheme, request.url.netloc):
+        raise ForbiddenError("a form posted from another site is refused (cross-site request)")
+
+
+pages_router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(same_origin)])
 
 FLASH_COOKIE = "prescreen_flash"
 LIST_LIMIT = 100

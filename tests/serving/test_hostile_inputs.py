@@ -176,3 +176,46 @@ def test_error_details_name_no_server_path(client: TestClient, shared_data: Path
     r = client.post("/v1/screen", files=[("file", ("A00001.hea", hea)), ("file", ("A00001.dat", b"\x01\x02"))])
     assert r.status_code == 400, r.text
     assert "/tmp" not in r.json()["detail"] and "prescreen-" not in r.json()["detail"], r.json()
+
+
+def wfdb_record(tmp_path: Path, seconds: float, fs: int = 300) -> list[tuple[str, tuple[str, bytes]]]:
+    import wfdb
+
+    t = np.arange(int(seconds * fs)) / fs
+    signal = (np.sin(2 * np.pi * 1.2 * t) * 0.8 + 0.05 * np.random.default_rng(0).normal(size=t.size))[:, None]
+    wfdb.wrsamp("long", fs=fs, units=["mV"], sig_name=["II"], p_signal=signal, fmt=["16"], write_dir=str(tmp_path))
+    return [("file", (name, (tmp_path / name).read_bytes())) for name in ("long.hea", "long.dat")]
+
+
+def test_a_record_longer_than_the_request_limit_is_413_naming_the_queue(
+    engine: ScreeningEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prescreen.config import get_settings
+
+    monkeypatch.setenv("PRESCREEN_MAX_SCREEN_RECORD_SECONDS", "120")
+    get_settings.cache_clear()
+    client = TestClient(create_app(engine))
+    assert client.post("/v1/screen", files=wfdb_record(tmp_path, 60)).status_code == 200
+    r = client.post("/v1/screen", files=wfdb_record(tmp_path, 600))
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "too_large" and "/v1/studies" in r.json()["detail"]
+
+
+def test_a_request_finding_every_slot_busy_gets_503_with_retry_after(
+    engine: ScreeningEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prescreen.config import get_settings
+
+    monkeypatch.setenv("PRESCREEN_MAX_CONCURRENT_SCREENS", "1")
+    monkeypatch.setenv("PRESCREEN_SCREEN_WAIT_SECONDS", "0.2")
+    get_settings.cache_clear()
+    app = create_app(engine)
+    client = TestClient(app)
+    record = wfdb_record(tmp_path, 30)
+    assert app.state.screen_slots.acquire(timeout=1)  # another request is screening
+    try:
+        r = client.post("/v1/screen", files=record)
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "5"), r.text
+    finally:
+        app.state.screen_slots.release()
+    assert client.post("/v1/screen", files=record).status_code == 200

@@ -177,7 +177,9 @@ def test_login_sets_an_httponly_strict_cookie(site: Site) -> None:
     assert page.status_code == 200 and "Li Wei" in page.text and "Cardiology" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
-    assert client.get("/v1/auth/me").json()["login"] == "liwei"  # the API takes the same cookie
+    # the API takes bearer tokens only: the page's cookie alone opens no /v1 route (CSRF)
+    me = client.get("/v1/auth/me")
+    assert me.status_code == 401, me.text
 
 
 def test_wrong_password_shows_the_form_again_with_401(site: Site) -> None:
@@ -433,3 +435,16 @@ def test_signing_unchanged_text_saves_no_new_draft(site: Site, tmp_path: Path) -
     page = liwei.get(f"/ui/items/{item}").text
     assert 'data-state="awaiting_review"' in page and "AI: disagrees" in page
     assert re.findall(r'<td data-action="(\w+)">', page) == ["claim", "draft", "sign"]
+
+
+def test_a_form_posted_from_another_site_is_refused(site: Site, tmp_path: Path) -> None:
+    """CSRF: a page on another port of the same host posts a claim with the reader's cookie."""
+    item, _ = ecg_item(site, tmp_path)
+    liwei = site.signed_in("liwei")
+    for header in ({"Origin": "http://127.0.0.1:8666"}, {"Referer": "http://evil.example/page"}, {"Origin": "null"}):
+        evil = liwei.post(f"/ui/items/{item}/claim", headers=header)
+        assert evil.status_code == 403, (header, evil.text)
+    assert 'data-state="unread"' in liwei.get(f"/ui/items/{item}").text  # nothing happened
+    own = liwei.post(f"/ui/items/{item}/claim", headers={"Origin": "http://testserver"})
+    assert own.status_code == 303, own.text
+    assert 'data-state="claimed"' in liwei.get(f"/ui/items/{item}").text
