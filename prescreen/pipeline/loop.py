@@ -48,6 +48,11 @@ class StepLoop:
             if not self.run_round():
                 self._stop.wait(self.poll_seconds)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop's thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()

@@ -15,6 +15,7 @@ from prescreen.pipeline.engine import ScreeningEngine
 from prescreen.serving.auth import Permission, needs
 from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
+from prescreen.serving.openapi import install_openapi
 from prescreen.serving.process import release_memory
 from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, StatusOut
 
@@ -133,6 +134,7 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     # at most this many studies are decoded and screened at once: memory and CPU stay bounded
     app.state.screen_slots = threading.BoundedSemaphore(get_settings().max_concurrent_screens)
     install_error_handlers(app)
+    install_openapi(app)
     from prescreen.serving.dicomweb import dicomweb_router
     from prescreen.serving.pages import pages_router
     from prescreen.serving.studies import studies_router

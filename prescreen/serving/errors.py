@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.errors import (
@@ -89,12 +90,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "the service failed on this request; it keeps serving")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, PrescreenError):  # e.g. the upload limit hit while parsing the form
             status, error = status_for(exc.__cause__)
             return error_response(status, error, str(exc.__cause__))
         codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+        response = error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the routes of this request's path take (for a 405's ``Allow``, RFC 9110)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 class CatchAll:

@@ -34,6 +34,12 @@ class Prescreen:
         api.state.engine = self.engine
         api.state.ingestor = self.runtime.ingestor
 
+    def __is_ready__(self) -> bool:
+        """Readiness is the app's: models loaded, the study store open, the background loops running
+        (BentoML answers ``/readyz`` itself and asks this)."""
+        loops_alive = all(loop.alive for loop in self.runtime.loops)
+        return api.state.engine is not None and getattr(api.state, "ingestor", None) is not None and loops_alive
+
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def shutdown(self) -> None:
         self.runtime.stop()
