@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     dicom_network_timeout_seconds: float = Field(60.0, gt=0, description="An association silent this long is aborted")
     dicom_max_associations: int = Field(64, ge=1, description="Concurrent associations the DICOM listener serves")
+    dicom_max_associations_per_address: int = Field(
+        16, ge=1, description="Concurrent connections from one address; more are closed, so one host cannot take all"
+    )
     study_quiet_seconds: float = Field(10.0, description="A study is complete after this long with no new instance")
     worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")
     worker_poll_seconds: float = Field(0.5, description="How often an idle worker looks for work")

@@ -150,6 +150,28 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
+def limit_per_address(server: ThreadedAssociationServer, limit: int) -> None:
+    """Close a new connection from an address that already holds ``limit`` associations (open or
+    still negotiating), so that one host cannot take every slot and well-behaved senders keep one."""
+
+    def verify_request(_request: object, client_address: tuple[str, int] | str) -> bool:
+        host = client_address[0] if isinstance(client_address, tuple) else client_address
+        held = sum(1 for assoc in server.active_associations if _peer_host(assoc) == host)
+        if held >= limit:
+            log.warning("closed a connection: its address already holds %d associations", held)
+            return False
+        return True
+
+    server.verify_request = verify_request  # type: ignore[method-assign,assignment]
+
+
+def _peer_host(assoc: Any) -> str | None:
+    try:
+        return str(assoc.requestor.address)
+    except (AttributeError, ValueError):  # not yet known
+        return None
+
+
 def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = None) -> ThreadedAssociationServer | None:
     """Start listening (non-blocking); ``None`` when ``PRESCREEN_DICOM_PORT`` is 0."""
     if settings.dicom_port == 0:
@@ -159,5 +181,7 @@ def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = No
     handlers: list[Any] = [(evt.EVT_C_STORE, _handle_store, [ingestor, limit]), (evt.EVT_C_ECHO, _handle_echo)]
     address = (host or settings.host, settings.dicom_port)
     server = ae.start_server(address, block=False, evt_handlers=handlers)
+    assert server is not None  # non-blocking: the running server
+    limit_per_address(server, settings.dicom_max_associations_per_address)
     log.info("DICOM listener %s on %s:%d", settings.dicom_ae_title, *address)
     return server

@@ -107,3 +107,33 @@ def test_retired_ultrasound_sop_classes_are_stored(listener, shared_data: Path, 
     with ingestor.sessions() as session:
         stored = session.query(Instance).one()
     assert (stored.sop_instance_uid, stored.sop_class_uid) == (ds.SOPInstanceUID, sop_class)
+
+
+def test_one_address_cannot_take_every_slot(tmp_path: Path) -> None:
+    """With 4 connections per address, a fifth from the same host is closed at once, while another
+    host (127.0.0.2, also loopback) still associates."""
+    settings = Settings(
+        dicom_port=free_port(),
+        dicom_ae_title=AE_TITLE,
+        home=tmp_path,
+        dicom_acse_timeout_seconds=30.0,
+        dicom_max_associations_per_address=4,
+    )
+    server = start_listener(open_store(settings), settings, host=HOST)
+    assert server is not None
+    idle = [socket.create_connection((HOST, settings.dicom_port)) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        extra = socket.create_connection((HOST, settings.dicom_port))
+        extra.settimeout(5)
+        assert extra.recv(1) == b""  # closed by the listener without a word
+        extra.close()
+        other = AE(ae_title="OTHERHOST")
+        other.add_requested_context(Verification)
+        assoc = other.associate(HOST, settings.dicom_port, ae_title=AE_TITLE, bind_address=("127.0.0.2", 0))
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        for conn in idle:
+            conn.close()
+        server.shutdown()
