@@ -31,11 +31,6 @@ class EcgRecord:
     lead_names: tuple[str, ...]
     source: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def duration_seconds(self) -> float:
-        """How long the record is."""
-        return float(self.signal.shape[1] / self.fs)
-
     def __post_init__(self) -> None:
         if self.signal.ndim != 2:
             raise InvalidStudyError(f"expected an ECG of shape (leads, samples), got {self.signal.ndim} dimensions")

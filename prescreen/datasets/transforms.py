@@ -99,6 +99,24 @@ class MinDuration:
         return record
 
 
+MIN_PEAK_TO_PEAK_MV = 0.05
+MAX_RAIL_FRACTION = 0.2
+
+
+def assess_ecg(record: EcgRecord) -> str | None:
+    """Why the lead the rhythm task reads holds nothing to judge, or ``None`` when it does: a flat
+    lead (under 0.05 mV peak to peak) or a saturated one (over 20 % of its samples on the rails)."""
+    x = SelectLead()(record).signal[0]
+    low, high = float(x.min()), float(x.max())
+    if high - low < MIN_PEAK_TO_PEAK_MV:
+        return f"the ECG lead {record.lead_names[0] if record.n_leads == 1 else 'II'} is flat"
+    tolerance = (high - low) * 1e-4
+    on_rails = float(np.mean((x <= low + tolerance) | (x >= high - tolerance)))
+    if on_rails > MAX_RAIL_FRACTION:
+        return f"the ECG lead is saturated: {on_rails:.0%} of its samples sit at the amplifier's limits"
+    return None
+
+
 @dataclass(frozen=True)
 class Standardize:
     """Per-record z-score of the (single-lead) signal, clipped to ±``clip``; returns a 1-D array."""

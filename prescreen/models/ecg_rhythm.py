@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from prescreen.datasets.collections import LabelledSet, load_cinc2017
+from prescreen.datasets.ecg import EcgRecord
 from prescreen.datasets.files import ECG_SOP_CLASSES
 from prescreen.datasets.readers import read_ecg_files
-from prescreen.datasets.transforms import CropOrPad, FloatArray, Windows, augment_ecg, ecg_preprocess
+from prescreen.datasets.transforms import CropOrPad, FloatArray, Windows, assess_ecg, augment_ecg, ecg_preprocess
 from prescreen.domain import FileKind
+from prescreen.errors import NotAssessableError
 from prescreen.models.networks import ResNet1d
 from prescreen.models.task import Accepts, Task, register
 
@@ -49,6 +52,15 @@ def _load(folder: Path, cache_dir: Path | None, progress: bool, purpose: str = "
     return load_cinc2017(folder, CLASSES, _PREPROCESS, spec, cache_dir, progress)
 
 
+def read_for_screening(files: Mapping[str, bytes]) -> EcgRecord:
+    """Read an uploaded ECG and refuse one without content to judge (``NotAssessableError``)."""
+    record = read_ecg_files(files)
+    reason = assess_ecg(record)
+    if reason is not None:
+        raise NotAssessableError(f"not assessable: {reason}")
+    return record
+
+
 @register("ecg-rhythm")
 def ecg_rhythm() -> Task:
     return Task(
@@ -58,7 +70,7 @@ def ecg_rhythm() -> Task:
         input_spec=INPUT_SPEC,
         default_data="cinc2017",
         accepts=Accepts((FileKind.WFDB, FileKind.DICOM_WAVEFORM), sop_classes=tuple(ECG_SOP_CLASSES)),
-        read_files=read_ecg_files,
+        read_files=read_for_screening,
         preprocess=_PREPROCESS,
         windows=Windows(LENGTH, LENGTH // 2),
         train_view=_train_view,

@@ -36,7 +36,7 @@ EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _check_duration(study: object, max_seconds: float | None) -> None:
-    duration = getattr(study, "duration_seconds", None)
+    duration = getattr(study, "duration_s", None)
     if max_seconds is not None and duration is not None and duration > max_seconds:
         raise StudyTooLargeError(
             f"the record lasts {duration / 60:.0f} min; /v1/screen screens up to {max_seconds / 60:.0f} min in the "

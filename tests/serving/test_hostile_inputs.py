@@ -219,3 +219,26 @@ def test_a_request_finding_every_slot_busy_gets_503_with_retry_after(
     finally:
         app.state.screen_slots.release()
     assert client.post("/v1/screen", files=record).status_code == 200
+
+
+def wfdb_signal(tmp_path: Path, signal: np.ndarray, fs: int = 300) -> list[tuple[str, tuple[str, bytes]]]:
+    import wfdb
+
+    wfdb.wrsamp(
+        "ecg", fs=fs, units=["mV"], sig_name=["II"], p_signal=signal[:, None], fmt=["16"], write_dir=str(tmp_path)
+    )
+    return [("file", (name, (tmp_path / name).read_bytes())) for name in ("ecg.hea", "ecg.dat")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("flat", "the ECG lead II is flat"), ("saturated", "the ECG lead is saturated")],
+)
+def test_a_flat_or_saturated_ecg_is_not_assessable(client: TestClient, tmp_path: Path, kind: str, reason: str) -> None:
+    t = np.arange(30 * 300) / 300
+    flat = 0.001 * np.sin(2 * np.pi * t)
+    clipped = np.clip(3.0 * np.sin(2 * np.pi * 1.1 * t), -1.0, 1.0)  # an amplifier on its rails half the time
+    signal = flat if kind == "flat" else clipped
+    r = client.post("/v1/screen", files=wfdb_signal(tmp_path, signal))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "not_assessable" and r.json()["detail"].startswith(f"not assessable: {reason}")
