@@ -247,6 +247,8 @@ def test_finding_json_shape() -> None:
         "score": 0.8,
         "probabilities": {"normal": 0.1, "benign": 0.1, "malignant": 0.8},
         "threshold": 0.46,
+        "instances_screened": 1,
+        "instances_total": 1,
     }
     with_url = finding_json(dataclasses.replace(finding, explanation_url="/v1/explanations/x.png"))
     assert with_url == {**body, "explanation_url": "/v1/explanations/x.png"}
