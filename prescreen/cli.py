@@ -260,18 +260,21 @@ def serve(
     """Start the service: the REST API under /v1 (BentoML), the screening workers and the DICOM
     listener (AE PRESCREEN on port 11112 unless PRESCREEN_DICOM_AE_TITLE / PRESCREEN_DICOM_PORT say
     otherwise; port 0 turns it off)."""
+    import gc
     import signal
     import subprocess
 
     from prescreen.models.model_store import ModelStore
     from prescreen.pipeline.engine import ScreeningEngine
     from prescreen.pipeline.runtime import load_routing_rules
-    from prescreen.serving.process import die_with_parent, restrict_to_owner
+    from prescreen.serving.process import die_with_parent, release_memory, restrict_to_owner
 
     settings = get_settings()
     restrict_to_owner(settings.home)  # a home made before umask 077 (an older version) is closed too
     ScreeningEngine(ModelStore())  # fail here, with one line, if no model can be loaded
     load_routing_rules(settings)  # and here, naming the rule, if the routing rules are invalid
+    gc.collect()  # the check's models are not needed while this process only waits on the server
+    release_memory()
     cmd = [
         sys.executable,
         "-m",
