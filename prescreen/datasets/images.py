@@ -27,6 +27,11 @@ from prescreen.config import get_settings
 from prescreen.datasets.files import ECG_SOP_CLASSES, code_string, looks_dicom, study_files
 from prescreen.errors import InvalidStudyError, PrescreenError, StudyTooLargeError, UnsupportedStudyError
 
+# Pillow's own bomb guard warns above 89 M pixels and refuses above 179 M as an unreadable file (a
+# 400); this module refuses oversized images itself, from the header and before decoding, with a
+# 413 that names the limit (PRESCREEN_MAX_IMAGE_PIXELS, PRESCREEN_MAX_DECODED_BYTES)
+Image.MAX_IMAGE_PIXELS = None
+
 FloatArray = npt.NDArray[np.float32]
 MIN_SIDE = 16
 

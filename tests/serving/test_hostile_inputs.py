@@ -99,6 +99,14 @@ def test_a_png_bomb_is_413_before_decoding(client: TestClient) -> None:
     assert (r.status_code, r.json()["error"]) == (413, "too_large"), r.text
 
 
+def test_a_png_over_pillows_own_limit_is_413_not_an_unreadable_file(client: TestClient) -> None:
+    """20000 x 20000 is over Pillow's bomb limit (179 M pixels): the service's own limits answer."""
+    r = client.post(
+        "/v1/screen", files=[("file", ("big.png", truncated_png(20000, 20000, 1)))], data={"task": "breast-us"}
+    )
+    assert (r.status_code, r.json()["error"]) == (413, "too_large"), r.text
+
+
 def test_a_truncated_png_is_400(client: TestClient) -> None:
     r = client.post(
         "/v1/screen", files=[("file", ("t.png", truncated_png(4000, 4000, 10)))], data={"task": "breast-us"}
