@@ -112,7 +112,7 @@ class OrderPriority(StrEnum):
         found = ORDER_PRIORITY_ALIASES.get(value.strip().upper())
         if found is None:
             aliases = [a for a in ORDER_PRIORITY_ALIASES if a not in cls.__members__]
-            raise ValueError(f"order priority must be one of {', '.join(cls)} (or {', '.join(aliases)})")
+            raise ValueError(f"order_priority must be one of {', '.join(cls)} (or {', '.join(aliases)})")
         return found
 
     @property

@@ -112,7 +112,8 @@ def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
         raise StudyTooLargeError(f"image has {n_frames} frames; the limit is {max_frames}")
     if rows * cols * n_frames > max_pixels:
         raise StudyTooLargeError(f"image has {rows * cols * n_frames} pixels; the limit is {max_pixels}")
-    check_decoded_size(rows * cols * n_frames * max(int(ds.get("SamplesPerPixel", 1) or 1), 1))
+    samples = max(int(ds.get("SamplesPerPixel", 1) or 1), 1)
+    check_decoded_size(rows * cols * n_frames * samples)
     syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     try:
         arr = np.asarray(ds.pixel_array)
@@ -120,7 +121,6 @@ def _image_from_dataset(ds: Any, max_pixels: int) -> ImageStudy:
         name = getattr(syntax, "name", str(syntax))
         raise InvalidStudyError(f"pixel data ({name}) cannot be decoded: {type(exc).__name__}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    samples = int(ds.get("SamplesPerPixel", 1))
     if n_frames == 1:
         arr = arr[None, ...]
     if photometric == "PALETTE COLOR":

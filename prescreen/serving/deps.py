@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -15,27 +15,27 @@ from prescreen.store.ingest import Ingestor
 from prescreen.triage.priority import SlaTargets
 
 
-def get_engine(request: Request) -> ScreeningEngine:
-    """The app's screening engine (``app.state.engine``).
+def _started(request: Request, name: str, what: str) -> Any:
+    """``app.state.<name>``, set once the service has started.
 
     Raises:
-        ServiceUnavailableError: the service is starting and its models are not loaded yet (503).
+        ServiceUnavailableError: the service is starting and ``what`` is not ready yet (503).
     """
-    engine: ScreeningEngine | None = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise ServiceUnavailableError("the service is starting: models are not loaded yet")
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise ServiceUnavailableError(f"the service is starting: {what}")
+    return value
+
+
+def get_engine(request: Request) -> ScreeningEngine:
+    """The app's screening engine (``app.state.engine``)."""
+    engine: ScreeningEngine = _started(request, "engine", "models are not loaded yet")
     return engine
 
 
 def get_ingestor(request: Request) -> Ingestor:
-    """The app's study store (``app.state.ingestor``).
-
-    Raises:
-        ServiceUnavailableError: the service is starting and its store is not open yet (503).
-    """
-    ingestor: Ingestor | None = getattr(request.app.state, "ingestor", None)
-    if ingestor is None:
-        raise ServiceUnavailableError("the service is starting: the study store is not open yet")
+    """The app's study store (``app.state.ingestor``)."""
+    ingestor: Ingestor = _started(request, "ingestor", "the study store is not open yet")
     return ingestor
 
 

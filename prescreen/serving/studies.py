@@ -79,7 +79,7 @@ def upload_study(
     try:
         priority = OrderPriority.parse(order_priority)
     except ValueError as exc:
-        raise InvalidStudyError(str(exc).replace("order priority", "order_priority", 1)) from None
+        raise InvalidStudyError(str(exc)) from None
     files = _read_uploads(file)
     limit = get_settings().max_upload_bytes
     if sum(len(v) for v in files.values()) > limit:

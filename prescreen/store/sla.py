@@ -15,7 +15,6 @@ from typing_extensions import TypedDict  # pydantic (the API's response models) 
 from prescreen.domain import Priority
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema_triage import Escalation, WorklistItem
-from prescreen.store.worklist import as_priority
 from prescreen.triage.priority import SlaTargets
 
 
@@ -104,7 +103,7 @@ def turnaround_stats(session: Session, targets: SlaTargets) -> list[TurnaroundGr
     out: list[TurnaroundGroup] = []
     for (worklist, priority), minutes in sorted(groups.items()):
         minutes.sort()
-        target = targets.target(as_priority(priority)).total_seconds() / 60
+        target = targets.target(Priority(priority)).total_seconds() / 60
         out.append(
             {
                 "worklist": worklist,

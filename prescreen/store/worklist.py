@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
-from prescreen.domain import SCREENING_OUTCOMES, Priority
+from prescreen.domain import SCREENING_OUTCOMES
 from prescreen.errors import ForbiddenError, NotFoundError
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema import Result, Study
@@ -215,14 +215,6 @@ def load_item(session: Session, item_id: str, *, for_update: bool = False) -> tu
 def check_access(user: Principal, worklist: str) -> None:
     if not user.is_admin and worklist not in user.specialties:
         raise ForbiddenError(f"worklist {worklist!r} is not among your specialties ({', '.join(user.specialties)})")
-
-
-def as_priority(value: str) -> Priority:
-    """A stored priority as :class:`Priority` (raises ``ValueError`` naming the levels)."""
-    try:
-        return Priority(value)
-    except ValueError:
-        raise ValueError(f"priority {value!r} is not one of {', '.join(Priority)}") from None
 
 
 def in_worklists(session: Session, study_id: str, worklists: Iterable[str]) -> bool:
