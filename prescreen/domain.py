@@ -164,6 +164,43 @@ class InstanceRef:
     blob_key: str
 
 
+class OperatingPointName(StrEnum):
+    """The two decision thresholds every model carries (both chosen on validation data only).
+
+    ``BALANCED`` maximizes a prevalence-independent criterion (Youden's J); a finding's ``flagged``
+    is its decision. ``SAFETY`` is the highest threshold whose validation sensitivity is at least
+    0.95, never above the balanced one, so it flags everything the balanced point flags and more.
+    """
+
+    BALANCED = "balanced"
+    SAFETY = "safety"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The decision of one operating point: its threshold and whether the score reached it."""
+
+    threshold: float
+    flagged: bool
+
+
+def points_json(finding: Finding) -> dict[str, dict[str, float | bool]]:
+    """A finding's operating points as stored and sent: ``{name: {"threshold", "flagged"}}``."""
+    return {name: {"threshold": p.threshold, "flagged": p.flagged} for name, p in finding.operating_points.items()}
+
+
+def points_from_json(data: object, score: float, threshold: float) -> dict[str, OperatingPoint]:
+    """Operating points read back from storage; a result stored before operating points existed
+    gets its one threshold as both points."""
+    if isinstance(data, dict) and data:
+        return {
+            str(name): OperatingPoint(float(p["threshold"]), bool(p["flagged"]))
+            for name, p in data.items()
+            if isinstance(p, dict)
+        }
+    return {name.value: OperatingPoint(threshold, score >= threshold) for name in OperatingPointName}
+
+
 @dataclass(frozen=True)
 class Finding:
     """The AI result of one study or series: made by inference, stored, and shown as it is by the
@@ -186,6 +223,11 @@ class Finding:
         instances_screened: how many instances were screened.
         instances_total: how many the series holds; more than screened when the per-study budget
             (``PRESCREEN_MAX_INSTANCES_PER_STUDY``) made the screening a representative sample.
+        operating_points: the decision at each operating point (``balanced``, ``safety``);
+            ``flagged`` is the balanced one.
+        shadow: made by a shadow (candidate) model: stored beside the active model's finding,
+            never routed or reported.
+        seconds: how long the screening took (model inference of the series), when measured.
     """
 
     task: str
@@ -202,11 +244,20 @@ class Finding:
     instance_uid: str | None = None
     instances_screened: int = 1
     instances_total: int = 1
+    operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
+    shadow: bool = False
+    seconds: float | None = None
 
     @property
     def sampled(self) -> bool:
         """Whether only a sample of the series' instances was screened."""
         return self.instances_screened < self.instances_total
+
+    @property
+    def flagged_safety(self) -> bool:
+        """The decision at the safety point (the balanced flag where no safety point is known)."""
+        point = self.operating_points.get(OperatingPointName.SAFETY)
+        return self.flagged if point is None else point.flagged
 
 
 @dataclass(frozen=True)

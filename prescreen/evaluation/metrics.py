@@ -169,3 +169,24 @@ def bootstrap_ci(
         else:
             out[key] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)))
     return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default).
+
+    Args:
+        successes: how many of the ``n`` trials succeeded.
+        n: trials; 0 gives (NaN, NaN).
+
+    Raises:
+        ValueError: ``successes`` outside ``0..n``.
+    """
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n, not {successes} of {n}")
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

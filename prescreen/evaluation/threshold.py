@@ -70,3 +70,60 @@ def choose_threshold(truth: BoolArray, score: FloatArray) -> float:
     # most correct first, then most true positives (sensitivity); distinct candidates never tie on both
     best = int(np.argmax(correct * (positives + 1) + tp))
     return float(candidates[best])
+
+
+SAFETY_SENSITIVITY = 0.95
+"""The sensitivity the safety operating point must reach on validation data."""
+
+
+def _counts_at(truth: BoolArray, score: FloatArray, candidates: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and false positives of ``score >= t`` for every candidate ``t``."""
+    tp = int(truth.sum()) - np.searchsorted(np.sort(score[truth]), candidates, side="left")
+    fp = int((~truth).sum()) - np.searchsorted(np.sort(score[~truth]), candidates, side="left")
+    return tp, fp
+
+
+def _checked(truth: BoolArray, score: FloatArray) -> tuple[BoolArray, FloatArray]:
+    truth = np.asarray(truth, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    if truth.shape != score.shape or truth.ndim != 1:
+        raise ValueError(f"truth {truth.shape} and score {score.shape} must be 1-D and of the same length")
+    if not np.all(np.isfinite(score)):
+        raise ValueError("cannot choose a threshold on NaN or infinite scores")
+    if truth.all() or not truth.any():
+        raise ValueError("choosing an operating point needs both flagged and normal records")
+    return truth, score
+
+
+def choose_balanced(truth: BoolArray, score: FloatArray) -> float:
+    """The threshold that maximizes Youden's J (sensitivity + specificity - 1); ties go to the
+    higher sensitivity. Unlike accuracy, J does not depend on the prevalence of the data.
+
+    Raises:
+        ValueError: shapes differ, a score is not finite, or one class is missing.
+    """
+    truth, score = _checked(truth, score)
+    candidates = candidate_thresholds(score)
+    tp, fp = _counts_at(truth, score, candidates)
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    # J * P * N in integers, so that ties are exact; then the most true positives
+    j = tp * negatives - fp * positives
+    best = int(np.argmax(j * (positives + 1) + tp))
+    return float(candidates[best])
+
+
+def choose_safety(
+    truth: BoolArray, score: FloatArray, ceiling: float, sensitivity: float = SAFETY_SENSITIVITY
+) -> float:
+    """The highest threshold whose sensitivity reaches ``sensitivity``, but not above ``ceiling``
+    (the balanced threshold), so that the safety point flags at least what the balanced one flags.
+
+    Raises:
+        ValueError: shapes differ, a score is not finite, or one class is missing.
+    """
+    truth, score = _checked(truth, score)
+    candidates = candidate_thresholds(score)
+    tp, _ = _counts_at(truth, score, candidates)
+    reaching = candidates[(tp >= sensitivity * int(truth.sum()) - 1e-9) & (candidates <= ceiling)]
+    # the lowest candidate flags everything (sensitivity 1), so it always qualifies unless above the ceiling
+    return float(reaching.max()) if reaching.size else float(min(ceiling, candidates[0]))

@@ -24,7 +24,6 @@ LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # pynetdicom c
 AE_CHARACTERS = frozenset(string.printable) - frozenset("\\\t\n\r\x0b\x0c")
 
 
-
 def check_ae_title(title: str, what: str = "AE title") -> str:
     """Return the AE title without its insignificant leading/trailing spaces, if it is valid.
 

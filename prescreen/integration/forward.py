@@ -36,4 +36,3 @@ def stow_instances(base_url: str, instances: Sequence[bytes], *, timeout: float 
     if failed:
         raise DeliveryError(f"STOW-RS to {base_url}: {len(failed)} of {len(datasets)} instances refused")
     return len(datasets)
-

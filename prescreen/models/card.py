@@ -38,6 +38,44 @@ class Evaluation(BaseModel):
     note: str | None = None
 
 
+class OperatingPointSpec(BaseModel):
+    """One operating point of a model, as chosen on validation data."""
+
+    threshold: float
+    criterion: str = Field(description="how it was chosen, e.g. 'Youden J' or 'sensitivity >= 0.95'")
+    sensitivity: float | None = None
+    specificity: float | None = None
+    sensitivity_wilson_low: float | None = Field(
+        None, description="Wilson 95 % lower bound of the sensitivity at this threshold"
+    )
+    positives: int = Field(0, description="flagged-class records the sensitivity rests on")
+    negatives: int = 0
+    chosen_on: str = ""
+
+
+class Calibration(BaseModel):
+    """Temperature scaling of the class probabilities, fitted on validation data."""
+
+    method: str = "temperature"
+    temperature: float = Field(gt=0)
+    fitted_on: str
+    ece_before: float | None = None
+    ece_after: float | None = None
+    reliability: list[dict[str, float]] = Field(
+        default_factory=list, description="per score bin: mean score, observed flag rate, count (after calibration)"
+    )
+
+
+class ScoreReference(BaseModel):
+    """The validation distribution of the flag score, in fixed bins: in-service drift (PSI) is
+    measured against it."""
+
+    edges: list[float]
+    proportions: list[float]
+    n: int
+    measured_on: str
+
+
 class ModelCard(BaseModel):
     """Everything a reader, an auditor or the service needs to know about one model version."""
 
@@ -57,6 +95,37 @@ class ModelCard(BaseModel):
     test: Evaluation | None = None
     evaluations: list[Evaluation] = Field(default_factory=list)
     caveats: list[str] = Field(default_factory=list)
+    operating_points: dict[str, OperatingPointSpec] = Field(default_factory=dict)
+    calibration: Calibration | None = None
+    score_reference: ScoreReference | None = None
+    shift: dict[str, Any] = Field(
+        default_factory=dict,
+        description="'prevalence': metrics re-weighted to other prevalences; 'perturbations': metrics "
+        "under what a new site brings (noise, contrast, gain ...)",
+    )
+    validation_scheme: str = Field("", description="how the validation data was split off (grouping, folds)")
+
+    def thresholds(self) -> dict[str, float]:
+        """Threshold per operating point; a card from before operating points has one threshold,
+        which then serves as both."""
+        if self.operating_points:
+            return {name: spec.threshold for name, spec in self.operating_points.items()}
+        return {"balanced": self.operating_threshold, "safety": self.operating_threshold}
+
+    def missing_for_release(self) -> list[str]:
+        """What a card still lacks before its model may be promoted (empty: complete)."""
+        missing = [k for k in ("balanced", "safety") if k not in self.operating_points]
+        if self.calibration is None:
+            missing.append("calibration")
+        if self.score_reference is None:
+            missing.append("score reference distribution")
+        if "prevalence" not in self.shift:
+            missing.append("prevalence table")
+        if "perturbations" not in self.shift:
+            missing.append("perturbation table")
+        if self.validation is None:
+            missing.append("validation evaluation")
+        return missing
 
     @property
     def headline(self) -> Evaluation | None:

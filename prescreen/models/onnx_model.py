@@ -11,8 +11,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from prescreen.config import get_settings
-from prescreen.domain import Finding
+from prescreen.domain import Finding, OperatingPoint
 from prescreen.errors import ModelError
+from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
 from prescreen.models.task import Task, get_task
 
@@ -70,6 +71,7 @@ class OnnxModel:
         self.card = card
         self.task: Task = get_task(card.task)
         self.session = make_session(onnx_path)
+        self.thresholds = card.thresholds()
 
     @classmethod
     def from_folder(cls, folder: Path) -> OnnxModel:
@@ -80,14 +82,19 @@ class OnnxModel:
         return np.asarray(out[0], dtype=np.float32)
 
     def predict_signals(self, signals: list[FloatArray], batch: int = 256) -> FloatArray:
-        """Probabilities per preprocessed signal (windows averaged)."""
-        return self.task.predict_by_windows(signals, self.predict_windows, batch)
+        """Probabilities per preprocessed signal (windows averaged), calibrated by the card's
+        temperature when it has one."""
+        probs = self.task.predict_by_windows(signals, self.predict_windows, batch)
+        if self.card.calibration is not None:
+            probs = apply_temperature(probs, self.card.calibration.temperature)
+        return probs
 
     def screen_signal(self, signal: FloatArray) -> Finding:
         """Screen one preprocessed signal: class probabilities, flag score, flag and label."""
         probs = self.predict_signals([signal])[0]
         score = float(self.task.flag_scores(probs[None, :])[0])
-        flagged = score >= self.card.operating_threshold
+        points = {name: OperatingPoint(t, score >= t) for name, t in self.thresholds.items()}
+        flagged = points["balanced"].flagged
         return Finding(
             task=self.task.name,
             model_name=self.card.name,
@@ -96,7 +103,8 @@ class OnnxModel:
             label=self.task.label_for(probs, flagged),
             score=round(score, 6),
             probabilities={c: round(float(p), 6) for c, p in zip(self.task.classes, probs, strict=True)},
-            threshold=self.card.operating_threshold,
+            threshold=self.thresholds["balanced"],
+            operating_points=points,
         )
 
     def screen_files(self, files: Mapping[str, bytes]) -> Finding:

@@ -112,6 +112,7 @@ class ScreeningEngine:
             raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
         if model is None:
             raise UnsupportedStudyError(f"no active model for task {name!r}; known: {', '.join(self.models)}")
+        started = time.monotonic()
         instances = split_instances(files)
         chosen = sample_instances(len(instances), get_settings().max_instances_per_study)
         screened: list[tuple[Finding, FloatArray]] = []
@@ -130,7 +131,12 @@ class ScreeningEngine:
         if not screened:
             raise not_assessable[0]
         result, x = max(screened, key=lambda pair: pair[0].score)  # the first of equal scores
-        result = dataclasses.replace(result, instances_screened=len(screened), instances_total=len(instances))
+        result = dataclasses.replace(
+            result,
+            instances_screened=len(screened),
+            instances_total=len(instances),
+            seconds=round(time.monotonic() - started, 4),
+        )
         if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
             name = self._keep_for_explanation(x[0], result)
             result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")

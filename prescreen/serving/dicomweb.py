@@ -54,7 +54,6 @@ def as_part10(part: bytes) -> bytes:
     return part
 
 
-
 #: every STOW-RS route needs the ``ingest`` permission
 dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=needs(Permission.INGEST))
 

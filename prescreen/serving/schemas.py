@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from prescreen.domain import Finding
@@ -19,6 +19,13 @@ class ModelRef(BaseModel):
 
     name: str
     version: str
+
+
+class OperatingPointOut(BaseModel):
+    """The decision at one operating point."""
+
+    threshold: float
+    flagged: bool
 
 
 class FindingOut(BaseModel):
@@ -36,6 +43,11 @@ class FindingOut(BaseModel):
     instance_uid: str | None = None
     instances_screened: int = 1
     instances_total: int = 1
+    operating_points: dict[str, OperatingPointOut] = Field(
+        default_factory=dict,
+        description="the decision at each operating point of the model's card: 'balanced' (the flag above) "
+        "and 'safety' (sensitivity >= 0.95 on validation; flags at least what balanced flags)",
+    )
 
     @classmethod
     def of(cls, finding: Finding) -> FindingOut:
@@ -52,6 +64,10 @@ class FindingOut(BaseModel):
             instance_uid=finding.instance_uid,
             instances_screened=finding.instances_screened,
             instances_total=finding.instances_total,
+            operating_points={
+                name: OperatingPointOut(threshold=p.threshold, flagged=p.flagged)
+                for name, p in finding.operating_points.items()
+            },
         )
 
 

@@ -20,7 +20,6 @@ from prescreen.errors import BlobNotFoundError
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
-
 class BlobStore(Protocol):
     def put(self, data: bytes) -> str:
         """Store ``data`` durably; returns its key (idempotent: same bytes, same key)."""

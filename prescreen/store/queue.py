@@ -35,6 +35,7 @@ from prescreen.domain import (
     OrderPriority,
     SeriesRef,
     StudyStatus,
+    points_json,
 )
 from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
 
@@ -303,6 +304,8 @@ def _result_row(job: ClaimedJob, finding: Finding) -> Result:
         instance_uid=finding.instance_uid,
         instances_screened=finding.instances_screened,
         instances_total=finding.instances_total,
+        operating_points=points_json(finding),
+        seconds=finding.seconds,
     )
 
 

@@ -122,6 +122,10 @@ class Result(Base):
     instance_uid: Mapped[str | None] = mapped_column(String(128))
     instances_screened: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     instances_total: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: decision per operating point: {"balanced": {"threshold", "flagged"}, "safety": {...}}
+    operating_points: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: seconds the model took on the series
+    seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -80,6 +80,8 @@ class Report(Base):
     version: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text, default="")
     ai_agrees: Mapped[bool | None] = mapped_column(Boolean)
+    #: the physician's own label of the study: one of the task's classes, or "not assessable"
+    physician_label: Mapped[str | None] = mapped_column(String(32))
     author_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     status: Mapped[str] = mapped_column(String(16), default="draft")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

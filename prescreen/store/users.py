@@ -30,7 +30,6 @@ SPECIALTY = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MIN_PASSWORD = 8
 
 
-
 @dataclass(frozen=True)
 class Principal:
     """The signed-in user, as the API and the pages see them."""
@@ -187,7 +186,6 @@ def sign_out_everywhere(sessions: sessionmaker[Session], user_id: str) -> None:
 def list_users(sessions: sessionmaker[Session]) -> list[Principal]:
     with sessions() as session:
         return [principal(u) for u in session.scalars(select(User).order_by(User.login))]
-
 
 
 def user_names(session: Session, ids: Iterable[str | None]) -> dict[str, str]:

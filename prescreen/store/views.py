@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
 from prescreen.datasets.files import ECG_SOP_CLASSES
-from prescreen.domain import Finding, JobState, StudyStatus, StudySummary
+from prescreen.domain import Finding, JobState, StudyStatus, StudySummary, points_from_json
 from prescreen.errors import InvalidStudyError, NotFoundError
 from prescreen.store.queue import as_utc
 from prescreen.store.schema import Delivery, Instance, Job, Result, Series, Study
@@ -23,6 +23,13 @@ class FindingModel(TypedDict):
 
     name: str
     version: str
+
+
+class OperatingPointRow(TypedDict):
+    """The decision at one operating point."""
+
+    threshold: float
+    flagged: bool
 
 
 class FindingRow(TypedDict):
@@ -39,6 +46,7 @@ class FindingRow(TypedDict):
     instance_uid: str | None
     instances_screened: int
     instances_total: int
+    operating_points: dict[str, OperatingPointRow]
 
 
 class StudyFields(TypedDict):
@@ -203,6 +211,8 @@ def findings_of(session: Session, study_id: str) -> list[Finding]:
             instance_uid=result.instance_uid,
             instances_screened=result.instances_screened,
             instances_total=result.instances_total,
+            operating_points=points_from_json(result.operating_points, result.score, result.threshold),
+            seconds=result.seconds,
         )
     return list(latest.values())
 
@@ -262,6 +272,9 @@ def _finding_json(finding: Finding) -> FindingRow:
         "instance_uid": finding.instance_uid,
         "instances_screened": finding.instances_screened,
         "instances_total": finding.instances_total,
+        "operating_points": {
+            name: {"threshold": p.threshold, "flagged": p.flagged} for name, p in finding.operating_points.items()
+        },
     }
 
 
@@ -275,7 +288,6 @@ def _flagged_by_study(session: Session, study_ids: list[str]) -> dict[str, bool]
         .group_by(Series.study_id)
     ).all()
     return {study_id: bool(flag) for study_id, flag in rows}
-
 
 
 def preview_files(session: Session, study_id: str, series_uid: str) -> list[tuple[str | None, str]]:

@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
-from prescreen.domain import SCREENING_OUTCOMES
+from prescreen.domain import SCREENING_OUTCOMES, OperatingPointName, points_from_json
 from prescreen.errors import ForbiddenError, NotFoundError
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema import Result, Study
@@ -21,6 +21,12 @@ from prescreen.triage.priority import SlaTargets, band_bounds, effective_priorit
 from prescreen.triage.rules import Routing, SeriesFacts
 
 # --- from screened study to worklist items -------------------------------------------------
+
+
+def _flagged_safety(result: Result) -> bool:
+    points = points_from_json(result.operating_points, result.score, result.threshold)
+    point = points.get(OperatingPointName.SAFETY)
+    return result.flagged if point is None else point.flagged
 
 
 def series_facts(session: Session, study: Study) -> list[SeriesFacts]:
@@ -38,6 +44,7 @@ def series_facts(session: Session, study: Study) -> list[SeriesFacts]:
                 label=result.label if result else None,
                 score=result.score if result else None,
                 flagged=result.flagged if result else None,
+                flagged_safety=_flagged_safety(result) if result else None,
                 institution=study.institution,
                 order_priority=study.order_priority,
             )

@@ -15,7 +15,10 @@ Match conditions (strings are compared case-insensitively):
 
 * ``task``, ``modality``, ``body_part``, ``label``, ``institution``, ``order_priority``: a string or a
   list; a series whose value is missing (None) does not match them;
-* ``flagged`` (true/false): the AI flag; a series without a result matches neither;
+* ``flagged`` (true/false): the AI flag (the decision at the model's balanced operating point); a
+  series without a result matches neither. ``flagged_balanced`` is the same condition by its full
+  name; ``flagged_safety`` is the decision at the safety operating point (sensitivity >= 0.95 on
+  validation), which flags every study the balanced point flags and more;
 * ``screened`` (true/false): whether a model covered the series (``task`` is not None);
 * ``score_min`` / ``score_max`` (0..1, inclusive): the AI score; a series without score does not match.
 
@@ -50,7 +53,8 @@ from prescreen.triage.priority import PRIORITIES, most_urgent, rank
 
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _NAME_FIELDS = ("task", "modality", "body_part", "label", "institution", "order_priority")
-_MODEL_FIELDS = ("task", "label", "flagged", "score_min", "score_max")  # only a screened series has them
+_MODEL_FIELDS = ("task", "label", "flagged", "flagged_balanced", "flagged_safety", "score_min", "score_max")
+_FLAG_FIELDS = ("flagged", "flagged_balanced", "flagged_safety")  # only a screened series has them
 
 
 def order_priority_level(order_priority: str | None) -> Priority | None:
@@ -76,7 +80,8 @@ class SeriesFacts:
         body_part: DICOM body part examined.
         label: the AI label (e.g. ``af``, ``noisy``, ``malignant``).
         score: the AI flag score (0..1).
-        flagged: whether the AI flagged the series.
+        flagged: whether the AI flagged the series (at the balanced operating point).
+        flagged_safety: whether the series is flagged at the safety operating point.
         institution: the sending institution.
         order_priority: the order's priority (``STAT``, ``HIGH``, ``ROUTINE``, ``MEDIUM``, ``LOW``).
     """
@@ -89,6 +94,11 @@ class SeriesFacts:
     flagged: bool | None = None
     institution: str | None = None
     order_priority: str | None = None
+    flagged_safety: bool | None = None
+
+    @property
+    def flagged_balanced(self) -> bool | None:
+        return self.flagged
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ class RuleMatch(BaseModel):
     institution: tuple[str, ...] | None = None
     order_priority: tuple[str, ...] | None = None
     flagged: StrictBool | None = None
+    flagged_balanced: StrictBool | None = None
+    flagged_safety: StrictBool | None = None
     screened: StrictBool | None = None
     score_min: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
     score_max: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
@@ -145,6 +157,13 @@ class RuleMatch(BaseModel):
     def _consistent(self) -> RuleMatch:
         if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
             raise ValueError(f"score_min {self.score_min} is greater than score_max {self.score_max}")
+        if None not in (self.flagged, self.flagged_balanced) and self.flagged is not self.flagged_balanced:
+            raise ValueError("flagged and flagged_balanced are the same decision and cannot differ")
+        if self.flagged_balanced_value is True and self.flagged_safety is False:
+            raise ValueError(
+                "flagged (balanced) true with flagged_safety false can never match: the safety point flags "
+                "everything the balanced point flags"
+            )
         if self.screened is False:
             model_only = [f for f in _MODEL_FIELDS if getattr(self, f) is not None]
             if model_only:
@@ -153,6 +172,11 @@ class RuleMatch(BaseModel):
                     "(a series no model covered has no task, label, flag or score), so the rule can never match"
                 )
         return self
+
+    @property
+    def flagged_balanced_value(self) -> bool | None:
+        """The balanced-flag condition, by either of its names."""
+        return self.flagged if self.flagged is not None else self.flagged_balanced
 
     @property
     def is_catch_all(self) -> bool:
@@ -170,7 +194,10 @@ class RuleMatch(BaseModel):
             value: str | None = getattr(facts, f)
             if allowed is not None and (value is None or _norm(value) not in allowed):
                 return False
-        if self.flagged is not None and facts.flagged is not self.flagged:
+        balanced = self.flagged_balanced_value
+        if balanced is not None and facts.flagged is not balanced:
+            return False
+        if self.flagged_safety is not None and facts.flagged_safety is not self.flagged_safety:
             return False
         if self.screened is not None and (facts.task is not None) is not self.screened:
             return False
@@ -188,7 +215,9 @@ class RuleMatch(BaseModel):
             theirs: tuple[str, ...] | None = getattr(other, f)
             if mine is not None and (theirs is None or not set(theirs) <= set(mine)):
                 return False
-        if self.flagged is not None and other.flagged is not self.flagged:
+        if self.flagged_balanced_value is not None and other.flagged_balanced_value is not self.flagged_balanced_value:
+            return False
+        if self.flagged_safety is not None and other.flagged_safety is not self.flagged_safety:
             return False
         implied_screened = True if other.task is not None else other.screened  # a task condition implies it
         if self.screened is not None and implied_screened is not self.screened:

@@ -125,9 +125,7 @@ def make_cr(folder: Path, index: int) -> tuple[Path, str]:
     return path, str(ds.StudyInstanceUID)
 
 
-def test_edge_forwards_each_study_exactly_once_across_a_central_outage(
-    cli_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_edge_forwards_each_study_exactly_once_across_a_central_outage(cli_env: dict[str, str], tmp_path: Path) -> None:
     central_home, edge_home = tmp_path / "central", tmp_path / "edge"
     edge_db = edge_home / "prescreen.db"
     port, central_dicom, edge_dicom = free_port(), free_port(), free_port()

@@ -249,6 +249,7 @@ def test_finding_json_shape() -> None:
         "threshold": 0.46,
         "instances_screened": 1,
         "instances_total": 1,
+        "operating_points": {},
     }
     with_url = finding_json(dataclasses.replace(finding, explanation_url="/v1/explanations/x.png"))
     assert with_url == {**body, "explanation_url": "/v1/explanations/x.png"}

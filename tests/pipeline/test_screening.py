@@ -21,8 +21,6 @@ from tests.store.test_queue import Sessions, count, job, jobs_of, later, study
 PENDING, UNSCREENABLE, FAILED = JobState.PENDING, JobState.UNSCREENABLE, JobState.FAILED
 
 
-
-
 def screen_result() -> Finding:
     return Finding(
         task="ecg-rhythm",

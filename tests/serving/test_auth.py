@@ -48,9 +48,7 @@ def test_token_round_trip_forgery_and_expiry(tmp_path: Path) -> None:
     other = Settings(home=tmp_path, secret_key=SecretStr("b" * 48))
     with pytest.raises(NotAuthenticatedError, match="not valid"):
         read_token(issue_token(USER, other), settings)
-    expired = jwt.encode(
-        {"sub": "u1", "exp": datetime.now(UTC) - timedelta(seconds=5)}, "a" * 48, algorithm="HS256"
-    )
+    expired = jwt.encode({"sub": "u1", "exp": datetime.now(UTC) - timedelta(seconds=5)}, "a" * 48, algorithm="HS256")
     with pytest.raises(NotAuthenticatedError, match="expired"):
         read_token(expired, settings)
     with pytest.raises(NotAuthenticatedError):

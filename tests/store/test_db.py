@@ -29,23 +29,26 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
     engine = make_engine(engine_url)
     tables = set(inspect(engine).get_table_names())
     assert tables == {
+        "alarms",
         "alembic_version",
         "deliveries",
         "escalations",
         "instances",
         "item_events",
         "jobs",
+        "model_events",
         "reports",
         "results",
         "series",
+        "shadow_results",
         "signatures",
         "studies",
         "users",
         "worklist_items",
-    }  # every table of the schema at revision 0004, and nothing else
+    }  # every table of the schema at revision 0005, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0005"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:

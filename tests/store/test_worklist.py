@@ -727,8 +727,6 @@ def test_an_item_first_seen_past_due_is_escalated_to_100_directly(sessions: Sess
     assert count(sessions, Escalation) == 1
 
 
-
-
 def _pausing(targets: SlaTargets, at_call: int, pause: threading.Event, resume: threading.Event) -> SlaTargets:
     """Targets whose ``at_call``-th ``target()`` call (inside escalate's transaction) waits for ``resume``."""
     calls: list[str] = []
@@ -802,8 +800,6 @@ def test_two_triage_runs_at_once_make_one_item_per_study_and_worklist(sessions: 
     made = sorted((i.study_id, i.worklist) for i in items_of(sessions))
     assert len(made) == len(set(made)) == 8
     assert {study_id for study_id, _ in made} == set(studies)
-
-
 
 
 def test_a_non_utc_now_gives_the_same_worklist_and_escalations(sessions: Sessions, blobs: BlobStore) -> None:

@@ -59,10 +59,13 @@ def test_default_rules_ship_inside_the_package_and_load() -> None:
         "noisy-ecg",
         "ecg-af-confident",
         "ecg-flagged",
+        "ecg-safety",
         "ecg",
         "breast-us-flagged",
+        "breast-us-safety",
         "breast-us",
         "chest-xray-flagged",
+        "chest-xray-safety",
         "chest-xray",
         "ecg-not-screened",
         "not-screened",
@@ -72,6 +75,36 @@ def test_default_rules_ship_inside_the_package_and_load() -> None:
     assert rules.rules[-1].match.is_catch_all
     assert load_default_rules() is rules  # parsed once
     assert load_rules(path) == rules
+
+
+def test_a_study_flagged_only_at_the_safety_point_goes_to_the_specialist_at_urgent() -> None:
+    rules = load_default_rules()
+    for task, worklist in (
+        ("ecg-rhythm", "cardiology"),
+        ("chest-xray", "thoracic-radiology"),
+        ("breast-us", "sonography"),
+    ):
+        safety_only = SeriesFacts(task=task, label="x", score=0.3, flagged=False, flagged_safety=True)
+        routing = rules.route(safety_only)
+        assert routing is not None and (routing.worklist, routing.priority) == (worklist, "urgent"), task
+        neither = SeriesFacts(task=task, label="x", score=0.1, flagged=False, flagged_safety=False)
+        routing = rules.route(neither)
+        assert routing is not None and (routing.worklist, routing.priority) == (worklist, "routine"), task
+
+
+def test_flag_conditions_by_operating_point() -> None:
+    both = RuleMatch(flagged_balanced=True)
+    assert both.matches(SeriesFacts(task="t", flagged=True, flagged_safety=True))
+    assert not both.matches(SeriesFacts(task="t", flagged=False, flagged_safety=True))
+    safety = RuleMatch(flagged_safety=True)
+    assert safety.matches(SeriesFacts(task="t", flagged=False, flagged_safety=True))
+    assert not safety.matches(SeriesFacts(task="t", flagged=False, flagged_safety=False))
+    assert not safety.matches(SeriesFacts(task="t"))  # no result: no flag at all
+    assert not safety.covers(RuleMatch(flagged=True)) and not RuleMatch(flagged=True).covers(safety)
+    with pytest.raises(ValueError, match="same decision"):
+        RuleMatch(flagged=True, flagged_balanced=False)
+    with pytest.raises(ValueError, match="never match"):
+        RuleMatch(flagged=True, flagged_safety=False)
 
 
 @pytest.mark.parametrize(
@@ -522,7 +555,7 @@ def test_cli_rules_check(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["rules", "check", str(default_rules_path())])
     assert result.exit_code == 0, result.output
-    assert "11 rules" in result.output
+    assert "14 rules" in result.output
     bad = tmp_path / "rules.yaml"
     bad.write_text(rule_text(rule("noisy-ecg", "{task: ecg-rhythm}", "ecg-repeat", "asap")), encoding="utf-8")
     result = runner.invoke(app, ["rules", "check", str(bad)])
