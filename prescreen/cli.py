@@ -81,8 +81,16 @@ def train(
     split_seed: Annotated[int, typer.Option(help="Seed of the train/validation/test split")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only N records (smoke runs)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
+    folds: Annotated[
+        int, typer.Option(help="k-fold cross-validation over the training side (one model per fold in OUT/fold-i)")
+    ] = 0,
+    group_by: Annotated[
+        str, typer.Option(help="Split unit: 'record', or 'phash' (near-identical images share a group)")
+    ] = "record",
 ) -> None:
-    """Train a task's network; early stopping on validation; checkpoints in OUT."""
+    """Train a task's network; early stopping on validation; checkpoints in OUT. With --folds K,
+    train K models of a group cross-validation; `prescreen export OUT` ships their ensemble with
+    operating points chosen on the out-of-fold predictions."""
     from prescreen.models.task import get_task
     from prescreen.training.config import RunConfig
     from prescreen.training.trainer import Trainer
@@ -97,9 +105,22 @@ def train(
         seed=seed,
         split_seed=split_seed,
         limit=limit,
+        folds=folds,
+        group_by=group_by,
         **{**t.train_defaults, **overrides},
     )
     dataset = t.load_dataset(folder, get_settings().cache_dir, True, "train")
+    if folds:
+        from prescreen.training.crossval import train_folds
+
+        results = train_folds(t, cfg, dataset)
+        minutes = sum(r.seconds for r in results) / 60
+        aurocs = ", ".join(f"{r.best_val_auroc:.3f}" for r in results)
+        console.print(
+            f"trained {task}: {folds} folds, validation flag AUROC per fold {aurocs}, {minutes:.1f} min → {out}"
+        )
+        console.print(f"next: prescreen export {out}")
+        return
     result = Trainer(t, cfg).fit(dataset)
     console.print(
         f"trained {task}: best epoch {result.best_epoch}/{result.epochs_run}, validation flag AUROC "
@@ -192,9 +213,13 @@ def export(
 ) -> None:
     """Export a run (or an ensemble of runs) to ONNX, parity-checked, with its model card; add it to the store."""
     from prescreen.models.model_store import ModelStore
+    from prescreen.training.crossval import export_cross_validation, is_cross_validation
     from prescreen.training.export import export_run
 
-    onnx_path, card = export_run(runs, out, progress=True)
+    if len(runs) == 1 and is_cross_validation(runs[0]):
+        onnx_path, card = export_cross_validation(runs[0], out, progress=True)
+    else:
+        onnx_path, card = export_run(runs, out, progress=True)
     store = ModelStore()
     stored = store.add(onnx_path, card)
     if activate:
@@ -241,14 +266,263 @@ def models_list(task: Annotated[str | None, typer.Option(help="Only this task")]
 def models_activate(
     task: Annotated[str, typer.Argument(help="Task name")],
     tag: Annotated[str, typer.Argument(help="NAME:VERSION of a stored model")],
+    force: Annotated[
+        bool, typer.Option(help="Activate a model that was never active, bypassing the gate (recorded as forced)")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the record)")] = None,
 ) -> None:
-    """Make a stored model the active one of its task (the service loads it at start)."""
+    """Roll back: make a model that was active before (or the shipped one) the active one of its task
+    again (the service loads it at start). A new model goes through 'models promote'. Recorded."""
+    from prescreen.errors import ModelError, PromotionRefusedError
     from prescreen.models.model_store import ModelStore
     from prescreen.models.task import get_task
+    from prescreen.pipeline.runtime import open_store
+    from prescreen.store.model_events import previously_active, record_event
+    from prescreen.training.promote import activation_refusal, active_or_none, is_shipped
 
     get_task(task)
-    model = ModelStore().activate(task, tag)
-    console.print(f"{model.tag} is now the active {task} model")
+    store = ModelStore()
+    model = store.get(tag)
+    if model.task != task:
+        raise ModelError(f"model {model.tag} is a {model.task} model, not {task}")
+    sessions = open_store(get_settings()).sessions
+    current = active_or_none(store, task)
+    current_tag = current.tag if current is not None else None
+    if model.tag == current_tag:
+        console.print(f"{model.tag} is already the active {task} model; nothing changed")
+        return
+    known, shipped = previously_active(sessions, task), is_shipped(model)
+    refusal = activation_refusal(model.tag, current_tag, known, shipped, force=False)
+    if refusal is not None and not force:
+        raise PromotionRefusedError(refusal)
+    kind = "forced" if refusal is not None else ("shipped" if shipped and model.tag not in known else "rollback")
+    detail = {"kind": kind, "forced": refusal is not None, "reason": reason}
+    record_event(
+        sessions, task=task, action="activate", tag=model.tag, previous_tag=current_tag, actor=_actor(), detail=detail
+    )
+    store.activate(task, model.tag)
+    console.print(f"{model.tag} is now the active {task} model" + (f" (was {current_tag})" if current_tag else ""))
+
+
+def _actor() -> str:
+    """Who acts, for the record: ``PRESCREEN_ACTOR``, else the OS login."""
+    import getpass
+
+    actor = os.environ.get("PRESCREEN_ACTOR", "").strip()
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        return f"uid {os.getuid()}"
+
+
+@models_app.command("promote")
+@user_errors
+def models_promote(
+    task: Annotated[str, typer.Argument(help="Task name")],
+    tag: Annotated[str, typer.Argument(help="NAME:VERSION of the candidate in the model store")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled records both models are measured on (default: $PRESCREEN_DATA_DIR/<task set>)"),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=1000, help="Paired bootstrap resamples (>= 1000)")] = 1000,
+) -> None:
+    """Make a candidate the active model only if it is non-inferior to the active one on the same
+    records (paired bootstrap, lower 95 % bound of Δaccuracy >= -0.01 and of Δsensitivity >= -0.02)
+    and its card is complete; otherwise refuse (exit 2). Either way the figures are recorded."""
+    from prescreen.errors import PromotionRefusedError
+    from prescreen.models.model_store import ModelStore
+    from prescreen.models.task import get_task
+    from prescreen.pipeline.runtime import open_store
+    from prescreen.store.model_events import record_event
+    from prescreen.training.promote import Assessment, assess_promotion, promote
+
+    t = get_task(task)
+    folder = _data_path(t.default_data, data)
+    settings = get_settings()
+    sessions = open_store(settings).sessions  # a database problem fails here, before the long measurement
+    store = ModelStore()
+    assessment = assess_promotion(t, tag, store, folder, cache_dir=settings.cache_dir, resamples=resamples)
+    for note in assessment.notes:
+        err.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
+    _print_gate(assessment)
+    actor = _actor()
+
+    def record(action: str, done: Assessment) -> None:
+        previous = done.active.tag if done.active is not None else None
+        record_event(
+            sessions,
+            task=task,
+            action=action,
+            tag=done.candidate.tag,
+            previous_tag=previous,
+            actor=actor,
+            detail=done.detail(),
+        )
+
+    if not promote(assessment, store, record):
+        stays = f"; {assessment.active.tag} stays active" if assessment.active is not None else ""
+        raise PromotionRefusedError(
+            f"{assessment.candidate.tag} not promoted: {'; '.join(assessment.verdict.reasons)}{stays}"
+        )
+    was = f" (was {assessment.active.tag})" if assessment.active is not None else ""
+    console.print(f"promoted: {assessment.candidate.tag} is now the active {task} model{was}")
+
+
+def _print_gate(assessment: Any) -> None:
+    """The gate's figures: both models with 95 % CIs, the paired differences against the margins."""
+    from rich.table import Table
+
+    from prescreen.evaluation.compare import COMPARED, MARGINS
+
+    def fig(x: float) -> str:
+        return "n/a" if x != x else f"{x:.3f}"  # NaN: undefined (e.g. no flagged record)
+
+    def ci(v: Any, signed: bool = False) -> str:
+        if v.value != v.value:
+            return "n/a"
+        f = (lambda x: f"{x:+.3f}") if signed else fig
+        return f"{f(v.value)} [{f(v.low)}, {f(v.high)}]"
+
+    a, c = assessment, assessment.comparison
+    against = f"active {a.active.tag} (threshold {a.thresholds['active']:.4f})" if a.active else "no active model"
+    left_out = f", {a.skipped} unreadable left out" if a.skipped else ""
+    console.print(
+        f"{a.task}: candidate {a.candidate.tag} (threshold {a.thresholds['candidate']:.4f}) vs {against} "
+        f"on {a.data_path} (n={a.n}{left_out})"
+    )
+    if c is not None:
+        table = Table(title=f"paired bootstrap, {c.resamples} resamples, {c.positives} of {c.n} records to be flagged")
+        for col in ("metric", "candidate [95% CI]", "active [95% CI]", "Δ candidate − active [95% CI]", "margin", "ok"):
+            table.add_column(col, justify="left" if col in ("metric", "ok") else "right")
+        for metric in COMPARED:
+            margin = MARGINS.get(metric)
+            low = c.delta[metric].low
+            ok = "-" if margin is None else ("yes" if low == low and low >= margin else "NO")
+            bound = "-" if margin is None else f"lower bound >= {margin:+.2f}"
+            table.add_row(
+                metric, ci(c.candidate[metric]), ci(c.active[metric]), ci(c.delta[metric], signed=True), bound, ok
+            )
+        console.print(table)
+    missing = a.candidate.card.missing_for_release()
+    console.print("card: complete" if not missing else f"card: incomplete, lacks {', '.join(missing)}")
+    console.print(
+        "verdict: PASS, non-inferior and complete"
+        if a.passed
+        else f"verdict: REFUSED ({len(a.verdict.reasons)} reason{'s' if len(a.verdict.reasons) > 1 else ''})"
+    )
+
+
+@models_app.command("history")
+@user_errors
+def models_history(task: Annotated[str | None, typer.Argument(help="Only this task")] = None) -> None:
+    """Every promotion, refusal, activation and shadow change: when, who, which model, the figures."""
+    from rich.table import Table
+
+    from prescreen.pipeline.runtime import open_store
+    from prescreen.store.model_events import list_events
+
+    table = Table(title="model events (UTC)")
+    for col in ("when", "task", "action", "model", "previous", "actor", "figures"):
+        table.add_column(col)
+    for e in list_events(open_store(get_settings()).sessions, task):
+        when = e.at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, e.task, e.action, e.tag, e.previous_tag or "-", e.actor, _event_summary(e.detail))
+    console.print(table)
+
+
+def _event_summary(detail: dict[str, Any] | None) -> str:
+    """One line of an event's figures: the gate's lower bounds, what the card lacked, a rollback's kind."""
+    if not detail:
+        return "-"
+    parts: list[str] = []
+    comparison = detail.get("comparison")
+    if isinstance(comparison, dict):
+        for metric, d in comparison.get("delta", {}).items():
+            if metric in detail.get("margins", {}) and None not in (d.get("value"), d.get("low"), d.get("high")):
+                parts.append(f"Δ{metric} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+        parts.append(f"n={comparison.get('n')}")
+    if detail.get("card_missing"):
+        parts.append(f"card lacks {len(detail['card_missing'])}")
+    if "kind" in detail:
+        parts.append(str(detail["kind"]) + (f": {detail['reason']}" if detail.get("reason") else ""))
+    return "; ".join(parts) or "-"
+
+
+@models_app.command("shadow")
+@user_errors
+def models_shadow(
+    task: Annotated[str, typer.Argument(help="Task name")],
+    tag: Annotated[str | None, typer.Argument(help="NAME:VERSION of a stored model of the task")] = None,
+    off: Annotated[bool, typer.Option("--off", help="Stop shadowing the task")] = False,
+) -> None:
+    """Screen every live study of TASK with a candidate model beside the active one; its findings are
+    stored, never routed (compare at GET /v1/models/TASK/shadow). --off stops it. A running service
+    picks the change up at its next job. Each change is recorded (PRESCREEN_ACTOR, else the login)."""
+    from prescreen.errors import InvalidRequestError
+    from prescreen.models.model_store import ModelStore
+    from prescreen.models.task import get_task
+    from prescreen.pipeline.runtime import open_store
+    from prescreen.store.model_events import record_event
+
+    if off == (tag is not None):
+        raise InvalidRequestError("give either NAME:VERSION or --off")
+    get_task(task)
+    actor = _actor()
+    store = ModelStore()
+    previous = store.shadow_tag(task)
+    if tag is None:
+        if store.clear_shadow(task) is None:
+            console.print(f"{task} has no shadow model; nothing changed")
+            return
+        assert previous is not None
+        record_event(
+            open_store(get_settings()).sessions,
+            task=task,
+            action="shadow_off",
+            tag=previous,
+            previous_tag=previous,
+            actor=actor,
+        )
+        console.print(f"shadow mode of {task} is off: {previous} no longer screens live studies")
+        return
+    model = store.set_shadow(task, tag)
+    record_event(
+        open_store(get_settings()).sessions,
+        task=task,
+        action="shadow_on",
+        tag=model.tag,
+        previous_tag=previous,
+        actor=actor,
+    )
+    console.print(
+        f"{model.tag} now screens every live {task} study in shadow beside {store.active(task).tag}; "
+        "its findings are stored, not routed"
+    )
+
+
+@models_app.command("characterize")
+@user_errors
+def models_characterize(
+    folder: Annotated[Path, typer.Argument(help="An exported model folder (model.onnx + card.json)")],
+    data: Annotated[Path | None, typer.Option(help="The model's training data folder, if it moved")] = None,
+) -> None:
+    """Calibrate an exported model and choose its two operating points on its own validation split
+    (rebuilt from the card), measure the prevalence and perturbation tables, and complete its card."""
+    from prescreen.training.characterize import characterize_folder
+
+    card = characterize_folder(folder, data, progress=True)
+    cal = card.calibration
+    for name, spec in card.operating_points.items():
+        console.print(
+            f"{name}: threshold {spec.threshold:.4f}, sensitivity {spec.sensitivity} "
+            f"(Wilson low {spec.sensitivity_wilson_low}, {spec.positives} positives), specificity {spec.specificity}"
+        )
+    if cal is not None:
+        console.print(
+            f"temperature {cal.temperature} (ECE {cal.ece_before} → {cal.ece_after}); card {folder / 'card.json'}"
+        )
 
 
 @app.command()

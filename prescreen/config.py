@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     claim_lease_minutes: float = Field(30, gt=0, description="A claim expires after this; the item returns to the list")
     max_report_chars: int = Field(20000, description="Longest report text accepted (413 above)")
     escalation_webhook: str | None = Field(None, description="URL that escalation events are POSTed to")
+    monitoring_window: int = Field(
+        200, ge=1, description="In-service figures and score drift (PSI) cover the last this many studies"
+    )
+    psi_alarm_threshold: float = Field(
+        0.25, gt=0, description="A site's score PSI above this (over a full window) raises a drift alarm"
+    )
+    monitoring_min_labelled: int = Field(
+        30, ge=1, description="Labelled studies a figure needs before its upper bound below target raises an alarm"
+    )
+    monitoring_interval_seconds: float = Field(60.0, gt=0, description="How often monitoring looks for alarms")
     max_upload_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted upload")
     max_image_pixels: int = Field(100_000_000, description="Largest accepted image (all frames)")
     max_image_frames: int = Field(512, description="Most frames of one image study")

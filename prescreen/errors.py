@@ -108,3 +108,9 @@ class RulesError(PrescreenError):
 
 class TooManyAttemptsError(PrescreenError):
     """Too many failed sign-ins for one login in a short time (HTTP 429)."""
+
+
+class PromotionRefusedError(PrescreenError):
+    """A change of a task's model that the lifecycle rules refuse: a candidate that fails the
+    promotion gate (worse than the active model, or an incomplete card), or an activation of a model
+    that was never active (a new model goes through ``prescreen models promote``)."""

@@ -13,6 +13,7 @@ from monai.transforms import (
     RandAffine,
     RandFlip,
     RandGaussianNoise,
+    RandGaussianSmooth,
     Resize,
     SpatialPad,
 )
@@ -47,18 +48,30 @@ def frames_as_batch(x: FloatArray) -> FloatArray:
 
 
 class ImageAugment:
-    """Training augmentation: horizontal flip, small affine (rotate, scale, shift), contrast, noise.
+    """Training augmentation: horizontal flip, small affine (rotate, scale, shift), and what
+    another site's device brings: other contrast (gamma), blur (lower resolution) and noise,
+    re-standardized as the preprocessing does.
 
     Args:
         flip: allow left-right flips (fine for ultrasound and chest films at this resolution).
+        site: the site-robustness part — gamma 0.6–1.6 (p 0.5), Gaussian blur sigma 0.3–1.2 (p 0.25),
+            Gaussian noise up to 0.4 SD (p 0.5); without it, the milder augmentation of the first
+            shipped models (gamma 0.8–1.25 p 0.3, noise up to 0.05 SD p 0.3, no blur).
     """
 
-    def __init__(self, flip: bool = True) -> None:
-        transforms = [
-            RandAffine(prob=0.7, rotate_range=0.15, scale_range=0.1, translate_range=0.06, padding_mode="zeros"),
-            RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
-            RandGaussianNoise(prob=0.3, std=0.05),
-        ]
+    def __init__(self, flip: bool = True, site: bool = True) -> None:
+        affine = RandAffine(prob=0.7, rotate_range=0.15, scale_range=0.1, translate_range=0.06, padding_mode="zeros")
+        transforms = (
+            [
+                affine,
+                RandAdjustContrast(prob=0.5, gamma=(0.6, 1.6)),
+                RandGaussianSmooth(prob=0.25, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+                RandGaussianNoise(prob=0.5, std=0.4),
+                NormalizeIntensity(),
+            ]
+            if site
+            else [affine, RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)), RandGaussianNoise(prob=0.3, std=0.05)]
+        )
         if flip:
             transforms.insert(0, RandFlip(prob=0.5, spatial_axis=1))
         self.chain = Compose(transforms)

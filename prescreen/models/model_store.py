@@ -1,7 +1,9 @@
 """The model store: BentoML's, under ``$PRESCREEN_HOME/bentoml``, plus which model is active.
 
 Each stored model holds ``model.onnx`` and ``card.json``; the card also rides along as the
-BentoML model's metadata. ``active.json`` in the prescreen home names one model per task.
+BentoML model's metadata. ``active.json`` in the prescreen home names one model per task;
+``shadow.json`` names the shadow (candidate) model of a task, screened beside the active one on live
+studies and never routed.
 Shipped default models (``prescreen/shipped/<task>/``) are imported, and activated, the first
 time the store is used.
 """
@@ -52,6 +54,7 @@ class ModelStore:
     def __init__(self, settings: Settings | None = None, import_shipped: bool = True) -> None:
         self.settings = settings or get_settings()
         self.active_file = self.settings.home / "active.json"
+        self.shadow_file = self.settings.home / "shadow.json"
         self.settings.home.mkdir(parents=True, exist_ok=True)
         from bentoml._internal.models import ModelStore as BentoModelStore
 
@@ -103,6 +106,69 @@ class ModelStore:
         if tag is None:
             raise ModelError(f"no active model for task {task}; export one and run 'prescreen models activate'")
         return self.get(tag)
+
+    def active_tag(self, task: str) -> str | None:
+        """``NAME:VERSION`` of the active model of ``task``, ``None`` when it has none."""
+        return self._active().get(task)
+
+    # -- shadow models ---------------------------------------------------------------------
+    def _shadows(self) -> dict[str, str]:
+        if not self.shadow_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.shadow_file.read_text())
+        except ValueError as exc:
+            raise ModelError(f"{self.shadow_file} is corrupt ({exc}); fix or delete it, then set the shadow") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ModelError(f"{self.shadow_file} is not a task → NAME:VERSION map; fix or delete it")
+        return data
+
+    def _write_shadows(self, shadows: dict[str, str]) -> None:
+        tmp = self.shadow_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(shadows, indent=2, sort_keys=True))
+        tmp.replace(self.shadow_file)  # atomic: a running service never reads half a file
+
+    def set_shadow(self, task: str, tag: str) -> StoredModel:
+        """Make ``tag`` the shadow model of ``task``: it screens every live study of the task beside
+        the active model; its findings are stored, never routed. Replaces an earlier shadow.
+
+        Raises:
+            ModelError: no such model, it belongs to another task, or it is the active model.
+        """
+        model = self.get(tag)
+        if model.task != task:
+            raise ModelError(f"model {tag} is a {model.task} model, not {task}")
+        if model.active:
+            raise ModelError(f"model {model.tag} is the active {task} model; a shadow must be another model")
+        shadows = self._shadows()
+        shadows[task] = model.tag
+        self._write_shadows(shadows)
+        return model
+
+    def clear_shadow(self, task: str) -> str | None:
+        """Stop shadowing ``task``; returns the tag of the shadow model it had, if any."""
+        shadows = self._shadows()
+        previous = shadows.pop(task, None)
+        if previous is not None:
+            self._write_shadows(shadows)
+        return previous
+
+    def shadow_tag(self, task: str) -> str | None:
+        """``NAME:VERSION`` that ``shadow.json`` names for ``task``, as written (even if since removed)."""
+        return self._shadows().get(task)
+
+    def shadow(self, task: str) -> StoredModel | None:
+        """The shadow model of ``task``, or ``None``: none set, or it has since become the active
+        model (a model never shadows itself).
+
+        Raises:
+            ModelError: the shadow model named is no longer in the store, or the file is corrupt.
+        """
+        tag = self.shadow_tag(task)
+        if tag is None:
+            return None
+        model = self.get(tag)
+        return None if model.active else model
 
     # -- models ----------------------------------------------------------------------------
     def add(self, onnx_path: Path, card: ModelCard, source: str = "export") -> StoredModel:

@@ -1,15 +1,18 @@
 """The screening engine: the active model of every task, loaded once; a study's files → its task
-(by the tasks' declarations) → ONNX → ``Finding``; explanation overlays of flagged images."""
+(by the tasks' declarations) → ONNX → ``Finding``; explanation overlays of flagged images; the
+shadow (candidate) model of a task, picked up while running when ``shadow.json`` changes."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from prescreen.errors import (
     InvalidStudyError,
     ModelError,
     NotAssessableError,
+    PrescreenError,
     StudyTooLargeError,
     UnknownTaskError,
     UnsupportedStudyError,
@@ -33,6 +37,17 @@ from prescreen.models.routing import route_task
 from prescreen.models.task import task_names
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
+log = logging.getLogger(__name__)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file from the last one seen: mtime, inode (an atomic replace makes a
+    new one) and size; ``None`` when there is no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
 
 
 def _check_duration(study: object, max_seconds: float | None) -> None:
@@ -87,6 +102,12 @@ class ScreeningEngine:
             self.models[name] = model
         if not self.models:
             raise ModelError("no active model for any task; export and activate one first")
+        #: the shadow model of each task that has one, by task; and its tag
+        self.shadow_models: dict[str, OnnxModel] = {}
+        self._shadow_tags: dict[str, str] = {}
+        self._shadow_stamp: tuple[int, int, int] | None = None
+        self._shadow_lock = threading.Lock()
+        self.refresh_shadows()
 
     def screen(
         self, files: Mapping[str, bytes], task: str | None = None, *, max_seconds: float | None = None
@@ -112,6 +133,17 @@ class ScreeningEngine:
             raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
         if model is None:
             raise UnsupportedStudyError(f"no active model for task {name!r}; known: {', '.join(self.models)}")
+        result, x = self._screen_with(model, files, max_seconds)
+        if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
+            name = self._keep_for_explanation(x[0], result)
+            result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")
+        return result
+
+    def _screen_with(
+        self, model: OnnxModel, files: StudyFiles, max_seconds: float | None
+    ) -> tuple[Finding, FloatArray]:
+        """Screen a study's instances with ``model``: the finding of the highest-scoring instance
+        (with how many were screened and the seconds taken) and that instance's model input."""
         started = time.monotonic()
         instances = split_instances(files)
         chosen = sample_instances(len(instances), get_settings().max_instances_per_study)
@@ -137,10 +169,54 @@ class ScreeningEngine:
             instances_total=len(instances),
             seconds=round(time.monotonic() - started, 4),
         )
-        if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
-            name = self._keep_for_explanation(x[0], result)
-            result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")
-        return result
+        return result, x
+
+    # -- shadow models ---------------------------------------------------------------------
+    def refresh_shadows(self) -> None:
+        """Load or drop shadow models when ``shadow.json`` changed since the last look (one ``stat``
+        when it did not), so ``prescreen models shadow`` takes effect in a running service at its
+        next job. A shadow model that cannot be loaded is logged and left out: it never stops the
+        service."""
+        stamp = _file_stamp(self.store.shadow_file)
+        if stamp == self._shadow_stamp:
+            return
+        with self._shadow_lock:
+            if stamp == self._shadow_stamp:
+                return
+            models: dict[str, OnnxModel] = {}
+            tags: dict[str, str] = {}
+            for name in task_names():
+                try:
+                    stored = self.store.shadow(name)
+                    if stored is None:
+                        continue
+                    loaded = self.shadow_models.get(name)
+                    keep = loaded is not None and self._shadow_tags.get(name) == stored.tag
+                    models[name] = loaded if keep and loaded else OnnxModel(stored.onnx_path, stored.card)
+                    tags[name] = stored.tag
+                except PrescreenError as exc:
+                    log.warning("shadow model of %s not loaded: %s", name, exc)
+            if tags != self._shadow_tags:
+                log.info("shadow models now: %s", ", ".join(f"{t} {tag}" for t, tag in sorted(tags.items())) or "none")
+            self.shadow_models, self._shadow_tags, self._shadow_stamp = models, tags, stamp
+
+    def shadow_tag(self, task: str) -> str | None:
+        """``NAME:VERSION`` of the shadow model the engine holds for ``task`` (after a refresh)."""
+        self.refresh_shadows()
+        return self._shadow_tags.get(task)
+
+    def shadow_screen(self, task: str) -> Callable[[Mapping[str, bytes]], Finding] | None:
+        """A function that screens a series' files with the shadow model of ``task`` (its finding
+        marked ``shadow``, no explanation kept), or ``None`` when the task has no shadow model."""
+        self.refresh_shadows()
+        model = self.shadow_models.get(task)
+        if model is None:
+            return None
+        return functools.partial(self._screen_shadow, model)
+
+    def _screen_shadow(self, model: OnnxModel, files: Mapping[str, bytes]) -> Finding:
+        result, _ = self._screen_with(model, study_files(files), None)
+        return dataclasses.replace(result, shadow=True)
 
     def _keep_for_explanation(self, frame: FloatArray, result: Finding) -> str:
         """Keep the model input of a flagged image; the overlay is drawn when first asked for."""

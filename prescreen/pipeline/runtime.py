@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import cast
 
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.config import Settings
 from prescreen.integration.listener import start_listener
 from prescreen.pipeline.loop import Step, StepLoop
+from prescreen.pipeline.monitoring import MonitoringStep
 from prescreen.pipeline.outbox import OutboxStep
-from prescreen.pipeline.screening import Screen, ScreeningStep
+from prescreen.pipeline.screening import Screen, ScreeningStep, ShadowScreens
 from prescreen.pipeline.triage import TriageStep
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
@@ -66,9 +68,19 @@ class Runtime:
             loop.stop()
 
 
-def start_runtime(settings: Settings, screen: Screen | None, *, listen: bool = True) -> Runtime:
+def _shadow_of(screen: Screen | None) -> ShadowScreens | None:
+    """The shadow screens of the engine whose bound ``screen`` method this is, if it has them."""
+    found = getattr(getattr(screen, "__self__", None), "shadow_screen", None)
+    return cast(ShadowScreens, found) if callable(found) else None
+
+
+def start_runtime(
+    settings: Settings, screen: Screen | None, *, listen: bool = True, shadow: ShadowScreens | None = None
+) -> Runtime:
     """Open the store and start ``PRESCREEN_WORKER_THREADS`` screening loops (triage, then screening;
-    only when ``screen`` is given), the outbox loop and the DICOM listener.
+    only when ``screen`` is given, with the monitoring loop), the outbox loop and the DICOM listener.
+    ``shadow`` screens live studies with a task's shadow model (default: that of the engine whose
+    ``screen`` is given).
 
     Raises:
         RulesError: an invalid routing-rules file (the service must not start with it).
@@ -79,11 +91,14 @@ def start_runtime(settings: Settings, screen: Screen | None, *, listen: bool = T
     if released:
         log.info("took back %d jobs or deliveries of a process that died", released)
     blobs = runtime.ingestor.blobs
+    shadow = shadow or _shadow_of(screen)
     if screen is not None and rules is not None:
         triage = TriageStep(runtime.sessions, rules, sla_targets(settings), settings.escalation_webhook)
         for index in range(settings.worker_threads):
-            steps: list[Step] = [triage, ScreeningStep(runtime.sessions, blobs, screen, settings)]
+            steps: list[Step] = [triage, ScreeningStep(runtime.sessions, blobs, screen, settings, shadow)]
             runtime.loops.append(StepLoop(f"screening-{index}", steps, settings.worker_poll_seconds))
+        monitoring = MonitoringStep.of(runtime.sessions, settings, screen)
+        runtime.loops.append(StepLoop("monitoring", [monitoring], settings.monitoring_interval_seconds))
     runtime.loops.append(
         StepLoop("outbox", [OutboxStep(runtime.sessions, blobs, settings)], settings.worker_poll_seconds)
     )

@@ -3,6 +3,11 @@ job, reads its files from the blob store, screens them and records the outcome.
 
 The queue lives in the database (:mod:`prescreen.store.queue`), so a killed process loses nothing:
 its unfinished jobs are taken again once their lease has expired.
+
+Shadow mode: when the task of a finished job has a shadow (candidate) model, the same files are
+screened by it at the worker's next turn, after the triage step has routed the active finding,
+and its finding is stored apart (:mod:`prescreen.store.shadow`); it never changes, delays or fails
+the active result.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ from prescreen.store.queue import (
     finish_job,
     worker_name,
 )
+from prescreen.store.shadow import record_shadow
 
 log = logging.getLogger(__name__)
 
 Screen = Callable[[Mapping[str, bytes]], Finding]
 """Screens one series' files (``ScreeningEngine.screen``)."""
+
+ShadowScreens = Callable[[str], Screen | None]
+"""The shadow model's screen of a task, ``None`` when the task has none (``ScreeningEngine.shadow_screen``)."""
 
 
 def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
@@ -65,17 +74,28 @@ class ScreeningStep:
         blobs: the blob store the instances are in.
         screen: screens one series' files.
         settings: quiet period, lease, attempts, SR destinations.
+        shadow: the shadow screen of a task, when shadow mode may be on.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, screen: Screen, settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        screen: Screen,
+        settings: Settings,
+        shadow: ShadowScreens | None = None,
+    ) -> None:
         self.sessions = sessions
         self.blobs = blobs
         self.screen = screen
         self.settings = settings
+        self.shadow = shadow
         self.name = worker_name()
+        self._shadow_due: tuple[ClaimedJob, str] | None = None
 
     def run_once(self) -> bool:
-        """``True`` when a job ran."""
+        """``True`` when a job (or a shadow screening) ran."""
+        shadowed = self.run_shadow()
         settings = self.settings
         complete_studies(self.sessions, settings.study_quiet_seconds)
         fail_exhausted_jobs(
@@ -88,7 +108,7 @@ class ScreeningStep:
             self.sessions, self.name, lease_seconds=settings.job_lease_seconds, max_attempts=settings.job_max_attempts
         )
         if job is None:
-            return False
+            return shadowed
         try:
             outcome = run_job(self.screen, self.blobs, job)
         except Exception as exc:  # a model or runtime failure: try again later, then give up
@@ -100,4 +120,27 @@ class ScreeningStep:
             outcome = Outcome(JobState.FAILED, reason)
         status = finish_job(self.sessions, job, self.name, outcome, sr_destinations=settings.sr_destinations)
         log.info("job %s: %s%s", job.id, outcome.state, f"; study {job.study_id} {status}" if status else "")
+        if outcome.finding is not None and self.shadow is not None:
+            self._shadow_due = (job, outcome.finding.task)  # screened at the next turn, once triage has run
+        return True
+
+    def run_shadow(self) -> bool:
+        """Screen the last finished job's series with its task's shadow model, if it has one, and
+        store that finding apart. Any failure is logged (job id and error type only) and ignored.
+        ``True`` when a shadow model screened."""
+        due, self._shadow_due = self._shadow_due, None
+        if due is None or self.shadow is None:
+            return False
+        job, task = due
+        try:
+            screen = self.shadow(task)
+            if screen is None:
+                return False
+            files = {f.file_name: self.blobs.get(f.blob_key) for f in job.files}
+            finding = screen(StudyFiles(files, job.headers))
+            record_shadow(self.sessions, job.series.id, finding)
+        except Exception as exc:  # the shadow never fails the job nor stops the worker
+            log.warning("shadow screening of job %s failed: %s", job.id, type(exc).__name__)
+            return False
+        log.info("job %s: shadow %s %s:%s", job.id, task, finding.model_name, finding.model_version)
         return True

@@ -407,6 +407,7 @@ def item_page(request: Request, user: PageReader, item_id: str) -> Response:
         study=study,
         draft_text=editing.text if editing else "",
         draft_agrees=bool(editing and editing.ai_agrees),
+        draft_label=(editing.physician_label if editing else None) or "",
         flash=_pop_flash(request),
     )
     return _shown(response, request)
@@ -475,6 +476,7 @@ def _is_saved(ingestor: Ingestor, item_id: str, draft: DraftText) -> bool:
         and report.status == "draft"
         and report.text == draft.text
         and report.ai_agrees == draft.ai_agrees
+        and report.physician_label == (draft.physician_label or None)
     )
 
 
@@ -499,9 +501,10 @@ def item_action(
     ai_agrees: Annotated[str | None, Form()] = None,
     comment: Annotated[str | None, Form()] = None,
     text_sha256: Annotated[str | None, Form(max_length=64)] = None,
+    physician_label: Annotated[str | None, Form(max_length=64)] = None,
 ) -> Response:
     """One action from the item page's forms: ``claim``, ``release``, ``draft`` (``text``,
-    ``ai_agrees``), ``sign`` (with ``text``: saves that draft first), ``return`` (``comment``) or
+    ``ai_agrees``, ``physician_label``), ``sign`` (with ``text``: saves that draft first), ``return`` (``comment``) or
     ``amend``; then back to the item with what happened (or why not) as a message."""
     if user is None:
         return to_login(request)
@@ -514,7 +517,7 @@ def item_action(
     try:
         if action == "return" and not (comment or "").strip():
             raise InvalidRequestError("write a comment for the first reader: what should change")
-        draft = DraftText((text or "").replace("\r\n", "\n"), ai_agrees is not None)
+        draft = DraftText((text or "").replace("\r\n", "\n"), ai_agrees is not None, physician_label or None)
         if action == "draft" or (action == "sign" and text is not None and not _is_saved(ingestor, item_id, draft)):
             state = act(ingestor.sessions, item_id, "draft", user, draft=draft, **options)
         if action != "draft":

@@ -6,17 +6,27 @@ Run with ``prescreen serve`` (or ``bentoml serve prescreen.serving.service:Presc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from prometheus_client.metrics_core import Metric
+
 from prescreen.config import get_settings
 
 get_settings()  # sets BENTOML_HOME and BENTOML_DO_NOT_TRACK before bentoml is imported
 
 import bentoml  # noqa: E402
 
+from prescreen.evaluation.monitoring import MonitoringPolicy  # noqa: E402
 from prescreen.models.model_store import ModelStore  # noqa: E402
 from prescreen.pipeline.engine import ScreeningEngine  # noqa: E402
+from prescreen.pipeline.monitoring import ModelCards  # noqa: E402
 from prescreen.pipeline.runtime import start_runtime  # noqa: E402
 from prescreen.serving.app import create_app  # noqa: E402
+from prescreen.serving.metrics import in_service_families, render_metrics  # noqa: E402
+from prescreen.serving.metrics_endpoints import sanitize_endpoints  # noqa: E402
 from prescreen.serving.process import die_with_parent  # noqa: E402
+from prescreen.store.monitoring import model_versions, monitoring_groups, scored_studies  # noqa: E402
+from prescreen.store.stats import store_stats  # noqa: E402
 
 api = create_app()
 
@@ -31,6 +41,7 @@ class Prescreen:
         settings = get_settings()
         self.engine = ScreeningEngine(ModelStore(), explanations_dir=settings.home / "explanations")
         self.runtime = start_runtime(settings, self.engine.screen)
+        self.monitoring_cards = ModelCards.of_engine(self.engine)
         api.state.engine = self.engine
         api.state.ingestor = self.runtime.ingestor
 
@@ -39,6 +50,22 @@ class Prescreen:
         (BentoML answers ``/readyz`` itself and asks this)."""
         loops_alive = all(loop.alive for loop in self.runtime.loops)
         return api.state.engine is not None and getattr(api.state, "ingestor", None) is not None and loops_alive
+
+    def __metrics__(self, content: str) -> str:
+        """``GET /metrics``: BentoML's own series (``content``, identifiers taken out of its endpoint
+        labels), then the ``prescreen_*`` ones counted in the database at scrape time
+        (:mod:`prescreen.serving.metrics`)."""
+        sessions = self.runtime.sessions
+        policy = MonitoringPolicy.from_settings(get_settings())
+
+        def in_service() -> Iterable[Metric]:
+            with sessions() as session:
+                cards = self.monitoring_cards(model_versions(session))
+                groups = monitoring_groups(scored_studies(session), cards, policy)
+            return in_service_families(groups)
+
+        ours = render_metrics(lambda: store_stats(sessions), sorted(self.engine.models), providers=[in_service])
+        return sanitize_endpoints(content) + ours
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def shutdown(self) -> None:

@@ -3,6 +3,7 @@ actions, and turnaround statistics. The pages (``/ui``) call the same functions.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -14,6 +15,7 @@ from prescreen.errors import NotFoundError
 from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
 from prescreen.serving.deps import IngestorDep, claim_lease, get_targets
 from prescreen.serving.schemas import AgreementStats, TurnaroundStats, UserOut, WorklistPage, WorklistsOut
+from prescreen.store.agreement import ReviewAgreement, review_agreement
 from prescreen.store.reading import DraftText, ItemDetail, act, item_detail
 from prescreen.store.sla import ai_agreement_stats, turnaround_stats
 from prescreen.store.users import authenticate, sign_out_everywhere
@@ -34,6 +36,12 @@ class Token(BaseModel):
 class DraftBody(BaseModel):
     text: str = Field(description="The report text")
     ai_agrees: bool | None = Field(None, description="Whether the reader agrees with the AI flag")
+    physician_label: str | None = Field(
+        None,
+        max_length=64,
+        description="The reader's own label of the study: one of the item's label_choices (the task's classes, "
+        "or 'not assessable'); needed to submit the report of a screened study (400 when not a choice)",
+    )
 
 
 class SignBody(BaseModel):
@@ -106,7 +114,8 @@ def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> Ite
 
 @worklists_router.post("/worklist-items/{item_id}/draft")
 def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBody) -> ItemDetail:
-    """Save the draft report ``{"text", "ai_agrees"}`` (413 above ``PRESCREEN_MAX_REPORT_CHARS``)."""
+    """Save the draft report ``{"text", "ai_agrees", "physician_label"}`` (413 above
+    ``PRESCREEN_MAX_REPORT_CHARS``; 400 for a label that is not one of the item's ``label_choices``)."""
     settings = get_settings()
     state = act(
         ingestor.sessions,
@@ -114,7 +123,7 @@ def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBod
         "draft",
         user,
         lease=claim_lease(settings),
-        draft=DraftText(body.text, body.ai_agrees),
+        draft=DraftText(body.text, body.ai_agrees, body.physician_label),
         max_chars=settings.max_report_chars,
     )
     return _after(ingestor, user, item_id, state)
@@ -156,6 +165,20 @@ def turnaround(ingestor: IngestorDep, _user: StatsReader) -> TurnaroundStats:
     """Receipt → final report: p50/p95 minutes and the share within target, by worklist and priority."""
     with ingestor.sessions() as session:
         return {"groups": turnaround_stats(session, get_targets())}
+
+
+@worklists_router.get("/stats/review-agreement")
+def review_agreement_stats(
+    ingestor: IngestorDep,
+    _user: StatsReader,
+    since: Annotated[
+        datetime | None, Query(description="Only reports co-signed from this time on (ISO 8601; UTC without offset)")
+    ] = None,
+) -> ReviewAgreement:
+    """The share of co-signed reports the second reader approved without a return or change, overall,
+    by worklist and by first reader, with Wilson 95 % intervals and the 0.98 target."""
+    with ingestor.sessions() as session:
+        return review_agreement(session, since)
 
 
 @worklists_router.get("/stats/ai-agreement")

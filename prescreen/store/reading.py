@@ -1,6 +1,11 @@
 """Reading an item: its detail, and the reader actions (claim, release, draft, sign, return,
 amend) applied through the review state machine of :mod:`prescreen.triage.review`.
 
+The first reader's draft carries their own label of the study (one of the task's classes, or "not
+assessable"; checked by :func:`~prescreen.triage.review.check_label`); a draft of a screened study
+is not submitted without it, and the label stays with the report through co-signature, return and
+amendment: the ground truth that monitors the models in service.
+
 Each action is one transaction. A claim is a conditional ``UPDATE`` on the item's revision (with
 the row locked on PostgreSQL), so of two concurrent claims exactly one wins, also across processes.
 """
@@ -8,20 +13,20 @@ the row locked on PostgreSQL), so of two concurrent claims exactly one wins, als
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
-from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError
+from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError, UnknownTaskError
 from prescreen.store.queue import as_utc, changed, utcnow
 from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, User, WorklistItem
 from prescreen.store.users import Principal
 from prescreen.store.worklist import ItemSummary, check_access, item_summary, load_item
 from prescreen.triage.priority import SlaTargets
-from prescreen.triage.review import Actor, ItemState, allowed_actions, decide
+from prescreen.triage.review import Actor, ItemState, allowed_actions, check_label, decide, label_choices
 
 
 class SignatureRow(TypedDict):
@@ -41,6 +46,7 @@ class ReportVersion(TypedDict):
     status: str
     text: str
     ai_agrees: bool | None
+    physician_label: str | None
     text_sha256: str
     author: str | None
     updated_at: str
@@ -75,6 +81,7 @@ class ItemDetail(ItemSummary):
     return_comment: str | None
     ai_agrees: bool | None
     finalized_at: str | None
+    label_choices: list[str]
     reports: list[ReportVersion]
     escalations: list[EscalationRow]
     history: list[HistoryRow]
@@ -105,6 +112,7 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
                 "status": report.status,
                 "text": report.text,
                 "ai_agrees": report.ai_agrees,
+                "physician_label": report.physician_label,
                 "text_sha256": _digest(report.text),
                 "author": names.get(report.author_id),
                 "updated_at": as_utc(report.updated_at).isoformat(),
@@ -131,6 +139,7 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
         "return_comment": item.return_comment,
         "ai_agrees": item.ai_agrees,
         "finalized_at": as_utc(item.finalized_at).isoformat() if item.finalized_at else None,
+        "label_choices": list(label_choices(task_classes(item.task))),
         "reports": versions,
         "escalations": [{"level": e.level, "at": as_utc(e.at).isoformat()} for e in escalations],
         "history": [
@@ -151,6 +160,21 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
 class DraftText:
     text: str
     ai_agrees: bool | None
+    #: the physician's own label of the study (checked against the item's task when saved)
+    physician_label: str | None = None
+
+
+def task_classes(task: str | None) -> tuple[str, ...]:
+    """The classes of a task, which a physician labels its studies with (none for an unscreened
+    study, or a task this service no longer knows)."""
+    if task is None:
+        return ()
+    from prescreen.models.task import get_task  # late: the task registry loads the networks' modules
+
+    try:
+        return get_task(task).classes
+    except UnknownTaskError:
+        return ()
 
 
 def _current_report(session: Session, item_id: str) -> Report | None:
@@ -165,6 +189,7 @@ def _item_state(item: WorklistItem, session: Session) -> ItemState:
         claimed_by=item.claimed_by,
         claim_expires=as_utc(item.claim_expires) if item.claim_expires else None,
         has_draft=report is not None and report.status == "draft" and bool(report.text.strip()),
+        label_missing=item.task is not None and (report is None or not report.physician_label),
     )
 
 
@@ -208,6 +233,8 @@ def act(
             decision = decide(state, action, Actor(user.id, user.grade), now, lease)  # type: ignore[arg-type]
         except (ForbiddenError, ConflictError) as exc:
             raise type(exc)(_with_names(session, str(exc), state)) from None
+        if draft is not None and action == "draft":
+            draft = replace(draft, physician_label=check_label(draft.physician_label, task_classes(item.task)))
         done = session.execute(
             update(WorklistItem)
             .where(WorklistItem.id == item.id, WorklistItem.revision == item.revision)
@@ -261,6 +288,7 @@ def _apply_report(
             report = Report(item_id=item.id, version=(report.version + 1) if report else 1, author_id=user.id)
             session.add(report)
         report.text, report.ai_agrees, report.author_id, report.status = draft.text, draft.ai_agrees, user.id, "draft"
+        report.physician_label = draft.physician_label
         report.updated_at = now
     elif action == "amend" and new_version and report is not None:
         report.status = "superseded"
@@ -270,6 +298,7 @@ def _apply_report(
                 version=report.version + 1,
                 text=report.text,
                 ai_agrees=report.ai_agrees,
+                physician_label=report.physician_label,
                 author_id=user.id,
                 status="draft",
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,3 +25,8 @@ class RunConfig(BaseModel):
     test_fraction: float = Field(0.15, ge=0, lt=0.5)
     limit: int | None = Field(None, ge=8, description="use only this many records (smoke runs)")
     threads: int = Field(2, ge=1)
+    group_by: Literal["record", "phash"] = Field(
+        "record", description="unit of the splits: the record, or groups of near-identical images (pHash)"
+    )
+    folds: int = Field(0, ge=0, description="k of a k-fold cross-validation over the training side (0: one split)")
+    fold: int | None = Field(None, ge=0, description="which fold this run validates on (cross-validation runs)")

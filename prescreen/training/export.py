@@ -6,6 +6,7 @@ import json
 import logging
 import warnings
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,19 @@ from torch import nn
 
 from prescreen.config import get_settings
 from prescreen.errors import ExportError, ModelError
-from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
-from prescreen.evaluation.threshold import choose_threshold
+from prescreen.evaluation.evaluate import evaluate_probs
+from prescreen.evaluation.operating import characterize, perturbation_table
+from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
-from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, make_session, sha256_file
+from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, FloatArray, make_session, sha256_file
 from prescreen.models.task import Task, get_task
 from prescreen.training.config import RunConfig
 
 PARITY_TOLERANCE = 1e-4
+MAX_MODEL_BYTES = 10_000_000
+"""A shipped model file (an ensemble included) stays within 10 MB; a larger one is INT8-quantized."""
+MAX_QUANTIZED_DISAGREEMENT = 0.01
+"""The share of validation decisions an INT8 model may change against its FP32 original."""
 
 
 class MeanSoftmax(nn.Module):
@@ -102,6 +108,61 @@ def parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray[Any, Any]) -> f
     return diff
 
 
+def onnx_predictor(task: Task, path: Path) -> Callable[[list[FloatArray]], FloatArray]:
+    """Preprocessed signals → class probabilities of an ONNX file (uncalibrated)."""
+    session = make_session(path)
+
+    def predict(signals: list[FloatArray]) -> FloatArray:
+        return task.predict_by_windows(signals, lambda w: session.run([OUTPUT_NAME], {INPUT_NAME: w})[0])
+
+    return predict
+
+
+def quantize(fp32: Path, int8: Path) -> None:
+    """Dynamic INT8 quantization of the weights, per output channel, with ONNX Runtime (activations
+    are quantized on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    except Exception as exc:  # onnxruntime raises its own classes
+        raise ExportError(f"INT8 quantization failed: {exc}") from exc
+
+
+def shrink_to_limit(
+    task: Task, onnx_path: Path, check: list[FloatArray], temperature: float, threshold: float, where: str
+) -> dict[str, Any] | None:
+    """INT8-quantize ``onnx_path`` in place when it exceeds ``MAX_MODEL_BYTES``, after checking that
+    its decisions (calibrated, at ``threshold``) on ``check`` differ from FP32 on at most 1 %.
+
+    Returns:
+        what was done, for the card; ``None`` when the file was small enough.
+
+    Raises:
+        ExportError: quantization failed, or it changes more than 1 % of the decisions.
+    """
+    size = onnx_path.stat().st_size
+    if size <= MAX_MODEL_BYTES:
+        return None
+    int8 = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
+    quantize(onnx_path, int8)
+    flags = [
+        task.flag_scores(apply_temperature(onnx_predictor(task, p)(check), temperature)) >= threshold
+        for p in (onnx_path, int8)
+    ]
+    disagreement = float(np.mean(flags[0] != flags[1]))
+    if disagreement > MAX_QUANTIZED_DISAGREEMENT:
+        int8.unlink()
+        raise ExportError(f"INT8 decisions differ from FP32 on {disagreement:.1%} of {len(check)} records (> 1 %)")
+    int8.replace(onnx_path)
+    return {
+        "method": "ONNX Runtime dynamic quantization, INT8 weights per channel",
+        "fp32_size_bytes": size,
+        "decision_disagreement_vs_fp32": round(disagreement, 4),
+        "checked_on": f"{len(check)} {where} records, balanced operating point",
+    }
+
+
 def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: bool = False) -> tuple[Path, ModelCard]:
     """Export one run, or several runs of one split as an ensemble: ONNX file, parity check,
     threshold on the validation split, card.
@@ -137,7 +198,6 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
     val_labels, test_labels = preds[0]["val_labels"], preds[0]["test_labels"]
     val_probs = np.mean([p["val_probs"] for p in preds], axis=0)
     test_probs = np.mean([p["test_probs"] for p in preds], axis=0)
-    threshold = choose_threshold(flag_truth(task, val_labels), task.flag_scores(val_probs))
     data = task.load_dataset(cfg.data, get_settings().cache_dir, progress, "train")
     if data.digest != summary["data_digest"]:
         raise ExportError(f"the data in {cfg.data} changed since training (digest differs)")
@@ -149,11 +209,25 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
     onnx_path = folder / "model.onnx"
     export_onnx(wrapped, torch.from_numpy(val_windows[:2]), onnx_path)
     max_diff = parity(wrapped, onnx_path, val_windows)
+    val_signals = [data.signals[by_id[str(r)]] for r in preds[0]["val_ids"]]
+    found = characterize(task, val_labels, val_probs, f"validation split (n={len(val_labels)})")
+    temperature, threshold = found.calibration.temperature, found.operating_points["balanced"].threshold
+    quantized = shrink_to_limit(task, onnx_path, val_signals, temperature, threshold, "validation")
+    predict = onnx_predictor(task, onnx_path)
+    if quantized:  # the shipped (INT8) model's own probabilities make the card's figures
+        val_probs = predict(val_signals)
+        if len(test_labels):
+            test_probs = predict([data.signals[by_id[str(r)]] for r in preds[0]["test_ids"]])
+    found.shift["perturbations"] = perturbation_table(
+        task, val_labels, val_signals, predict, temperature, found.operating_points, cfg.seed
+    )
+    calibrated_val = apply_temperature(val_probs, found.calibration.temperature)
+    calibrated_test = apply_temperature(test_probs, found.calibration.temperature) if len(test_labels) else test_probs
     common = {"dataset_path": str(cfg.data), "dataset_digest": summary["data_digest"]}
     validation = evaluate_probs(
         task,
         val_labels,
-        val_probs,
+        calibrated_val,
         threshold,
         split="validation split",
         **common,
@@ -164,7 +238,7 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
         test = evaluate_probs(
             task,
             test_labels,
-            test_probs,
+            calibrated_test,
             threshold,
             split="held-out test split",
             **common,
@@ -190,7 +264,7 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
         flag_rule=task.flag_rule,
         input_spec=task.input_spec,
         operating_threshold=round(threshold, 6),
-        threshold_chosen_on=f"validation split (n={len(val_labels)}), maximizing flag accuracy",
+        threshold_chosen_on=f"validation split (n={len(val_labels)}), maximizing Youden's J",
         training=training,
         onnx={
             "file": "model.onnx",
@@ -200,10 +274,16 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
             "parity_inputs": len(val_windows),
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
+            **({"quantized": quantized} if quantized else {}),
         },
         validation=validation,
         test=test,
         caveats=list(task.caveats),
+        calibration=found.calibration,
+        operating_points=found.operating_points,
+        score_reference=found.score_reference,
+        shift=found.shift,
+        validation_scheme=f"stratified record-level split (seed {cfg.split_seed}): train / validation / test",
     )
     card.save(folder / "card.json")
     return onnx_path, card

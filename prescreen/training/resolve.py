@@ -10,7 +10,7 @@ import numpy as np
 
 from prescreen.errors import ModelError
 from prescreen.evaluation.evaluate import flag_truth
-from prescreen.evaluation.threshold import choose_threshold
+from prescreen.evaluation.threshold import choose_balanced
 from prescreen.models.card import ModelCard
 from prescreen.models.model_store import ModelStore
 from prescreen.models.onnx_model import FloatArray, OnnxModel, sha256_file
@@ -83,7 +83,7 @@ def _from_run(task: Task, folder: Path) -> Predictor:
     if run_task.name != task.name:
         raise ModelError(f"run {folder} trained {run_task.name}, not {task.name}")
     preds = np.load(folder / "predictions.npz")
-    threshold = choose_threshold(flag_truth(task, preds["val_labels"]), task.flag_scores(preds["val_probs"]))
+    threshold = choose_balanced(flag_truth(task, preds["val_labels"]), task.flag_scores(preds["val_probs"]))
 
     def predict(signals: list[FloatArray]) -> FloatArray:
         return predict_probs(task, net, signals)

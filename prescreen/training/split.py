@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 IntArray = npt.NDArray[np.int64]
 
@@ -40,3 +40,29 @@ def _split(idx: IntArray, size: float, strat: IntArray | None, seed: int) -> tup
             pass
     a, b = train_test_split(idx, test_size=size, random_state=seed)
     return a, b
+
+
+def grouped_split(
+    labels: IntArray, groups: IntArray, test_fraction: float, folds: int, fold: int, seed: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Train / validation / test indices where no group straddles two parts.
+
+    The test part is one fold of a ``round(1 / test_fraction)``-fold stratified group split (never
+    used in training, early stopping or choosing thresholds); the rest is split into ``folds``
+    stratified group folds, of which ``fold`` validates and the others train.
+
+    Raises:
+        ValueError: ``fold`` outside ``0..folds-1`` or fewer than 2 folds.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need 2 or more folds and 0 <= fold < folds, not fold {fold} of {folds}")
+    idx = np.arange(len(labels))
+    if test_fraction > 0:
+        outer = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
+        rest, test = next(outer.split(idx, labels, groups))
+    else:
+        rest, test = idx, idx[:0]
+    inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    parts = list(inner.split(rest, labels[rest], groups[rest]))
+    train, val = parts[fold]
+    return np.sort(rest[train]), np.sort(rest[val]), np.sort(test)

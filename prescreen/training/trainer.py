@@ -26,7 +26,8 @@ from prescreen.datasets.collections import LabelledSet
 from prescreen.errors import DatasetError
 from prescreen.models.task import Task
 from prescreen.training.config import RunConfig
-from prescreen.training.split import stratified_split
+from prescreen.training.groups import near_duplicate_groups, record_groups
+from prescreen.training.split import grouped_split, stratified_split
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -77,7 +78,7 @@ class Trainer:
         if cfg.limit is not None and cfg.limit < len(data):
             rng0 = np.random.default_rng(cfg.split_seed)
             data = data.subset(np.sort(rng0.permutation(len(data))[: cfg.limit]))
-        train_i, val_i, test_i = stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        train_i, val_i, test_i = split_indices(cfg, data)
         train, val, test = data.subset(train_i), data.subset(val_i), data.subset(test_i)
         _check_validation(self.task, val.labels)
         (out / "run.json").write_text(cfg.model_dump_json(indent=2))
@@ -160,6 +161,19 @@ class Trainer:
         }
         (out / "train.json").write_text(json.dumps(meta, indent=2))
         return TrainResult(out, best[1], best[0], len(history), seconds)
+
+
+def split_indices(
+    cfg: RunConfig, data: LabelledSet
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Train / validation / test indices of a run: the plain stratified record split, or (with
+    ``group_by: phash`` or ``folds``) a stratified group split where no near-duplicate group
+    straddles two parts, validating on fold ``cfg.fold`` of ``cfg.folds``."""
+    if cfg.group_by == "record" and not cfg.folds:
+        return stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    groups = near_duplicate_groups(data.signals) if cfg.group_by == "phash" else record_groups(len(data))
+    folds = cfg.folds or max(2, round((1 - cfg.test_fraction) / cfg.val_fraction))
+    return grouped_split(data.labels, groups, cfg.test_fraction, folds, cfg.fold or 0, cfg.split_seed)
 
 
 def _check_validation(task: Task, labels: npt.NDArray[np.int64]) -> None:

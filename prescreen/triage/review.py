@@ -6,7 +6,8 @@ Transitions (anything else is refused)::
     unread                     claim    attending or above (becomes first reader)          claimed
     claimed                    release  the holder                                         unread
     claimed, draft, returned   draft    the first reader, holding the claim                draft
-    draft                      sign     the first reader, holding the claim, non-empty     awaiting_review (submitted)
+    draft                      sign     the first reader, holding the claim, non-empty,    awaiting_review (submitted)
+                                        labelled (a screened study)
     awaiting_review            claim    associate_chief or above, not the first reader     awaiting_review (review)
     awaiting_review            sign     associate_chief or above, not the first reader     final (cosigned)
     awaiting_review            return   associate_chief or above, not the first reader     returned
@@ -26,6 +27,9 @@ Transitions (anything else is refused)::
 * A ``returned`` item is released: it waits for its first reader, who alone may claim it again, save
   a revised draft and sign (submit) it again. Signing a returned item directly is refused: save a
   revised draft first.
+* The first reader records their own *label* of the study with the draft: one of the task's classes
+  or ``"not assessable"`` (:func:`check_label`), the ground truth that monitors the models in
+  service. A draft of a screened study (one with a task) is not submitted without it.
 * ``amend`` on a ``final`` report starts a new version as a ``draft`` held by the amending user, who
   becomes its first reader: the original first reader (attending or above) or anyone of grade
   associate_chief or above. The new version needs a new co-signature.
@@ -38,20 +42,24 @@ Errors, checked in this order:
 2. the actor may never do it on this item (grade, own report, someone else's draft, someone
    else's claim for actions that need the claim) → :class:`~prescreen.errors.ForbiddenError` (403);
 3. it needs a claim nobody holds, or a claim is held by someone else (``claim`` only), or the draft
-   is empty → :class:`~prescreen.errors.ConflictError` (409).
+   is empty, or the draft of a screened study has no physician label →
+   :class:`~prescreen.errors.ConflictError` (409).
+
+A label that is not one of the task's choices is an :class:`~prescreen.errors.InvalidRequestError`
+(400), from :func:`check_label`.
 
 Every error message says why. Decisions are pure: the caller stores the :class:`Decision`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
 from prescreen.domain import ReviewState
-from prescreen.errors import ConflictError, ForbiddenError
+from prescreen.errors import ConflictError, ForbiddenError, InvalidRequestError
 
 State = ReviewState
 STATES: tuple[State, ...] = tuple(ReviewState)
@@ -71,6 +79,34 @@ COSIGNER_MIN_GRADE: Grade = "associate_chief"
 """The lowest grade that may review (claim the review, co-sign, return)."""
 
 _NOMINAL_LEASE = timedelta(minutes=1)
+
+NOT_ASSESSABLE = "not assessable"
+"""The physician's label of a study that cannot be judged (it counts in no sensitivity or accuracy)."""
+
+
+def label_choices(classes: Sequence[str]) -> tuple[str, ...]:
+    """The labels a physician may give a study of a task with these classes: the classes, then
+    :data:`NOT_ASSESSABLE` (only that for a study no model screened)."""
+    return (*classes, NOT_ASSESSABLE)
+
+
+def check_label(label: str | None, classes: Sequence[str]) -> str | None:
+    """The physician's label as stored: ``None`` when none was given (absent or blank), else the
+    choice of :func:`label_choices` it names (compared without case and surrounding spaces).
+
+    Raises:
+        InvalidRequestError: a label that is not one of the choices (the message lists them).
+    """
+    if label is None or not label.strip():
+        return None
+    wanted = " ".join(label.split()).casefold()
+    choices = label_choices(classes)
+    for choice in choices:
+        if choice.casefold() == wanted:
+            return choice
+    raise InvalidRequestError(
+        f"the label {label.strip()[:40]!r} is not one of this study's labels: {', '.join(choices)}"
+    )
 
 
 def grade_at_least(g: str, minimum: str) -> bool:
@@ -112,6 +148,8 @@ class ItemState:
         claimed_by: the lease holder, or None.
         claim_expires: when the lease ends (set exactly when ``claimed_by`` is).
         has_draft: whether a non-empty draft text exists (needed to submit).
+        label_missing: the study was screened (its item has a task) and the draft carries no
+            physician label (needed to submit).
     """
 
     state: str
@@ -119,6 +157,7 @@ class ItemState:
     claimed_by: str | None
     claim_expires: datetime | None
     has_draft: bool
+    label_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -319,6 +358,11 @@ def _sign(item: ItemState, actor: Actor, now: datetime, lease: timedelta) -> Dec
     _check_holds_claim(item, actor, "signing")
     if not item.has_draft:
         raise ConflictError("there is no draft text to sign: save a draft first")
+    if item.label_missing:
+        raise ConflictError(
+            "record your own label of the study with the draft (one of the task's classes, or "
+            f"'{NOT_ASSESSABLE}') before signing"
+        )
     return Decision(ReviewState.AWAITING_REVIEW, item.first_reader, None, None, False, signature="submitted")
 
 

@@ -170,6 +170,7 @@ def test_read_and_cosign_an_af_ecg_in_the_browser(shared_data: Path, cli_env: di
                 page.wait_for_selector(".flash-ok")
                 page.fill("#report-text", "Atrial fibrillation with a ventricular rate of about 100/min.\nNo pauses.")
                 page.check("#ai-agrees")
+                page.select_option("#physician-label", "af")
                 page.click("#action-draft")
                 assert page.locator(".flash-ok").inner_text() == "Draft saved."
                 wait_image(page)

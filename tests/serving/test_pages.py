@@ -280,7 +280,10 @@ def test_review_through_the_forms(site: Site, tmp_path: Path) -> None:
     liwei.post(f"/ui/items/{item}/draft", data={"text": "Atrial fibrillation.\r\nRate 110.", "ai_agrees": "yes"})
     page = liwei.get(f"/ui/items/{item}").text
     assert "Draft saved." in page and "Atrial fibrillation.\nRate 110.</textarea>" in page and "checked" in page
-    liwei.post(f"/ui/items/{item}/sign", data={"text": "Atrial fibrillation, rate 110.", "ai_agrees": "yes"})
+    liwei.post(
+        f"/ui/items/{item}/sign",
+        data={"text": "Atrial fibrillation, rate 110.", "ai_agrees": "yes", "physician_label": "af"},
+    )
     page = liwei.get(f"/ui/items/{item}").text
     assert "Signed and submitted for review." in page and 'data-state="awaiting_review"' in page
     assert "Submitted by <strong>Li Wei</strong>" in page
@@ -430,8 +433,8 @@ def test_signing_unchanged_text_saves_no_new_draft(site: Site, tmp_path: Path) -
     item, _ = ecg_item(site, tmp_path)
     liwei = site.signed_in("liwei")
     liwei.post(f"/ui/items/{item}/claim")
-    liwei.post(f"/ui/items/{item}/draft", data={"text": "Sinus rhythm."})
-    liwei.post(f"/ui/items/{item}/sign", data={"text": "Sinus rhythm."})
+    liwei.post(f"/ui/items/{item}/draft", data={"text": "Sinus rhythm.", "physician_label": "normal"})
+    liwei.post(f"/ui/items/{item}/sign", data={"text": "Sinus rhythm.", "physician_label": "normal"})
     page = liwei.get(f"/ui/items/{item}").text
     assert 'data-state="awaiting_review"' in page and "AI: disagrees" in page
     assert re.findall(r'<td data-action="(\w+)">', page) == ["claim", "draft", "sign"]

@@ -85,7 +85,8 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
 
 def submit(api: Api, item_id: str, login: str = "ann.attending", text: str = "AF, rate 120.") -> None:
     assert api.post(login, f"/v1/worklist-items/{item_id}/claim")[0] == 200
-    assert api.post(login, f"/v1/worklist-items/{item_id}/draft", json={"text": text, "ai_agrees": True})[0] == 200
+    draft = {"text": text, "ai_agrees": True, "physician_label": "af"}
+    assert api.post(login, f"/v1/worklist-items/{item_id}/draft", json=draft)[0] == 200
     status, body = api.post(login, f"/v1/worklist-items/{item_id}/sign")
     assert (status, body["state"]) == (200, "awaiting_review")
 

@@ -274,7 +274,7 @@ def af_item(sessions: Sessions, blobs: BlobStore) -> str:
 
 def finalize(sessions: Sessions, item_id: str, first: Principal, second: Principal, text: str = "AF, rate 110") -> None:
     assert act(sessions, item_id, "claim", first, lease=LEASE) == "claimed"
-    assert act(sessions, item_id, "draft", first, lease=LEASE, draft=DraftText(text, True)) == "draft"
+    assert act(sessions, item_id, "draft", first, lease=LEASE, draft=DraftText(text, True, "af")) == "draft"
     assert act(sessions, item_id, "sign", first, lease=LEASE) == "awaiting_review"
     assert act(sessions, item_id, "sign", second, lease=LEASE) == "final"
 
@@ -449,7 +449,7 @@ def test_double_review_finalizes_with_two_signatures(sessions: Sessions, af_item
     text = "Atrial fibrillation with rapid ventricular response, rate 130/min."
     assert act(sessions, af_item, "claim", team.attending, lease=LEASE) == "claimed"
     assert act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText("first go", None)) == "draft"
-    assert act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(text, True)) == "draft"
+    assert act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(text, True, "af")) == "draft"
     assert act(sessions, af_item, "sign", team.attending, lease=LEASE) == "awaiting_review"
     item = reload(sessions, af_item)
     assert (item.state, item.open, item.claimed_by, item.first_reader_id) == (
@@ -485,7 +485,7 @@ def test_double_review_finalizes_with_two_signatures(sessions: Sessions, af_item
 def test_returned_report_is_redrafted_and_resubmitted(sessions: Sessions, af_item: str, team: Team) -> None:
     original, revised = "AF.", "AF with RVR; QTc 470 ms."
     act(sessions, af_item, "claim", team.attending, lease=LEASE)
-    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(original, True))
+    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(original, True, "af"))
     act(sessions, af_item, "sign", team.attending, lease=LEASE)
     comment = "Please comment on the QT interval."
     assert act(sessions, af_item, "return", team.assoc, lease=LEASE, comment=comment) == "returned"
@@ -498,7 +498,7 @@ def test_returned_report_is_redrafted_and_resubmitted(sessions: Sessions, af_ite
     with pytest.raises(ForbiddenError, match="belongs to its first reader"):
         act(sessions, af_item, "claim", team.attending2, lease=LEASE)
     assert act(sessions, af_item, "claim", team.attending, lease=LEASE) == "returned"
-    assert act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(revised, True)) == "draft"
+    assert act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText(revised, True, "af")) == "draft"
     assert act(sessions, af_item, "sign", team.attending, lease=LEASE) == "awaiting_review"
     assert act(sessions, af_item, "sign", team.assoc, lease=LEASE) == "final"
 
@@ -538,7 +538,7 @@ def test_amending_a_final_report_starts_a_new_version(sessions: Sessions, af_ite
     with sessions() as s:
         assert [row["id"] for row in list_worklist(s, "cardiology", TARGETS)] == [af_item]
 
-    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText("AF. Addendum: LVH.", False))
+    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText("AF. Addendum: LVH.", False, "other"))
     act(sessions, af_item, "sign", team.attending, lease=LEASE)
     assert act(sessions, af_item, "sign", team.assoc, lease=LEASE) == "final"
     old, new = reports_of(sessions, af_item)
@@ -580,7 +580,7 @@ def test_readers_outside_the_specialty_and_residents_are_refused(sessions: Sessi
 
 def finalize_upto_review(sessions: Sessions, item_id: str, first: Principal) -> None:
     act(sessions, item_id, "claim", first, lease=LEASE)
-    act(sessions, item_id, "draft", first, lease=LEASE, draft=DraftText("AF.", True))
+    act(sessions, item_id, "draft", first, lease=LEASE, draft=DraftText("AF.", True, "af"))
     act(sessions, item_id, "sign", first, lease=LEASE)
 
 

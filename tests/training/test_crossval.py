@@ -1,0 +1,95 @@
+"""Group cross-validation: fold models, out-of-fold operating points, the ensemble's card, INT8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prescreen.errors import ExportError
+from prescreen.models.card import ModelCard
+from prescreen.models.onnx_model import OnnxModel
+from prescreen.models.task import get_task
+from prescreen.training import export as export_module
+from prescreen.training.config import RunConfig
+from prescreen.training.crossval import export_cross_validation, is_cross_validation, train_folds
+
+
+@pytest.fixture(scope="module")
+def cv_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.fixtures_images import write_busi
+
+    data = write_busi(tmp_path_factory.mktemp("busi-cv"), per_class=12, seed=3)
+    task = get_task("breast-us")
+    out = tmp_path_factory.mktemp("cv") / "run"
+    cfg = RunConfig(task=task.name, data=data, out=out, epochs=1, batch_size=16, folds=3, group_by="phash")
+    train_folds(task, cfg, task.load_dataset(data, None, False, "train"), progress=False)
+    return out, data
+
+
+def test_folds_validate_on_disjoint_parts_that_cover_the_training_side(cv_folder: tuple[Path, Path]) -> None:
+    out, _ = cv_folder
+    assert is_cross_validation(out)
+    preds = [np.load(out / f"fold-{k}" / "predictions.npz") for k in range(3)]
+    vals = [set(p["val_ids"].tolist()) for p in preds]
+    tests = {tuple(p["test_ids"].tolist()) for p in preds}
+    assert len(tests) == 1  # one held-out test part for every fold
+    test = set(next(iter(tests)))
+    assert not (vals[0] & vals[1]) and not (vals[0] & vals[2]) and not (vals[1] & vals[2])
+    assert not test & set().union(*vals)
+    assert len(set().union(*vals)) + len(test) == 36
+
+
+def test_export_chooses_operating_points_out_of_fold_and_completes_the_card(
+    cv_folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, data = cv_folder
+    onnx, card = export_cross_validation(out, tmp_path / "ens")
+    assert card.missing_for_release() == []
+    assert "out-of-fold" in card.operating_points["balanced"].chosen_on
+    assert card.operating_points["safety"].threshold <= card.operating_points["balanced"].threshold
+    assert card.validation is not None and card.validation.n == card.operating_points["balanced"].positives + (
+        card.operating_points["balanced"].negatives
+    )
+    assert card.training["ensemble_of"] == 3 and "group" in card.validation_scheme
+    assert card.shift["perturbations_measured_on"] == "the held-out test part"
+    model = OnnxModel(onnx, ModelCard.load(tmp_path / "ens" / "card.json"))
+    finding = model.screen_signal(get_task("breast-us").load_dataset(data, None, False).signals[0])
+    assert set(finding.operating_points) == {"balanced", "safety"}
+    assert finding.flagged == finding.operating_points["balanced"].flagged
+
+
+def test_an_ensemble_over_the_size_limit_ships_int8_when_decisions_hold(
+    cv_folder: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = cv_folder
+    monkeypatch.setattr(export_module, "MAX_MODEL_BYTES", 1_000_000)
+    monkeypatch.setattr(export_module, "MAX_QUANTIZED_DISAGREEMENT", 1.0)  # tiny untrained nets: any change allowed
+    onnx, card = export_cross_validation(out, tmp_path / "int8")
+    quantized = card.onnx["quantized"]
+    assert onnx.stat().st_size < quantized["fp32_size_bytes"] / 2
+    assert 0.0 <= quantized["decision_disagreement_vs_fp32"] <= 1.0
+    assert json.loads((tmp_path / "int8" / "card.json").read_text())["onnx"]["sha256"] == card.onnx["sha256"]
+
+
+def test_quantization_that_changes_too_many_decisions_is_refused(
+    cv_folder: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = cv_folder
+    monkeypatch.setattr(export_module, "MAX_MODEL_BYTES", 1_000_000)
+    monkeypatch.setattr(export_module, "MAX_QUANTIZED_DISAGREEMENT", -1.0)  # nothing may change: refused
+    with pytest.raises(ExportError, match="INT8 decisions differ"):
+        export_cross_validation(out, tmp_path / "refused")
+
+
+def test_folds_that_overlap_are_not_a_cross_validation(cv_folder: tuple[Path, Path], tmp_path: Path) -> None:
+    out, _ = cv_folder
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "fold-1")
+    shutil.copytree(copy / "fold-0", copy / "fold-1")
+    with pytest.raises(ExportError, match="overlap"):
+        export_cross_validation(copy, tmp_path / "x")
