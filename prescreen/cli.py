@@ -209,7 +209,9 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Folder for model.onnx + card.json (default: the run folder)")
     ] = None,
-    activate: Annotated[bool, typer.Option(help="Make it the task's active model")] = False,
+    activate: Annotated[
+        bool, typer.Option(help="Then promote it through the promotion gate (as `prescreen models promote`)")
+    ] = False,
 ) -> None:
     """Export a run (or an ensemble of runs) to ONNX, parity-checked, with its model card; add it to the store."""
     from prescreen.models.model_store import ModelStore
@@ -222,8 +224,6 @@ def export(
         onnx_path, card = export_run(runs, out, progress=True)
     store = ModelStore()
     stored = store.add(onnx_path, card)
-    if activate:
-        store.activate(card.task, stored.tag)
     head = card.test or card.validation
     acc = head.metrics["accuracy"] if head else None
     parity_diff = card.onnx["parity_max_abs_diff"]
@@ -232,8 +232,10 @@ def export(
         console.print(f"{head.split}: flag accuracy {acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}], n={head.n}")
     console.print(
         f"stored as {stored.tag}"
-        + (" (active)" if activate else f"; activate with: prescreen models activate {card.task} {stored.tag}")
+        + ("" if activate else f"; promote with: prescreen models promote {card.task} {stored.tag}")
     )
+    if activate:  # no way around the gate: the same measurement and record as `models promote`
+        models_promote(card.task, stored.tag, data=None, resamples=1000)
 
 
 @models_app.command("list")

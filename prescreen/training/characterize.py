@@ -105,6 +105,13 @@ def characterize_folder(folder: Path, data: Path | None = None, progress: bool =
             dataset_digest=val.digest,
             note="records never used for training, early stopping, calibration or the thresholds",
         )
+    if not updated.validation_scheme:
+        cfg = card.training.get("config") or {}
+        val_share, test_share = cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15)
+        updates["validation_scheme"] = (
+            f"stratified record-level split {1 - val_share - test_share:.0%} / {val_share:.0%} / {test_share:.0%} "
+            f"(seed {cfg.get('split_seed', 0)}); validation rebuilt from the card's training configuration"
+        )
     updated = updated.model_copy(update=updates)
     updated.save(folder / "card.json")
     return updated

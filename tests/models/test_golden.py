@@ -2,8 +2,10 @@
 recorded label and scores to 1e-5. These pin the whole inference path (content routing, readers,
 preprocessing, ONNX, flag rule); a refactor that changes any number fails here.
 
-The figures were recorded with the shipped models before the pipeline refactor; they are not
-accuracies, only regression anchors.
+The figures are calibrated outputs (each card's temperature) at the cards' two operating points,
+re-recorded on 2026-11-30 when the cards gained them; ``RAW`` pins the uncalibrated outputs
+recorded before, so the change is the calibration alone. They are not accuracies, only
+regression anchors.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from prescreen.models.model_store import ModelStore
+from prescreen.models.onnx_model import OnnxModel
 from prescreen.pipeline.engine import ScreeningEngine
 
 pytestmark = pytest.mark.data
@@ -23,37 +26,44 @@ GOLDEN = {
         "ecg-rhythm",
         False,
         "normal",
-        0.068051,
-        {"normal": 0.931949, "af": 0.025759, "other": 0.01631, "noisy": 0.025982},
-        0.366183,
+        0.043317,
+        {"normal": 0.956683, "af": 0.016619, "other": 0.009918, "noisy": 0.016781},
+        (0.332397, 0.092926),
     ),
     "cinc-af": (
         ("cinc2017/A00004.hea", "cinc2017/A00004.dat"),
         "ecg-rhythm",
         True,
         "af",
-        0.993954,
-        {"normal": 0.006046, "af": 0.988181, "other": 0.004072, "noisy": 0.001702},
-        0.366183,
+        0.996855,
+        {"normal": 0.003144, "af": 0.994092, "other": 0.002012, "noisy": 0.000751},
+        (0.332397, 0.092926),
     ),
     "us-uncompressed": (
         ("dicom/US1_UNCR.dcm",),
         "breast-us",
         False,
         "benign",
-        0.005505,
-        {"normal": 0.000318, "benign": 0.994177, "malignant": 0.005505},
-        0.463159,
+        0.004633,
+        {"normal": 0.000244, "benign": 0.995124, "malignant": 0.004633},
+        (0.465028, 0.108115),
     ),
     "chest-cr": (
         ("dicom/cr_chest_rsna_sample.dcm",),
         "chest-xray",
         False,
         "normal",
-        0.03377,
-        {"normal": 0.96623, "pneumonia": 0.03377},
-        0.467139,
+        0.001194,
+        {"normal": 0.998806, "pneumonia": 0.001194},
+        (0.788436, 0.788436),
     ),
+}
+
+#: the uncalibrated outputs (temperature 1) recorded before the cards gained calibration and
+#: operating points (2026-11-29): the ONNX path itself has not changed for these models
+RAW = {
+    "cinc-normal": {"normal": 0.931949, "af": 0.025759, "other": 0.01631, "noisy": 0.025982},
+    "chest-cr": {"normal": 0.96623, "pneumonia": 0.03377},
 }
 
 
@@ -64,7 +74,7 @@ def engine() -> ScreeningEngine:
 
 @pytest.mark.parametrize("case", sorted(GOLDEN))
 def test_shipped_model_gives_recorded_output(engine: ScreeningEngine, shared_data: Path, case: str) -> None:
-    paths, task, flagged, label, score, probabilities, threshold = GOLDEN[case]
+    paths, task, flagged, label, score, probabilities, (balanced, safety) = GOLDEN[case]
     files = {Path(p).name: (shared_data / p).read_bytes() for p in paths}
 
     result = engine.screen(files)
@@ -74,7 +84,22 @@ def test_shipped_model_gives_recorded_output(engine: ScreeningEngine, shared_dat
     assert result.flagged is flagged
     assert result.label == label
     assert result.score == pytest.approx(score, abs=1e-5)
-    assert result.threshold == pytest.approx(threshold, abs=1e-5)
+    assert result.threshold == pytest.approx(balanced, abs=1e-5)
+    assert result.operating_points["balanced"].threshold == pytest.approx(balanced, abs=1e-5)
+    assert result.operating_points["safety"].threshold == pytest.approx(safety, abs=1e-5)
+    assert result.operating_points["balanced"].flagged is flagged
     assert set(result.probabilities) == set(probabilities)
     for name, value in probabilities.items():
         assert result.probabilities[name] == pytest.approx(value, abs=1e-5), name
+
+
+@pytest.mark.parametrize("case", sorted(RAW))
+def test_uncalibrated_output_is_what_it_was(shared_data: Path, case: str) -> None:
+    paths, task, *_ = GOLDEN[case]
+    stored = ModelStore().active(task)
+    raw = OnnxModel(stored.onnx_path, stored.card.model_copy(update={"calibration": None}))
+    files = {Path(p).name: (shared_data / p).read_bytes() for p in paths}
+    result = raw.screen_signal(raw.task.preprocess(raw.task.read_files(files)))
+    for name, value in RAW[case].items():
+        assert result.probabilities[name] == pytest.approx(value, abs=1e-5), name
+    assert result.task == task
