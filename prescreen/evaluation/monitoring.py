@@ -260,10 +260,24 @@ def below_target(rate: Rate, policy: MonitoringPolicy) -> bool:
     return rate.n >= policy.min_labelled and rate.ci_high is not None and rate.ci_high < policy.target
 
 
-def drifted(psi_value: float | None, n: int, policy: MonitoringPolicy) -> bool:
+def psi_noise_floor(reference_n: int | None, n: int, bins: int = 10) -> float:
+    """The PSI two samples of one distribution reach by chance 5 % of the time: PSI of ``bins``
+    bins is about chi-square with ``bins - 1`` degrees of freedom times ``1/n_ref + 1/n``. A small
+    reference (BUSI's ~100 validation images) makes it exceed the usual 0.25 with no drift at all."""
+    if reference_n is None or reference_n <= 0 or n <= 0:
+        return 0.0
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(0.95, bins - 1)) * (1 / reference_n + 1 / n)
+
+
+def drifted(psi_value: float | None, n: int, policy: MonitoringPolicy, reference_n: int | None = None) -> bool:
     """Whether a site's PSI raises an alarm: a full window of scores (``n >= window``) and a PSI
-    above the threshold (``None``, no reference on the card, never alarms)."""
-    return psi_value is not None and n >= policy.window and psi_value > policy.psi_threshold
+    above the threshold, and above the chance level for the reference's and the window's sizes
+    (:func:`psi_noise_floor`); ``None`` (no reference on the card) never alarms."""
+    if psi_value is None or n < policy.window:
+        return False
+    return psi_value > max(policy.psi_threshold, psi_noise_floor(reference_n, n))
 
 
 def below_target_message(task: str, version: str, site: str | None, rate: Rate, policy: MonitoringPolicy) -> str:

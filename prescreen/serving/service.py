@@ -26,7 +26,7 @@ from prescreen.serving.metrics import in_service_families, render_metrics  # noq
 from prescreen.serving.metrics_endpoints import sanitize_endpoints  # noqa: E402
 from prescreen.serving.process import die_with_parent  # noqa: E402
 from prescreen.store.monitoring import model_versions, monitoring_groups, scored_studies  # noqa: E402
-from prescreen.store.stats import store_stats  # noqa: E402
+from prescreen.store.stats import read_only, store_stats  # noqa: E402
 
 api = create_app()
 
@@ -59,7 +59,7 @@ class Prescreen:
         policy = MonitoringPolicy.from_settings(get_settings())
 
         def in_service() -> Iterable[Metric]:
-            with sessions() as session:
+            with read_only(sessions)() as session:  # never SQLite's write lock on a scrape
                 cards = self.monitoring_cards(model_versions(session))
                 groups = monitoring_groups(scored_studies(session), cards, policy)
             return in_service_families(groups)

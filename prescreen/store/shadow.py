@@ -126,13 +126,19 @@ def _truth(label: str, classes: Sequence[str], normal: Sequence[str]) -> bool | 
     return label not in normal
 
 
-def _physician_labels(session: Session, series_ids: Select[str]) -> dict[str, str]:
-    """The physician's label of each series' study from its newest final report that has one."""
+def _physician_labels(session: Session, series_ids: Select[str], task: str) -> dict[str, str]:
+    """The physician's label of each series' study from its newest final report that has one, on
+    the worklist item of this task (a study read in two lists has a label per task)."""
     rows = session.execute(
         select(Series.id, Report.physician_label)
         .join(WorklistItem, WorklistItem.study_id == Series.study_id)
         .join(Report, Report.item_id == WorklistItem.id)
-        .where(Series.id.in_(series_ids), Report.status == "final", Report.physician_label.is_not(None))
+        .where(
+            Series.id.in_(series_ids),
+            WorklistItem.task == task,
+            Report.status == "final",
+            Report.physician_label.is_not(None),
+        )
         .order_by(Report.updated_at, Report.version)
     ).all()
     return {series_id: str(label) for series_id, label in rows}
@@ -177,7 +183,7 @@ def shadow_comparison(session: Session, task: str) -> list[ShadowComparison]:
     for series_id, name, version, flagged, seconds, at in shadow_rows:
         tag = f"{name}:{version}"
         by_version.setdefault(tag, {})[series_id] = _Screened(tag, bool(flagged), seconds, as_utc(at))
-    labels = _physician_labels(session, shadowed)
+    labels = _physician_labels(session, shadowed, task)
     out: list[ShadowComparison] = []
     for tag, findings in by_version.items():
         pairs = [(active[sid], finding, sid) for sid, finding in findings.items() if sid in active]

@@ -98,13 +98,13 @@ def store_stats(sessions: sessionmaker[Session], now: datetime | None = None) ->
     """
     now = now or utcnow()
     try:
-        with _readers(sessions)() as session:
+        with read_only(sessions)() as session:
             return _collect(session, now)
     except SQLAlchemyError as exc:
         raise ServiceUnavailableError(f"the database did not answer ({type(exc).__name__})") from None
 
 
-def _readers(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+def read_only(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     """Sessions that read without the write lock: on a SQLite file, through :func:`_sqlite_reader`."""
     bind = sessions.kw.get("bind")
     if isinstance(bind, Engine) and bind.dialect.name == "sqlite" and bind.url.database not in (None, "", ":memory:"):

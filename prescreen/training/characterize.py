@@ -25,26 +25,62 @@ from prescreen.training.config import RunConfig
 from prescreen.training.trainer import split_indices
 
 
+def _run_config(card: ModelCard, data: Path | None = None) -> RunConfig:
+    config = card.training.get("config")
+    if not isinstance(config, dict):
+        raise ModelError(f"card {card.name}:{card.version} has no training configuration to rebuild its split from")
+    return RunConfig.model_validate({**config, **({"data": data} if data is not None else {})})
+
+
+def rebuild_split(card: ModelCard, dataset: LabelledSet) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
+    """The model's train, validation and held-out test records within ``dataset`` (its training
+    data), cut again exactly as training cut them (same limit, fractions, grouping and seed).
+
+    Raises:
+        ModelError: the card has no training configuration, or ``dataset`` is not its training data.
+    """
+    cfg = _run_config(card)
+    if dataset.digest != card.training.get("data_digest"):
+        raise ModelError(f"the data in {dataset.path} is not the data {card.name} was trained on (digest differs)")
+    if cfg.limit is not None and cfg.limit < len(dataset):
+        rng = np.random.default_rng(cfg.split_seed)
+        dataset = dataset.subset(np.sort(rng.permutation(len(dataset))[: cfg.limit]))
+    if cfg.folds:
+        cfg = cfg.model_copy(update={"fold": 0})  # any fold: train + validation is the whole training side
+    train, val, test = split_indices(cfg, dataset)
+    return dataset.subset(train), dataset.subset(val), dataset.subset(test)
+
+
+def seen_ids(card: ModelCard, dataset: LabelledSet) -> set[str] | None:
+    """Ids of the records in ``dataset`` the model trained or was validated on (early stopping,
+    calibration, thresholds); empty for other data; ``None`` when its split cannot be rebuilt."""
+    if dataset.digest != card.training.get("data_digest"):
+        return set()
+    try:
+        train, val, _ = rebuild_split(card, dataset)
+    except (ModelError, ValueError):
+        return None
+    return set(train.ids) | set(val.ids)
+
+
 def validation_part(
     task: Task, card: ModelCard, data: Path | None, progress: bool = False
 ) -> tuple[LabelledSet, LabelledSet]:
     """The model's validation and held-out test records, rebuilt from its card.
 
     Raises:
-        ModelError: the card has no training configuration, or the data differs from the training data.
+        ModelError: the card has no training configuration, is a cross-validated ensemble (whose
+            members trained on each other's validation folds), or the data differs.
     """
-    config = card.training.get("config")
-    if not isinstance(config, dict):
-        raise ModelError(f"card {card.name}:{card.version} has no training configuration to rebuild its split from")
-    cfg = RunConfig.model_validate({**config, **({"data": data} if data is not None else {})})
+    if card.training.get("cross_validation_folds") or card.training.get("config", {}).get("folds"):
+        raise ModelError(
+            f"{card.name}:{card.version} is a cross-validated ensemble: its members trained on each other's "
+            "validation folds; export it again from its cross-validation folder instead"
+        )
+    cfg = _run_config(card, data)
     dataset = task.load_dataset(cfg.data, get_settings().cache_dir, progress, "train")
-    if dataset.digest != card.training.get("data_digest"):
-        raise ModelError(f"the data in {cfg.data} is not the data {card.name} was trained on (digest differs)")
-    if cfg.limit is not None and cfg.limit < len(dataset):
-        rng = np.random.default_rng(cfg.split_seed)
-        dataset = dataset.subset(np.sort(rng.permutation(len(dataset))[: cfg.limit]))
-    _train, val, test = split_indices(cfg, dataset)
-    return dataset.subset(val), dataset.subset(test)
+    _train, val, test = rebuild_split(card, dataset)
+    return val, test
 
 
 def apply_characterization(card: ModelCard, found: Characterization) -> ModelCard:

@@ -283,7 +283,11 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
         operating_points=found.operating_points,
         score_reference=found.score_reference,
         shift=found.shift,
-        validation_scheme=f"stratified record-level split (seed {cfg.split_seed}): train / validation / test",
+        validation_scheme=(
+            f"stratified record-level split (seed {cfg.split_seed}): train / validation / test"
+            if cfg.group_by == "record"
+            else f"stratified group split by {cfg.group_by} (seed {cfg.split_seed}): no group in two parts"
+        ),
     )
     card.save(folder / "card.json")
     return onnx_path, card

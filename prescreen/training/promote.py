@@ -9,7 +9,7 @@ activates the candidate on a pass. The decisions themselves are plain functions 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from prescreen.errors import ModelError
+from prescreen.datasets.collections import LabelledSet
+from prescreen.errors import DatasetError, ModelError
 from prescreen.evaluation.compare import MIN_RESAMPLES, Comparison, GateVerdict, compare_flags, gate
 from prescreen.evaluation.evaluate import flag_truth
 from prescreen.models.model_store import SHIPPED_DIR, ModelStore, StoredModel
 from prescreen.models.onnx_model import FloatArray
-from prescreen.models.task import Task
+from prescreen.models.task import Task, get_task
+from prescreen.training.characterize import seen_ids
 from prescreen.training.resolve import Predictor, resolve_model
 
 #: signals per prediction call (the progress bar advances per chunk)
@@ -99,6 +101,45 @@ def _predict(predictor: Predictor, signals: list[FloatArray], label: str, bar: P
     return np.concatenate(out)
 
 
+def unseen_records(
+    dataset: LabelledSet, models: Sequence[tuple[str, StoredModel | None]]
+) -> tuple[LabelledSet, list[str]]:
+    """The records of ``dataset`` that none of ``models`` trained or was validated on (each model's
+    split is rebuilt from its card when ``dataset`` is its training data), and notes saying what
+    was left out — or that a split could not be rebuilt and the figures then include training data.
+
+    Raises:
+        DatasetError: nothing, or only one class, is left to compare on.
+    """
+    notes: list[str] = []
+    excluded: set[str] = set()
+    for name, model in models:
+        if model is None:
+            continue
+        seen = seen_ids(model.card, dataset)
+        if seen is None:
+            notes.append(
+                f"the data is the {name}'s training data and its split cannot be rebuilt from its card: "
+                "the comparison includes records it trained on (it measures fit, not generalisation)"
+            )
+        elif seen:
+            excluded |= seen
+            notes.append(f"left out the {len(seen)} records the {name} trained or was validated on")
+    if not excluded:
+        return dataset, notes
+    keep = np.asarray([i for i, rid in enumerate(dataset.ids) if rid not in excluded], dtype=np.int64)
+    remaining = dataset.subset(keep)
+    task = get_task(next(m for _, m in models if m is not None).task)
+    flagged = flag_truth(task, remaining.labels) if len(remaining) else np.zeros(0, dtype=bool)
+    if len(remaining) < 20 or flagged.all() or not flagged.any():
+        raise DatasetError(
+            f"only {len(remaining)} records of {dataset.path} are new to both models (or one class only): "
+            "pass --data with records neither model trained on"
+        )
+    notes.append(f"measured on the {len(remaining)} of {len(dataset)} records new to both models")
+    return remaining, notes
+
+
 def assess_promotion(
     task: Task,
     tag: str,
@@ -136,18 +177,8 @@ def assess_promotion(
     if active is not None and active.tag == candidate.tag:
         raise ModelError(f"{candidate.tag} is already the active {task.name} model")
     dataset = task.load_dataset(data, cache_dir, progress, "eval")
+    dataset, notes = unseen_records(dataset, [("candidate", candidate), ("active model", active)])
     truth = flag_truth(task, dataset.labels)
-    notes: list[str] = []
-    trained_on = [
-        name
-        for name, model in (("candidate", candidate), ("active model", active))
-        if model is not None and model.card.training.get("data_digest") == dataset.digest
-    ]
-    if trained_on:
-        notes.append(
-            f"the evaluation data is the training data of the {' and the '.join(trained_on)}: "
-            "the comparison measures fit, not generalisation"
-        )
     thresholds = {"candidate": balanced_threshold(candidate)}
     comparison: Comparison | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -212,3 +213,24 @@ def test_policy_from_settings_and_an_unknown_target_metric() -> None:
     assert MonitoringPolicy(target_metric="auroc").target_metric == "accuracy"
     with pytest.raises(ValueError):
         MonitoringPolicy(window=0)
+
+
+def test_a_small_reference_raises_the_drift_bar_to_its_chance_level() -> None:
+    from prescreen.evaluation.monitoring import psi_noise_floor
+
+    # BUSI-sized reference (94 scores) against a 200-study window: chance alone reaches ~0.26
+    assert psi_noise_floor(94, 200) == pytest.approx(16.919 * (1 / 94 + 1 / 200), rel=1e-3)
+    assert drifted(0.26, 200, POLICY) and not drifted(0.26, 200, POLICY, reference_n=94)
+    assert drifted(0.40, 200, POLICY, reference_n=94)
+    assert drifted(0.26, 200, POLICY, reference_n=1024)  # a large reference: the usual 0.25
+    # simulated: two samples of one distribution exceed the floor about 5 % of the time, not 30 %
+    rng = np.random.default_rng(7)
+    edges = [i / 10 for i in range(11)]
+    false_alarms = 0
+    for _ in range(400):
+        ref = rng.beta(0.5, 0.8, 94)
+        live = rng.beta(0.5, 0.8, 200)
+        proportions = bin_shares(edges, ref.tolist())
+        value = psi(edges, proportions, live.tolist())
+        false_alarms += drifted(value, 200, POLICY, reference_n=94)
+    assert false_alarms / 400 < 0.12

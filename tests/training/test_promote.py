@@ -176,16 +176,17 @@ def test_a_task_without_an_active_model_takes_a_complete_candidate(cxr_runs: dic
 
 
 def test_one_epoch_ecg_model_is_refused_against_the_shipped_one(ecg_folder: Path, tmp_path: Path) -> None:
-    """The acceptance check in small: a one-epoch ECG model measured on its own training records
-    (a warning says so) is still far worse than the shipped model, and is refused."""
+    """The acceptance check in small: a one-epoch ECG model is measured against the shipped one
+    only on the records it neither trained nor was validated on (its split rebuilt from its card),
+    is far worse, and is refused."""
     run = train_and_export("ecg-rhythm", ecg_folder, tmp_path / "ecg-weak", limit=None)
     candidate = stored(run)
     shipped = ModelStore().active("ecg-rhythm").tag
     code, out = cli("models", "promote", "ecg-rhythm", candidate.tag, "--data", str(ecg_folder))
     assert code == 2, out
-    assert "the evaluation data is the training data of the candidate" in out
-    assert "measures fit, not generalisation" in out
-    assert "Δaccuracy lower 95 % bound" in out and "n=150" in out
+    assert "left out the 127 records the candidate trained or was validated on" in out
+    assert "measured on the 23 of 150 records new to both models" in out
+    assert "Δaccuracy lower 95 % bound" in out and "n=23" in out
     code, out = cli("models", "list", "--task", "ecg-rhythm")
     assert code == 0
     [row] = [line for line in out.splitlines() if candidate.tag in line]
@@ -212,3 +213,28 @@ def test_activation_refusal_table(
     assert (refusal is None) is allowed
     if refusal is not None:
         assert "prescreen models promote" in refusal and tag in refusal
+
+
+def test_records_a_model_trained_on_are_left_out_of_the_comparison(
+    tiny_model: StoredModel, tiny_run: Path, synthetic_cinc: Path
+) -> None:
+    import numpy as np
+
+    from prescreen.errors import DatasetError
+    from prescreen.training.characterize import rebuild_split, seen_ids
+    from prescreen.training.promote import unseen_records
+
+    task = get_task("ecg-rhythm")
+    data = task.load_dataset(synthetic_cinc, None, False, "eval")
+    train, val, test = rebuild_split(tiny_model.card, data)
+    seen = seen_ids(tiny_model.card, data)
+    assert seen == set(train.ids) | set(val.ids) and not seen & set(test.ids)
+    with np.load(tiny_run / "predictions.npz") as run:  # cut again exactly as the run cut it
+        assert sorted(val.ids) == sorted(run["val_ids"].tolist())
+        assert sorted(test.ids) == sorted(run["test_ids"].tolist())
+    with pytest.raises(DatasetError, match="new to both models"):
+        unseen_records(data, [("candidate", tiny_model)])  # 6 test records are too few to compare on
+    other = data.subset(list(range(len(data))))
+    other.digest = "not-the-training-data"
+    kept, notes = unseen_records(other, [("candidate", tiny_model)])
+    assert len(kept) == len(data) and notes == []
