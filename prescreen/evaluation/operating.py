@@ -124,12 +124,12 @@ def characterize(
     Raises:
         ValueError: the validation data lacks flagged or normal records.
     """
-    temperature = fit_temperature(labels, raw_probs)
+    temperature = round(fit_temperature(labels, raw_probs), 4)  # as stored: thresholds chosen on what serves
     probs = apply_temperature(raw_probs, temperature)
     truth = flag_truth(task, labels)
     raw_score, score = task.flag_scores(raw_probs), task.flag_scores(probs)
     calibration = Calibration(
-        temperature=round(temperature, 4),
+        temperature=temperature,
         fitted_on=chosen_on,
         ece_before=_round(expected_calibration_error(truth, raw_score)),
         ece_after=_round(expected_calibration_error(truth, score)),

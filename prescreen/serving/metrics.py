@@ -188,10 +188,10 @@ def _reading_families(stats: StoreStats) -> list[Metric]:
 
 
 def in_service_families(groups: Sequence[GroupRow]) -> list[Metric]:
-    """In-service figures per model version and site (``institution="all"`` over all sites) from the
+    """In-service figures per model version over all sites (per site: ``GET /v1/monitoring``) from the
     monitoring store: accuracy, sensitivity, specificity against the physicians' labels, the number
     of labelled studies behind them, and the score drift (PSI) against the card's validation scores."""
-    labels = ["task", "model_version", "institution"]
+    labels = ["task", "model_version"]
     rates = {
         name: GaugeMetricFamily(
             f"prescreen_model_{name}",
@@ -209,7 +209,9 @@ def in_service_families(groups: Sequence[GroupRow]) -> list[Metric]:
         labels=labels,
     )
     for group in groups:
-        key = [group["task"], group["model_version"], group["institution"] or "all"]
+        if group["scope"] != "overall":  # per site only in /v1/monitoring: no institution names here
+            continue
+        key = [group["task"], group["model_version"]]
         for name, family in rates.items():
             value = group[name]["value"]  # type: ignore[literal-required]
             if value is not None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from prescreen.errors import ModelError
-from prescreen.evaluation.evaluate import flag_truth
-from prescreen.evaluation.threshold import choose_balanced
+from prescreen.evaluation.operating import characterize
+from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
 from prescreen.models.model_store import ModelStore
 from prescreen.models.onnx_model import FloatArray, OnnxModel, sha256_file
@@ -83,10 +83,13 @@ def _from_run(task: Task, folder: Path) -> Predictor:
     if run_task.name != task.name:
         raise ModelError(f"run {folder} trained {run_task.name}, not {task.name}")
     preds = np.load(folder / "predictions.npz")
-    threshold = choose_balanced(flag_truth(task, preds["val_labels"]), task.flag_scores(preds["val_probs"]))
+    # calibrated and decided as its export would be: on its validation split
+    found = characterize(task, preds["val_labels"], preds["val_probs"], "validation split")
+    threshold = found.operating_points["balanced"].threshold
+    temperature = found.calibration.temperature
 
     def predict(signals: list[FloatArray]) -> FloatArray:
-        return predict_probs(task, net, signals)
+        return apply_temperature(predict_probs(task, net, signals), temperature)
 
     return Predictor(
         task.name,

@@ -42,6 +42,8 @@ def test_train_export_activate(synthetic_cinc: Path, cli_env: dict[str, str], tm
     assert card["test"]["metrics"]["accuracy"]["ci_low"] <= card["test"]["metrics"]["accuracy"]["value"]
     tag = r.stdout.split("stored as ")[1].split()[0].rstrip(";")
     r = run_cli("models", "activate", "ecg-rhythm", tag, env=cli_env)
+    assert r.returncode == 2 and "prescreen models promote" in r.stderr  # a new model goes through the gate
+    r = run_cli("models", "activate", "ecg-rhythm", tag, "--force", "--reason", "e2e: the served path", env=cli_env)
     assert r.returncode == 0, r.stderr
     listing = run_cli("models", "list", env=cli_env).stdout
     row = next(line for line in listing.splitlines() if tag in line)

@@ -148,6 +148,7 @@ def test_in_service_figures_per_model_version_and_site() -> None:
         return {"value": value, "ci_low": None, "ci_high": None, "successes": 0, "n": n}
 
     overall = {
+        "scope": "overall",
         "task": "ecg-rhythm",
         "model_version": "v1",
         "institution": None,
@@ -157,7 +158,7 @@ def test_in_service_figures_per_model_version_and_site() -> None:
         "specificity": rate(None, 0),
         "drift": {"psi": 0.31},
     }
-    site = {**overall, "institution": "county-a", "labelled": 12, "drift": {"psi": None}}
+    site = {**overall, "scope": "site", "institution": "county-a", "labelled": 12, "drift": {"psi": 0.9}}
 
     class Fixed(Collector):
         def collect(self):  # type: ignore[no-untyped-def]
@@ -166,8 +167,8 @@ def test_in_service_figures_per_model_version_and_site() -> None:
     registry = CollectorRegistry()
     registry.register(Fixed())
     text = generate_latest(registry).decode()
-    assert 'prescreen_model_accuracy{institution="all",model_version="v1",task="ecg-rhythm"} 0.9' in text
-    assert 'prescreen_model_labelled_studies{institution="county-a",model_version="v1",task="ecg-rhythm"} 12.0' in text
-    assert 'prescreen_model_psi{institution="all",model_version="v1",task="ecg-rhythm"} 0.31' in text
-    assert 'prescreen_model_psi{institution="county-a"' not in text  # no reference, no PSI
+    assert 'prescreen_model_accuracy{model_version="v1",task="ecg-rhythm"} 0.9' in text
+    assert 'prescreen_model_labelled_studies{model_version="v1",task="ecg-rhythm"} 40.0' in text
+    assert 'prescreen_model_psi{model_version="v1",task="ecg-rhythm"} 0.31' in text
+    assert "county-a" not in text  # per site only in /v1/monitoring
     assert "prescreen_model_specificity{" not in text  # no normal study labelled yet: no figure

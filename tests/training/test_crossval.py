@@ -20,12 +20,13 @@ from prescreen.training.crossval import export_cross_validation, is_cross_valida
 
 @pytest.fixture(scope="module")
 def cv_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from tests.fixtures_images import write_busi
+    from tests.fixtures_images import write_npz
 
-    data = write_busi(tmp_path_factory.mktemp("busi-cv"), per_class=12, seed=3)
-    task = get_task("breast-us")
+    # chest-xray's 64x64 inputs keep four trainings and exports quick; the code path is the task's
+    data = write_npz(tmp_path_factory.mktemp("cxr-cv") / "pneumoniamnist.npz", n=60, seed=3)
+    task = get_task("chest-xray")
     out = tmp_path_factory.mktemp("cv") / "run"
-    cfg = RunConfig(task=task.name, data=data, out=out, epochs=1, batch_size=16, folds=3, group_by="phash")
+    cfg = RunConfig(task=task.name, data=data, out=out, epochs=1, batch_size=16, folds=3, group_by="record")
     train_folds(task, cfg, task.load_dataset(data, None, False, "train"), progress=False)
     return out, data
 
@@ -40,7 +41,7 @@ def test_folds_validate_on_disjoint_parts_that_cover_the_training_side(cv_folder
     test = set(next(iter(tests)))
     assert not (vals[0] & vals[1]) and not (vals[0] & vals[2]) and not (vals[1] & vals[2])
     assert not test & set().union(*vals)
-    assert len(set().union(*vals)) + len(test) == 36
+    assert len(set().union(*vals)) + len(test) == 60
 
 
 def test_export_chooses_operating_points_out_of_fold_and_completes_the_card(
@@ -56,8 +57,12 @@ def test_export_chooses_operating_points_out_of_fold_and_completes_the_card(
     )
     assert card.training["ensemble_of"] == 3 and "group" in card.validation_scheme
     assert card.shift["perturbations_measured_on"] == "the held-out test part"
+    at_points = {row["operating_point"]: row for row in card.shift["test_at_operating_points"]}
+    assert set(at_points) == {"balanced", "safety"} and card.test is not None
+    assert at_points["balanced"]["accuracy"] == pytest.approx(card.test.metrics["accuracy"].value, abs=1e-4)
+    assert at_points["safety"]["sensitivity"] >= at_points["balanced"]["sensitivity"]
     model = OnnxModel(onnx, ModelCard.load(tmp_path / "ens" / "card.json"))
-    finding = model.screen_signal(get_task("breast-us").load_dataset(data, None, False).signals[0])
+    finding = model.screen_signal(get_task("chest-xray").load_dataset(data, None, False).signals[0])
     assert set(finding.operating_points) == {"balanced", "safety"}
     assert finding.flagged == finding.operating_points["balanced"].flagged
 
