@@ -234,6 +234,9 @@ def act(
         except (ForbiddenError, ConflictError) as exc:
             raise type(exc)(_with_names(session, str(exc), state)) from None
         if draft is not None and action == "draft":
+            if draft.physician_label is None and draft.ai_agrees is True and item.task is not None and item.label:
+                # agreeing with the AI, without a label of one's own, states the AI's label as one's own
+                draft = replace(draft, physician_label=item.label)
             draft = replace(draft, physician_label=check_label(draft.physician_label, task_classes(item.task)))
         done = session.execute(
             update(WorklistItem)

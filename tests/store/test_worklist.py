@@ -918,3 +918,16 @@ def test_item_detail_has_reports_signatures_history_and_allowed_actions(
     assert shown["allowed_actions"] == ["amend"]
     assert detail(team.assoc)["allowed_actions"] == ["amend"]
     assert detail(team.attending2)["allowed_actions"] == []
+
+
+def test_agreeing_with_the_ai_without_a_label_records_the_ai_label(
+    sessions: Sessions, af_item: str, team: Team
+) -> None:
+    assert act(sessions, af_item, "claim", team.attending, lease=LEASE) == "claimed"
+    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText("AF.", False))
+    with pytest.raises(ConflictError, match="record your own label"):  # disagreeing: say what it is
+        act(sessions, af_item, "sign", team.attending, lease=LEASE)
+    act(sessions, af_item, "draft", team.attending, lease=LEASE, draft=DraftText("AF. Agree with AI.", True))
+    assert act(sessions, af_item, "sign", team.attending, lease=LEASE) == "awaiting_review"
+    (report,) = reports_of(sessions, af_item)
+    assert report.physician_label == reload(sessions, af_item).label == "af"
