@@ -271,13 +271,15 @@ def psi_noise_floor(reference_n: int | None, n: int, bins: int = 10) -> float:
     return float(chi2.ppf(0.95, bins - 1)) * (1 / reference_n + 1 / n)
 
 
-def drifted(psi_value: float | None, n: int, policy: MonitoringPolicy, reference_n: int | None = None) -> bool:
+def drifted(
+    psi_value: float | None, n: int, policy: MonitoringPolicy, reference_n: int | None = None, bins: int = 10
+) -> bool:
     """Whether a site's PSI raises an alarm: a full window of scores (``n >= window``) and a PSI
     above the threshold, and above the chance level for the reference's and the window's sizes
-    (:func:`psi_noise_floor`); ``None`` (no reference on the card) never alarms."""
+    over ``bins`` bins (:func:`psi_noise_floor`); ``None`` (no reference on the card) never alarms."""
     if psi_value is None or n < policy.window:
         return False
-    return psi_value > max(policy.psi_threshold, psi_noise_floor(reference_n, n))
+    return psi_value > max(policy.psi_threshold, psi_noise_floor(reference_n, n, bins))
 
 
 def below_target_message(task: str, version: str, site: str | None, rate: Rate, policy: MonitoringPolicy) -> str:

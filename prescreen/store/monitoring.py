@@ -377,7 +377,7 @@ def _group(
     alarming = []
     if below_target(target_rate, policy):
         alarming.append(BELOW_TARGET)
-    if scope == "site" and drifted(drift["psi"], drift["n"], policy, drift["reference_n"]):
+    if scope == "site" and drifted(drift["psi"], drift["n"], policy, drift["reference_n"], len(drift["edges"]) - 1):
         alarming.append(SCORE_DRIFT)
     return {
         "task": first.task,

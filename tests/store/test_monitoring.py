@@ -121,8 +121,8 @@ def test_the_label_is_checked_required_to_submit_and_kept(sessions: Sessions, bl
     act(sessions, item, "claim", team.attending, lease=LEASE)
     with pytest.raises(InvalidRequestError, match="not one of this study's labels: normal, af, other, noisy, not"):
         act(sessions, item, "draft", team.attending, lease=LEASE, draft=DraftText("AF.", True, "pneumonia"))
-    act(sessions, item, "draft", team.attending, lease=LEASE, draft=DraftText("AF.", True))
-    with pytest.raises(ConflictError, match="record your own label"):
+    act(sessions, item, "draft", team.attending, lease=LEASE, draft=DraftText("AF.", False))
+    with pytest.raises(ConflictError, match="record your own label"):  # disagreeing: say what it is
         act(sessions, item, "sign", team.attending, lease=LEASE)
     act(sessions, item, "draft", team.attending, lease=LEASE, draft=DraftText("AF.", True, "  AF "))  # normalised
     assert act(sessions, item, "sign", team.attending, lease=LEASE) == "awaiting_review"
