@@ -289,23 +289,30 @@ def finish_job(
         return None  # the job is (or will be) finished by the worker that holds it
 
 
+def finding_columns(finding: Finding) -> dict[str, Any]:
+    """The columns a stored finding shares with a shadow finding (plain floats, not numpy scalars)."""
+    return {
+        "task": finding.task,
+        "model_name": finding.model_name,
+        "model_version": finding.model_version,
+        "flagged": finding.flagged,
+        "label": finding.label,
+        "score": float(finding.score),
+        "threshold": float(finding.threshold),
+        "probabilities": {k: float(v) for k, v in finding.probabilities.items()},
+        "operating_points": points_json(finding),
+        "seconds": finding.seconds,
+    }
+
+
 def _result_row(job: ClaimedJob, finding: Finding) -> Result:
     return Result(
         job_id=job.id,
         series_id=job.series.id,
-        task=finding.task,
-        model_name=finding.model_name,
-        model_version=finding.model_version,
-        flagged=finding.flagged,
-        label=finding.label,
-        score=float(finding.score),
-        threshold=float(finding.threshold),
-        probabilities={k: float(v) for k, v in finding.probabilities.items()},
         instance_uid=finding.instance_uid,
         instances_screened=finding.instances_screened,
         instances_total=finding.instances_total,
-        operating_points=points_json(finding),
-        seconds=finding.seconds,
+        **finding_columns(finding),
     )
 
 

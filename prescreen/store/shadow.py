@@ -19,10 +19,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
-from prescreen.domain import Finding, points_json
+from prescreen.domain import Finding
 from prescreen.evaluation.metrics import wilson_interval
 from prescreen.models.task import get_task
-from prescreen.store.queue import as_utc
+from prescreen.store.queue import as_utc, finding_columns
 from prescreen.store.schema import Result, Series
 from prescreen.store.schema_lifecycle import ShadowResult
 from prescreen.store.schema_triage import Report, WorklistItem
@@ -72,21 +72,7 @@ class ShadowComparison(TypedDict):
 def record_shadow(sessions: sessionmaker[Session], series_id: str, finding: Finding) -> None:
     """Store a shadow model's finding of one series (apart from the active model's results)."""
     with sessions.begin() as session:
-        session.add(
-            ShadowResult(
-                series_id=series_id,
-                task=finding.task,
-                model_name=finding.model_name,
-                model_version=finding.model_version,
-                flagged=finding.flagged,
-                label=finding.label,
-                score=float(finding.score),
-                threshold=float(finding.threshold),
-                probabilities={k: float(v) for k, v in finding.probabilities.items()},
-                operating_points=points_json(finding),
-                seconds=finding.seconds,
-            )
-        )
+        session.add(ShadowResult(series_id=series_id, **finding_columns(finding)))
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,18 @@ from prescreen.evaluation.metrics import binary_metrics
 from prescreen.evaluation.operating import Characterization, characterize, perturbation_table
 from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
-from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, FloatArray, sha256_file
+from prescreen.models.onnx_model import FloatArray
 from prescreen.models.task import Task
 from prescreen.training.config import RunConfig
-from prescreen.training.export import MeanSoftmax, export_onnx, load_run, onnx_predictor, parity, shrink_to_limit
+from prescreen.training.export import (
+    MeanSoftmax,
+    export_onnx,
+    load_run,
+    onnx_entry,
+    onnx_predictor,
+    parity,
+    shrink_to_limit,
+)
 from prescreen.training.trainer import Trainer, TrainResult
 
 CV_FILE = "cv.json"
@@ -177,16 +185,7 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
             "config": json.loads(cfg.model_copy(update={"fold": None, "out": folder}).model_dump_json()),
             "members": members,
         },
-        onnx={
-            "file": "model.onnx",
-            "sha256": sha256_file(onnx_path),
-            "size_bytes": onnx_path.stat().st_size,
-            "parity_max_abs_diff": max_diff,
-            "parity_inputs": len(examples),
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            **({"quantized": quantized} if quantized else {}),
-        },
+        onnx=onnx_entry(onnx_path, max_diff, len(examples), quantized),
         validation=validation,
         test=test,
         caveats=[

@@ -163,6 +163,22 @@ def shrink_to_limit(
     }
 
 
+def onnx_entry(
+    onnx_path: Path, max_diff: float, parity_inputs: int, quantized: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The card's ``onnx`` entry: the file, its digest and size, the parity check and any quantization."""
+    return {
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "size_bytes": onnx_path.stat().st_size,
+        "parity_max_abs_diff": max_diff,
+        "parity_inputs": parity_inputs,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        **({"quantized": quantized} if quantized else {}),
+    }
+
+
 def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: bool = False) -> tuple[Path, ModelCard]:
     """Export one run, or several runs of one split as an ensemble: ONNX file, parity check,
     threshold on the validation split, card.
@@ -266,16 +282,7 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
         operating_threshold=round(threshold, 6),
         threshold_chosen_on=f"validation split (n={len(val_labels)}), maximizing Youden's J",
         training=training,
-        onnx={
-            "file": "model.onnx",
-            "sha256": sha256_file(onnx_path),
-            "size_bytes": onnx_path.stat().st_size,
-            "parity_max_abs_diff": max_diff,
-            "parity_inputs": len(val_windows),
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            **({"quantized": quantized} if quantized else {}),
-        },
+        onnx=onnx_entry(onnx_path, max_diff, len(val_windows), quantized),
         validation=validation,
         test=test,
         caveats=list(task.caveats),
