@@ -26,8 +26,14 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and activate models in the model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-users_app = typer.Typer(help="Reading physicians: add and list users.", no_args_is_help=True)
+users_app = typer.Typer(help="People: add, list, disable, change roles, reset passwords.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+clients_app = typer.Typer(
+    help="Machine clients (PACS, modalities, edge nodes) and their API keys.", no_args_is_help=True
+)
+app.add_typer(clients_app, name="clients")
+audit_app = typer.Typer(help="The audit trail: verify its chain, sign a checkpoint, export it.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 rules_app = typer.Typer(help="Routing rules: validate a rules file.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
@@ -618,27 +624,69 @@ def edge(
         runtime.stop()
 
 
+def _store() -> Any:
+    from prescreen.pipeline.runtime import open_store
+
+    return open_store(get_settings())
+
+
+def _operator() -> Any:
+    """The audit trail's actor for a command run on the server's console."""
+    from prescreen.security.audit import Actor, ActorKind
+
+    return Actor(ActorKind.OPERATOR, _actor())
+
+
+def _audited(sessions: Any, event: Any, object_id: str, detail: dict[str, Any], change: Callable[[Any], Any]) -> Any:
+    """Run ``change(session)`` and record ``event`` in the same transaction."""
+    from prescreen.security.audit import AuditEntry
+    from prescreen.store.audit import record
+
+    with sessions.begin() as session:
+        result = change(session)
+        record(session, AuditEntry(event, _operator(), object_id=object_id, detail=detail))
+        return result
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
 @users_app.command("add")
 @user_errors
 def users_add(
-    name: Annotated[str, typer.Option(help="Full name, as shown on reports")],
+    name: Annotated[str, typer.Option(help="Full name, as shown on reports (e.g. 张三丰)")],
     login: Annotated[str, typer.Option(help="Login (lowercase)")],
-    grade: Annotated[str, typer.Option(help="resident, attending, associate_chief or chief")],
-    specialty: Annotated[list[str], typer.Option(help="A worklist the user reads (repeatable), e.g. cardiology")],
-    institution: Annotated[str | None, typer.Option(help="Institution of the user")] = None,
-    admin: Annotated[bool, typer.Option(help="May manage users")] = False,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(help="reader (default), admin, security_admin, auditor or ml_engineer (repeatable)"),
+    ] = None,
+    grade: Annotated[
+        str | None, typer.Option(help="A reader's grade: resident, attending, associate_chief, chief")
+    ] = None,
+    specialty: Annotated[
+        list[str] | None, typer.Option(help="A worklist the reader reads (repeatable), e.g. cardiology")
+    ] = None,
+    institution: Annotated[
+        list[str] | None,
+        typer.Option(help="An institution whose studies the reader sees (repeatable); none: every institution"),
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="Also the admin role (older flag; same as --role admin)")] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
 ) -> None:
-    """Add a user; the password is asked for (or read from stdin) and stored only as an Argon2id hash."""
-    from prescreen.pipeline.runtime import open_store
+    """Add a user; the password is asked for (or read from stdin) and stored only as an Argon2id hash.
+    admin, security_admin and auditor must be different people (exit 2 for such a mix)."""
+    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.security.roles import parse_roles
+    from prescreen.store.audit import record_now
     from prescreen.store.users import add_user
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    specialties = [part.strip() for value in specialty for part in value.split(",") if part.strip()]
-    store = open_store(get_settings())
+    parse_roles([*(role or ["reader"]), *(["admin"] if admin else [])])  # a forbidden mix fails before the prompt
+    password = _read_password(password_stdin)
+    specialties = [part.strip() for value in specialty or [] for part in value.split(",") if part.strip()]
+    store = _store()
     user = add_user(
         store.sessions,
         login=login,
@@ -646,25 +694,248 @@ def users_add(
         password=password,
         grade=grade,
         specialties=specialties,
-        institution=institution,
+        institutions=institution or [],
         is_admin=admin,
+        roles=role or ["reader"],
+        min_password=get_settings().password_min_length,
     )
-    console.print(f"added {user.login} ({user.grade}; {', '.join(user.specialties)})")
+    detail = {"change": "add", "roles": [r.value for r in user.roles], "institutions": list(user.institutions)}
+    record_now(store.sessions, AuditEntry(AuditEvent.USER_CHANGE, _operator(), object_id=user.login, detail=detail))
+    what = ", ".join(r.value for r in user.roles)
+    console.print(
+        f"added {user.login} ({what}"
+        + (f"; {user.grade}; {', '.join(user.specialties)}" if user.specialties else "")
+        + ")"
+    )
 
 
 @users_app.command("list")
 @user_errors
 def users_list() -> None:
-    """List users: login, name, grade, specialties."""
+    """List users: login, name, roles, grade, specialties, institutions, second factor, active."""
     from rich.table import Table
 
-    from prescreen.pipeline.runtime import open_store
-    from prescreen.store.users import list_users
+    from prescreen.store.users import list_users, user_active
 
-    table = Table("login", "name", "grade", "specialties", "institution")
-    for user in list_users(open_store(get_settings()).sessions):
-        table.add_row(user.login, user.name, user.grade, ", ".join(user.specialties), user.institution or "")
+    store = _store()
+    active = user_active(store.sessions)
+    table = Table("login", "name", "roles", "grade", "specialties", "institutions", "2FA", "active")
+    for user in list_users(store.sessions):
+        table.add_row(
+            user.login,
+            user.name,
+            ", ".join(user.roles),
+            user.grade,
+            ", ".join(user.specialties),
+            ", ".join(user.institutions) or "all",
+            "yes" if user.totp_enabled else "no",
+            "yes" if active.get(user.login) else "no",
+        )
     console.print(table)
+
+
+@users_app.command("disable")
+@user_errors
+def users_disable(
+    login: Annotated[str, typer.Argument(help="The user's login")],
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the user again instead")] = False,
+) -> None:
+    """Disable a user (every session ends at once), or enable them again."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.users import set_active
+
+    detail = {"change": "enable" if enable else "disable"}
+    _audited(_store().sessions, AuditEvent.USER_CHANGE, login, detail, lambda s: set_active(s, login, enable))
+    console.print(f"{login} is {'enabled' if enable else 'disabled'}")
+
+
+@users_app.command("set-roles")
+@user_errors
+def users_set_roles(
+    login: Annotated[str, typer.Argument(help="The user's login")],
+    role: Annotated[list[str], typer.Option(help="The new roles (repeatable); replaces the old ones")],
+) -> None:
+    """Replace a user's roles (admin, security_admin and auditor stay with different people)."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.users import set_roles
+
+    user = _audited(
+        _store().sessions,
+        AuditEvent.USER_CHANGE,
+        login,
+        {"change": "roles", "roles": role},
+        lambda s: set_roles(s, login, role),
+    )
+    console.print(f"{user.login}: {', '.join(user.roles)}")
+
+
+@users_app.command("reset-password")
+@user_errors
+def users_reset_password(
+    login: Annotated[str, typer.Argument(help="The user's login")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+) -> None:
+    """Set a new password; the user's sessions end and their sign-in lockout is lifted."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.users import reset_password
+
+    password = _read_password(password_stdin)
+    minimum = get_settings().password_min_length
+    _audited(
+        _store().sessions,
+        AuditEvent.USER_CHANGE,
+        login,
+        {"change": "password"},
+        lambda s: reset_password(s, login, password, minimum),
+    )
+    console.print(f"new password set for {login}")
+
+
+@users_app.command("reset-mfa")
+@user_errors
+def users_reset_mfa(login: Annotated[str, typer.Argument(help="The user's login")]) -> None:
+    """Remove a user's second factor (a lost phone); they enrol again at their next sign-in."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.users import reset_totp
+
+    _audited(_store().sessions, AuditEvent.USER_CHANGE, login, {"change": "reset-mfa"}, lambda s: reset_totp(s, login))
+    console.print(f"{login} enrols a second factor again at the next sign-in")
+
+
+@clients_app.command("add")
+@user_errors
+def clients_add(
+    name: Annotated[str, typer.Option(help="The client's name, e.g. pacs-clinic7")],
+    institution: Annotated[str, typer.Option(help="The institution it sends for; its studies are stamped with it")],
+    ae: Annotated[list[str] | None, typer.Option(help="An AE title it sends DICOM from (repeatable)")] = None,
+    ip: Annotated[list[str] | None, typer.Option(help="A network it may call from, as CIDR (repeatable)")] = None,
+) -> None:
+    """Register a machine client (PACS, modality, edge node); prints its API key once, alone on the last line."""
+    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.store.audit import record_now
+    from prescreen.store.clients import add_client
+
+    store = _store()
+    info, key = add_client(store.sessions, name=name, institution=institution, ae_titles=ae or [], networks=ip or [])
+    detail = {
+        "change": "add",
+        "institution": info.institution,
+        "ae_titles": list(info.ae_titles),
+        "networks": list(info.networks),
+    }
+    record_now(store.sessions, AuditEntry(AuditEvent.CLIENT_CHANGE, _operator(), object_id=info.name, detail=detail))
+    console.print(f"added client {info.name} of {info.institution}; its API key (shown once, keep it secret):")
+    print(key)
+
+
+@clients_app.command("list")
+@user_errors
+def clients_list() -> None:
+    """List clients: name, institution, AE titles, networks, active."""
+    from rich.table import Table
+
+    from prescreen.store.clients import list_clients
+
+    table = Table("name", "institution", "AE titles", "networks", "active")
+    for c in list_clients(_store().sessions):
+        table.add_row(
+            c.name, c.institution, ", ".join(c.ae_titles), ", ".join(c.networks) or "any", "yes" if c.active else "no"
+        )
+    console.print(table)
+
+
+@clients_app.command("revoke")
+@user_errors
+def clients_revoke(name: Annotated[str, typer.Argument(help="The client's name")]) -> None:
+    """Revoke a client's key: it is refused from now on."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.clients import revoke_client
+
+    _audited(_store().sessions, AuditEvent.CLIENT_CHANGE, name, {"change": "revoke"}, lambda s: revoke_client(s, name))
+    console.print(f"client {name} revoked")
+
+
+@audit_app.command("verify")
+@user_errors
+def audit_verify(
+    from_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A checkpoint saved elsewhere (JSON from 'audit checkpoint'): the trail must still hold it"),
+    ] = None,
+) -> None:
+    """Check the whole audit chain and its signed checkpoints; names the first broken record (exit 1)."""
+    import json
+
+    from prescreen.security.audit import Checkpoint
+    from prescreen.security.keys import audit_public_key
+    from prescreen.store.audit import verify
+
+    extra = []
+    if from_checkpoint is not None:
+        doc = json.loads(from_checkpoint.read_text())
+        extra.append(
+            Checkpoint(int(doc["seq"]), str(doc["hash"]), str(doc["at"]), str(doc["key_id"]), str(doc["signature"]))
+        )
+    settings = get_settings()
+    verdict = verify(_store().sessions, audit_public_key(settings), extra)
+    if not verdict.ok:
+        err.print(f"[red]audit trail broken at record {verdict.broken_seq}:[/red] {verdict.reason}", highlight=False)
+        raise typer.Exit(1)
+    console.print(
+        f"ok: {verdict.records} records chained, {verdict.checkpoints} signed checkpoints verified (SM3, SM2)"
+    )
+
+
+@audit_app.command("checkpoint")
+@user_errors
+def audit_checkpoint(
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the checkpoint here (keep a copy off this machine)")
+    ] = None,
+) -> None:
+    """Sign the chain's head now (the service does it every PRESCREEN_AUDIT_CHECKPOINT_SECONDS)."""
+    import json
+
+    from prescreen.security.keys import audit_signer
+    from prescreen.store.audit import checkpoints, sign_checkpoint
+
+    store = _store()
+    made = sign_checkpoint(store.sessions, audit_signer(get_settings()))
+    if made is None:
+        with store.sessions() as session:
+            known = checkpoints(session)
+        if not known:
+            raise typer.BadParameter("the audit trail is empty: nothing to sign")
+        made = known[-1]
+    if out is not None:
+        out.write_text(json.dumps(made.__dict__, indent=2) + "\n")
+    console.print(f"checkpoint at record {made.seq}: {made.hash[:16]}… signed by key {made.key_id}")
+
+
+@audit_app.command("export")
+@user_errors
+def audit_export(
+    out: Annotated[Path, typer.Option(help="Where to write RFC 5424 syslog lines (one record a line)")],
+    since: Annotated[str | None, typer.Option(help="Only records from this time on (ISO 8601)")] = None,
+) -> None:
+    """Write the trail as RFC 5424 syslog lines carrying DICOM audit messages (XML); the export is audited."""
+    from datetime import datetime
+
+    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.security.syslog import syslog_line
+    from prescreen.store.audit import iter_records, record_now, timestamp_of
+
+    store = _store()
+    floor = timestamp_of(datetime.fromisoformat(since)) if since else None
+    count = 0
+    with store.sessions() as session, out.open("w", encoding="utf-8") as handle:
+        for rec in iter_records(session):
+            if floor is None or rec.at >= floor:
+                handle.write(syslog_line(rec) + "\n")
+                count += 1
+    detail = {"records": count, "since": since}
+    record_now(store.sessions, AuditEntry(AuditEvent.AUDIT_READ, _operator(), object_id="export", detail=detail))
+    console.print(f"wrote {count} records to {out}")
 
 
 @rules_app.command("check")

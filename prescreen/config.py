@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,9 +56,33 @@ class Settings(BaseSettings):
     cookie_secure: bool | None = Field(
         None, description="Session cookie Secure flag; default: when the request came over HTTPS (set true behind TLS)"
     )
+    locale: Literal["zh_CN", "en"] = Field(
+        "zh_CN", description="Language of the pages unless a reader picks another: zh_CN (Simplified Chinese) or en"
+    )
+    timezone: str = Field(
+        "Asia/Shanghai", description="IANA time zone the pages show dates in (the hospital's), e.g. Asia/Shanghai"
+    )
     anonymous_permissions: CommaList = Field(
-        default_factory=lambda: ["screen", "ingest", "studies:read", "models:read"],
-        description="What callers without a token may do (senders on a trusted network); empty: nothing",
+        default_factory=list,
+        description="What callers without credentials may do, e.g. 'screen,ingest,studies:read,models:read' for a "
+        "trusted lab network (a warning is logged at start); default: nothing",
+    )
+    mfa: str = Field(
+        "login",
+        pattern="^(login|step-up)$",
+        description="'login': password + TOTP at every sign-in; 'step-up': TOTP only for sensitive operations",
+    )
+    step_up_minutes: float = Field(5, gt=0, le=60, description="A second factor counts as fresh for this long")
+    session_idle_minutes: float = Field(15, gt=0, description="A session idle this long ends")
+    password_min_length: int = Field(12, ge=8, description="Shortest password accepted")
+    audit_checkpoint_seconds: float = Field(
+        60, gt=0, description="How often the audit chain's head is signed (SM2) when it has grown"
+    )
+    audit_retention_days: int = Field(
+        180, ge=180, description="Audit records are kept at least this long (the law asks six months)"
+    )
+    audit_syslog: str | None = Field(
+        None, description="host:port that audit records are streamed to as RFC 5424 syslog over UDP"
     )
     rules_path: Path | None = Field(None, description="Routing rules YAML; default: the shipped rules")
     sla_stat_minutes: float = Field(30, description="Report target of a stat item")
@@ -111,6 +136,16 @@ class Settings(BaseSettings):
         """``A,B`` in the environment is the list ``[A, B]``."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """A zone the tz database knows (``Asia/Shanghai``, ``UTC``); anything else is refused at start."""
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}: give an IANA name such as 'Asia/Shanghai'") from exc
         return value
 
     @property

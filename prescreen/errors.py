@@ -90,6 +90,16 @@ class NotAuthenticatedError(PrescreenError):
     """No valid credentials: a wrong login or password, a missing or expired token (HTTP 401)."""
 
 
+class MfaRequiredError(NotAuthenticatedError):
+    """The password was right, but this user signs in with a second factor too: send ``totp``
+    (HTTP 401 ``mfa_required``)."""
+
+
+class StepUpRequiredError(NotAuthenticatedError):
+    """A sensitive operation needs a second factor given within the last few minutes: ``POST
+    /v1/auth/step-up`` first (HTTP 401 ``step_up_required``)."""
+
+
 class ForbiddenError(PrescreenError):
     """The user may not do this: a role, grade or specialty that does not allow it (HTTP 403)."""
 
@@ -108,6 +118,15 @@ class RulesError(PrescreenError):
 
 class TooManyAttemptsError(PrescreenError):
     """Too many failed sign-ins for one login in a short time (HTTP 429)."""
+
+
+class AuditIntegrityError(PrescreenError):
+    """The audit trail does not verify: a record was changed, deleted, inserted or reordered, or a
+    signed checkpoint does not match; the message names the first broken record."""
+
+
+class KeyFileError(PrescreenError):
+    """A key file is missing, unreadable or of the wrong kind."""
 
 
 class PromotionRefusedError(PrescreenError):

@@ -2,12 +2,21 @@
 
 Protocol errors become protocol statuses here, at the edge: success (0x0000) only once the
 instance is durable; 0xC210 when the dataset cannot be decoded; 0xA900 when it lacks a UID the
-store needs; 0xA700 when it cannot be stored. The same SOP Instance UID twice is stored once.
+store needs; 0xA700 when it cannot be stored; 0x0124 (refused: not authorized) when the sender is
+no registered client and anonymous ingest is off. The same SOP Instance UID twice is stored once.
+
+Senders are machine clients (``prescreen clients add --ae``): an association is theirs when it comes
+from one of their AE titles and networks, or when it carries their API key by DICOM User Identity
+Negotiation (a username+passcode with the key as passcode, or the key alone as username or JWT).
+Their studies are stamped with the client's institution, whatever the dataset says.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +40,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from prescreen.config import Settings
-from prescreen.errors import InvalidStudyError, MissingIdentifierError
+from prescreen.errors import InvalidStudyError, MissingIdentifierError, NotAuthenticatedError
+from prescreen.security.audit import Actor, ActorKind
+from prescreen.store.clients import authenticate_client, client_for_ae
 from prescreen.store.ingest import Ingestor
+from prescreen.store.users import Principal
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +94,7 @@ STORAGE_CLASSES = [
 ]
 
 SUCCESS = 0x0000
+NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_DECODE = 0xC210
@@ -95,10 +108,13 @@ def _status(code: int, comment: str | None = None) -> Dataset:
     return status
 
 
-def store_status(ingestor: Ingestor, data: bytes, sender: str | None) -> Dataset:
+def store_status(ingestor: Ingestor, data: bytes, sender: str | None, sent_by: Sender | None = None) -> Dataset:
     """Store one encoded instance and say how it went, as a C-STORE response status."""
     try:
-        received = ingestor.store_dicom(data, sender=sender)
+        if sent_by is None:
+            received = ingestor.store_dicom(data, sender=sender)
+        else:
+            received = ingestor.store_dicom(data, sender=sender, institution=sent_by.institution, actor=sent_by.actor)
     except MissingIdentifierError as exc:
         return _status(DATASET_MISMATCH, str(exc))
     except InvalidStudyError:
@@ -111,10 +127,59 @@ def store_status(ingestor: Ingestor, data: bytes, sender: str | None) -> Dataset
     return _status(SUCCESS)
 
 
-def _handle_store(event: Any, ingestor: Ingestor, limit: int) -> Dataset:
+@dataclass(frozen=True)
+class Sender:
+    """Who sent an instance: the audit actor and the institution its studies are stamped with."""
+
+    actor: Actor
+    institution: str | None
+
+
+def identify(
+    event: Any, ingestor: Ingestor, verified: MutableMapping[Any, Principal], anonymous: bool
+) -> Sender | None:
+    """The sender of an association: a client by its key (User Identity) or its AE title and
+    address; anonymous when anonymous ingest is on; ``None`` (refuse) otherwise."""
+    ae_title = str(event.assoc.requestor.ae_title).strip()
+    host = _peer_host(event.assoc)
+    where = f"{ae_title}@{host}"
+    client = verified.get(event.assoc) or client_for_ae(ingestor.sessions, ae_title, host)
+    if client is not None:
+        return Sender(Actor(ActorKind.CLIENT, client.login, where), client.institution)
+    if anonymous:
+        return Sender(Actor(ActorKind.ANONYMOUS, ae_title or "unknown", where), None)
+    return None
+
+
+def _handle_user_id(
+    event: Any, ingestor: Ingestor, verified: MutableMapping[Any, Principal]
+) -> tuple[bool, bytes | None]:
+    """DICOM User Identity Negotiation: accept an association that presents a client's API key."""
+    fields = (event.secondary_field, event.primary_field) if event.user_id_type == 2 else (event.primary_field,)
+    for value in fields:
+        key = bytes(value or b"").decode("utf-8", "replace").strip()
+        if not key:
+            continue
+        try:
+            client = authenticate_client(ingestor.sessions, key, _peer_host(event.assoc))
+        except NotAuthenticatedError:
+            continue
+        verified[event.assoc] = client
+        return True, None
+    log.warning("refused a DICOM association: its user identity is no valid client key")
+    return False, None
+
+
+def _handle_store(
+    event: Any, ingestor: Ingestor, limit: int, verified: MutableMapping[Any, Principal], anonymous: bool
+) -> Dataset:
     """The instance arrives in a temporary Part 10 file (pynetdicom writes it as the PDUs come in,
     so a large instance does not sit in memory); over ``limit`` bytes it is refused unread."""
     sender = str(event.assoc.requestor.ae_title).strip() or None
+    sent_by = identify(event, ingestor, verified, anonymous)
+    if sent_by is None:
+        log.warning("C-STORE refused: the calling AE title is no registered client and anonymous ingest is off")
+        return _status(NOT_AUTHORIZED, "not authorized: register this AE as a client")
     try:
         path = Path(event.dataset_path)
         if path.stat().st_size > limit:
@@ -122,7 +187,7 @@ def _handle_store(event: Any, ingestor: Ingestor, limit: int) -> Dataset:
         data = path.read_bytes()
     except OSError:
         return _status(OUT_OF_RESOURCES, "the instance could not be received")
-    return store_status(ingestor, data, sender)
+    return store_status(ingestor, data, sender, sent_by)
 
 
 def _handle_echo(_event: Any) -> int:
@@ -178,7 +243,13 @@ def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = No
         return None
     ae = make_ae(settings)
     limit = settings.max_upload_bytes
-    handlers: list[Any] = [(evt.EVT_C_STORE, _handle_store, [ingestor, limit]), (evt.EVT_C_ECHO, _handle_echo)]
+    verified: MutableMapping[Any, Principal] = weakref.WeakKeyDictionary()
+    anonymous = "ingest" in settings.anonymous_permissions
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, _handle_store, [ingestor, limit, verified, anonymous]),
+        (evt.EVT_C_ECHO, _handle_echo),
+        (evt.EVT_USER_ID, _handle_user_id, [ingestor, verified]),
+    ]
     address = (host or settings.host, settings.dicom_port)
     server = ae.start_server(address, block=False, evt_handlers=handlers)
     assert server is not None  # non-blocking: the running server

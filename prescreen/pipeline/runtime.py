@@ -11,13 +11,17 @@ from typing import cast
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from prescreen.config import Settings
+from prescreen.config import Settings, get_settings
 from prescreen.integration.listener import start_listener
+from prescreen.pipeline.audit import AuditStep
 from prescreen.pipeline.loop import Step, StepLoop
 from prescreen.pipeline.monitoring import MonitoringStep
 from prescreen.pipeline.outbox import OutboxStep
 from prescreen.pipeline.screening import Screen, ScreeningStep, ShadowScreens
 from prescreen.pipeline.triage import TriageStep
+from prescreen.security.audit import Actor, AuditEntry, AuditEvent
+from prescreen.security.keys import audit_signer
+from prescreen.store.audit import record_now, sign_checkpoint
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
@@ -56,6 +60,7 @@ class Runtime:
     ingestor: Ingestor
     loops: list[StepLoop] = field(default_factory=list)
     listener: ThreadedAssociationServer | None = None
+    settings: Settings | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -66,6 +71,11 @@ class Runtime:
             self.listener.shutdown()
         for loop in self.loops:
             loop.stop()
+        try:
+            record_now(self.sessions, AuditEntry(AuditEvent.SERVICE_STOP, Actor.system()))
+            sign_checkpoint(self.sessions, audit_signer(self.settings or get_settings()))
+        except Exception:  # the database may be gone at shutdown; never hide the stop itself
+            log.exception("could not record the service stop in the audit trail")
 
 
 def _shadow_of(screen: Screen | None) -> ShadowScreens | None:
@@ -86,7 +96,7 @@ def start_runtime(
         RulesError: an invalid routing-rules file (the service must not start with it).
     """
     rules = load_routing_rules(settings) if screen is not None else None
-    runtime = Runtime(open_store(settings))
+    runtime = Runtime(open_store(settings), settings=settings)
     released = release_dead_locks(runtime.sessions)
     if released:
         log.info("took back %d jobs or deliveries of a process that died", released)
@@ -102,6 +112,19 @@ def start_runtime(
     runtime.loops.append(
         StepLoop("outbox", [OutboxStep(runtime.sessions, blobs, settings)], settings.worker_poll_seconds)
     )
+    runtime.loops.append(StepLoop("audit", [AuditStep(runtime.sessions, settings)], settings.audit_checkpoint_seconds))
+    detail = {
+        "listener": listen,
+        "screening": screen is not None,
+        "anonymous_permissions": list(settings.anonymous_permissions),
+        "mfa": settings.mfa,
+    }
+    record_now(runtime.sessions, AuditEntry(AuditEvent.SERVICE_START, Actor.system(), detail=detail))
+    if settings.anonymous_permissions:
+        log.warning(
+            "PRESCREEN_ANONYMOUS_PERMISSIONS=%s: callers without credentials may do this (a trusted lab network only)",
+            ",".join(settings.anonymous_permissions),
+        )
     for loop in runtime.loops:
         loop.start()
     if listen:

@@ -135,14 +135,24 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     app.state.screen_slots = threading.BoundedSemaphore(get_settings().max_concurrent_screens)
     install_error_handlers(app)
     install_openapi(app)
+    from prescreen.serving.account import auth_router
+    from prescreen.serving.audit import audit_router
     from prescreen.serving.dicomweb import dicomweb_router
     from prescreen.serving.monitoring import monitoring_routes
     from prescreen.serving.pages import pages_router
     from prescreen.serving.shadow import shadow_routes
     from prescreen.serving.studies import studies_router
-    from prescreen.serving.worklists import auth_router, worklists_router
+    from prescreen.serving.worklists import worklists_router
 
-    api_routers = (screen_router, models_router, studies_router, dicomweb_router, auth_router, worklists_router)
+    api_routers = (
+        screen_router,
+        models_router,
+        studies_router,
+        dicomweb_router,
+        auth_router,
+        worklists_router,
+        audit_router,
+    )
     for router in (*api_routers, pages_router, health_router):
         app.include_router(router)
     app.include_router(shadow_routes)  # GET /v1/models/{task}/shadow and its page

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +31,8 @@ from prescreen.integration.stow import (
     store_response,
     stow_status,
 )
-from prescreen.serving.auth import Permission, needs
+from prescreen.security.audit import Actor
+from prescreen.serving.auth import Permission, Principal, actor_of, require
 from prescreen.serving.deps import IngestorDep
 from prescreen.store.ingest import Ingestor, dicom_meta
 
@@ -55,7 +57,8 @@ def as_part10(part: bytes) -> bytes:
 
 
 #: every STOW-RS route needs the ``ingest`` permission
-dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=needs(Permission.INGEST))
+dicomweb_router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+Sender = Annotated[Principal | None, Depends(require(Permission.INGEST))]
 
 _REQUEST_BODY = {
     "requestBody": {
@@ -75,7 +78,11 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def store_parts(
-    ingestor: Ingestor, parts: Sequence[bytes], study_uid: str | None
+    ingestor: Ingestor,
+    parts: Sequence[bytes],
+    study_uid: str | None,
+    actor: Actor | None = None,
+    institution: str | None = None,
 ) -> tuple[list[StoredRef], list[FailedRef]]:
     """Store each part on its own; a failing part does not stop the others.
 
@@ -83,6 +90,8 @@ def store_parts(
         ingestor: where the instances go.
         parts: the DICOM Part 10 payloads of the request.
         study_uid: the study named in the URL; instances of another study fail (0xA900).
+        actor: who sends (the audit trail's participant).
+        institution: the sending client's institution, stamped on new studies.
     """
     stored: list[StoredRef] = []
     failed: list[FailedRef] = []
@@ -99,7 +108,7 @@ def store_parts(
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, DATASET_DOES_NOT_MATCH))
             continue
         try:
-            received = ingestor.store_dicom(part, sender=SENDER)
+            received = ingestor.store_dicom(part, sender=SENDER, institution=institution, actor=actor)
         except InvalidStudyError:
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, CANNOT_UNDERSTAND))
             continue
@@ -111,26 +120,29 @@ def store_parts(
     return stored, failed
 
 
-async def _stow(request: Request, ingestor: Ingestor, study_uid: str | None) -> Response:
+async def _stow(request: Request, ingestor: Ingestor, study_uid: str | None, user: Principal | None) -> Response:
     content_type = request.headers.get("content-type", "")
     multipart_boundary(content_type)  # 415 before the body is read
     body = await request.body()
     parts = await run_in_threadpool(parse_multipart_related, content_type, body)
-    stored, failed = await run_in_threadpool(store_parts, ingestor, parts, study_uid)
+    institution = user.institutions[0] if user is not None and len(user.institutions) == 1 else None
+    stored, failed = await run_in_threadpool(
+        store_parts, ingestor, parts, study_uid, actor_of(request, user), institution
+    )
     log.info("STOW-RS: %d instance(s) stored, %d failed", len(stored), len(failed))
     content = store_response(stored, failed, f"{request.base_url}dicomweb")
     return Response(json.dumps(content), status_code=stow_status(len(stored), len(failed)), media_type=DICOM_JSON)
 
 
 @dicomweb_router.post("/studies", response_class=Response, openapi_extra=_REQUEST_BODY, responses=_RESPONSES)
-async def store_instances(request: Request, ingestor: IngestorDep) -> Response:
+async def store_instances(request: Request, ingestor: IngestorDep, user: Sender) -> Response:
     """Store DICOM instances of any studies (STOW-RS)."""
-    return await _stow(request, ingestor, None)
+    return await _stow(request, ingestor, None, user)
 
 
 @dicomweb_router.post(
     "/studies/{study_uid}", response_class=Response, openapi_extra=_REQUEST_BODY, responses=_RESPONSES
 )
-async def store_study_instances(request: Request, ingestor: IngestorDep, study_uid: str) -> Response:
+async def store_study_instances(request: Request, ingestor: IngestorDep, study_uid: str, user: Sender) -> Response:
     """Store DICOM instances of the study ``study_uid`` (STOW-RS); instances of other studies fail."""
-    return await _stow(request, ingestor, study_uid)
+    return await _stow(request, ingestor, study_uid, user)

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,12 +18,14 @@ from prescreen.errors import (
     ForbiddenError,
     InvalidRequestError,
     InvalidStudyError,
+    MfaRequiredError,
     ModelError,
     NotAssessableError,
     NotAuthenticatedError,
     NotFoundError,
     PrescreenError,
     ServiceUnavailableError,
+    StepUpRequiredError,
     StudyTooLargeError,
     TooManyAttemptsError,
     UnknownTaskError,
@@ -45,6 +48,8 @@ def error_response(status: int, error: str, detail: str) -> JSONResponse:
 STATUS_BY_ERROR: tuple[tuple[type[PrescreenError], int, str], ...] = (
     (ExplanationNotFoundError, 404, "not_found"),
     (NotFoundError, 404, "not_found"),
+    (MfaRequiredError, 401, "mfa_required"),
+    (StepUpRequiredError, 401, "step_up_required"),
     (NotAuthenticatedError, 401, "not_authenticated"),
     (ForbiddenError, 403, "forbidden"),
     (ConflictError, 409, "conflict"),
@@ -70,8 +75,10 @@ def status_for(exc: PrescreenError) -> tuple[int, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PrescreenError)
-    async def _prescreen(_: Request, exc: PrescreenError) -> JSONResponse:
+    async def _prescreen(request: Request, exc: PrescreenError) -> JSONResponse:
         status, code = status_for(exc)
+        if status in (401, 403, 404) and request.url.path not in SIGN_IN_PATHS:
+            await run_in_threadpool(audit_refusal, request, status, code)
         response = error_response(status, code, str(exc))
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -100,6 +107,37 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:  # every method of the path, not only those of the first route matched
             response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
+
+
+SIGN_IN_PATHS = frozenset({"/v1/auth/token", "/ui/login"})
+"""Sign-in refusals are recorded by the sign-in itself, with their reason."""
+
+
+def audit_refusal(request: Request, status: int, code: str) -> None:
+    """Record a refused call (401, 403; a 404 only when someone was signed in, which is how an item
+    outside one's institutions answers): who, from where, which route, why. The route's template
+    is recorded, never the raw path (it may carry identifiers)."""
+    from prescreen.security.audit import Actor, ActorKind, AuditEntry, AuditEvent, Outcome
+    from prescreen.store.audit import record_now
+
+    principal = getattr(request.state, "principal", None)
+    if status == 404 and principal is None:
+        return
+    ingestor = getattr(request.app.state, "ingestor", None)
+    if ingestor is None:
+        return
+    address = request.client.host if request.client else None
+    if principal is None:
+        actor = Actor(ActorKind.ANONYMOUS, "anonymous", address)
+    else:
+        kind = ActorKind.CLIENT if principal.kind == "client" else ActorKind.USER
+        actor = Actor(kind, principal.login, address)
+    route = request.scope.get("route")
+    detail = {"method": request.method, "route": getattr(route, "path", "?"), "status": status, "error": code}
+    try:
+        record_now(ingestor.sessions, AuditEntry(AuditEvent.ACCESS_DENIED, actor, Outcome.MINOR_FAILURE, detail=detail))
+    except Exception as exc:  # a refusal is answered even when the trail cannot be written
+        log.error("could not record a refused call in the audit trail: %s", type(exc).__name__)
 
 
 def allowed_methods(request: Request) -> list[str]:

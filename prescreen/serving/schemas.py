@@ -99,6 +99,9 @@ class UserOut(TypedDict):
     grade: str
     specialties: list[str]
     institution: str | None
+    institutions: list[str]
+    roles: list[str]
+    second_factor: bool
 
 
 class WorklistCount(TypedDict):

@@ -12,11 +12,15 @@ from sqlalchemy.orm import Session
 
 from prescreen.config import get_settings
 from prescreen.domain import ORDER_PRIORITY_ALIASES, OrderPriority, StudyStatus
-from prescreen.errors import InvalidStudyError
+from prescreen.errors import ForbiddenError, InvalidStudyError, NotFoundError
 from prescreen.integration.fhir import diagnostic_report
-from prescreen.serving.auth import Permission, needs, require
+from prescreen.security.audit import AuditEvent
+from prescreen.security.masking import mask_id, mask_name
+from prescreen.security.roles import Role
+from prescreen.serving.auth import Permission, actor_of, require
 from prescreen.serving.deps import IngestorDep
 from prescreen.serving.errors import error_response
+from prescreen.store.audit import record_study_access
 from prescreen.store.users import Principal
 from prescreen.store.views import (
     StudyDetail,
@@ -29,7 +33,7 @@ from prescreen.store.views import (
     study_detail,
     study_summary,
 )
-from prescreen.store.worklist import in_worklists
+from prescreen.store.worklist import in_worklists, with_patient
 
 studies_router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -55,9 +59,14 @@ def _read_uploads(uploads: list[UploadFile]) -> dict[str, bytes]:
     return files
 
 
-@studies_router.post("", status_code=202, dependencies=needs(Permission.INGEST))
+Sender = Annotated[Principal | None, Depends(require(Permission.INGEST))]
+
+
+@studies_router.post("", status_code=202)
 def upload_study(
     ingestor: IngestorDep,
+    request: Request,
+    user: Sender,
     file: Annotated[list[UploadFile], File(description="A WFDB record (.hea with .dat/.mat) or DICOM files")],
     patient_id: Annotated[str | None, Form(max_length=64)] = None,
     patient_name: Annotated[str | None, Form(max_length=128)] = None,
@@ -74,7 +83,9 @@ def upload_study(
     """Store a study and queue it for screening; answers 202 once the files are durable.
 
     DICOM files are filed by their own UIDs (several studies may come in one upload); other
-    files (a WFDB record) become one new study. Poll ``GET /v1/studies/{study_id}``.
+    files (a WFDB record) become one new study. Poll ``GET /v1/studies/{study_id}``. A machine
+    client's studies are stamped with its institution (the ``institution`` field is ignored), as are
+    those of a user who serves exactly one.
     """
     try:
         priority = OrderPriority.parse(order_priority)
@@ -84,8 +95,13 @@ def upload_study(
     limit = get_settings().max_upload_bytes
     if sum(len(v) for v in files.values()) > limit:
         return error_response(413, "too_large", f"the upload exceeds the limit of {limit} bytes")
+    if user is not None and len(user.institutions) == 1:
+        institution = user.institutions[0]
+    elif user is not None and user.institutions and institution not in user.institutions:
+        raise ForbiddenError(f"institution {institution!r} is not one you send for ({', '.join(user.institutions)})")
     received = ingestor.store_upload(
         files,
+        actor=actor_of(request, user),
         sender="http",
         institution=institution,
         patient_id=patient_id,
@@ -109,19 +125,22 @@ StudyT = TypeVar("StudyT", bound=StudyRow)
 
 
 def _patient_visible(session: Session, user: Principal | None, study_id: str) -> bool:
-    """Patient identifiers go to admins and to readers of a worklist the study is in; senders
-    (anonymous callers) and other readers see status and results only."""
-    if user is None:
+    """Patient identifiers, masked (张*丰, *****2345), go to readers of a worklist the study is in;
+    senders (clients, anonymous callers) and everyone else see status and results only. The full
+    values are on the worklist item, for the reader holding its claim."""
+    if user is None or Role.READER not in user.roles:
         return False
-    if user.is_admin:
-        return True
     return in_worklists(session, study_id, user.specialties)
 
 
+def _in_scope(user: Principal | None, study: StudyRow) -> bool:
+    return user is None or user.serves(study["institution"])
+
+
 def _redact(session: Session, user: Principal | None, study: StudyT) -> StudyT:
-    """The study, or a copy with the :data:`PATIENT_FIELDS` set to None for those who may not see them."""
+    """A copy with the :data:`PATIENT_FIELDS` masked for readers of the study, None for everyone else."""
     if _patient_visible(session, user, study["id"]):
-        return study
+        return with_patient(study, full=False)
     redacted = study.copy()
     redacted["patient_id"] = None
     redacted["patient_name"] = None
@@ -138,29 +157,48 @@ def search_studies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StudyPage:
-    """Studies, newest first, filtered by Study Instance UID, status and institution."""
-    where = StudyFilter(study_uid=study_uid, status=status, institution=institution, limit=limit, offset=offset)
+    """Studies, newest first, filtered by Study Instance UID, status and institution (a client or a
+    user of some institutions sees theirs only)."""
+    if user is not None and user.institutions:
+        if institution is not None and institution not in user.institutions:
+            return {"items": [], "total": 0, "limit": limit, "offset": offset}
+        scope = [institution] if institution else list(user.institutions)
+    else:
+        scope = [institution] if institution else []
+    where = StudyFilter(study_uid=study_uid, status=status, institutions=scope, limit=limit, offset=offset)
     with ingestor.sessions() as session:
         page = list_studies(session, where)
         return {**page, "items": [_redact(session, user, item) for item in page["items"]]}
 
 
 @studies_router.get("/{study_id}")
-def read_study(ingestor: IngestorDep, user: StudyReader, study_id: str) -> StudyDetail:
+def read_study(ingestor: IngestorDep, request: Request, user: StudyReader, study_id: str) -> StudyDetail:
     """Status (received → screening → screened | failed | unscreenable) and per-series results.
-    Patient identifiers only for readers of a worklist the study is in."""
-    with ingestor.sessions() as session:
-        return _redact(session, user, study_detail(session, study_id))
+    Patient identifiers (masked) only for readers of a worklist the study is in; 404 outside the
+    caller's institutions. Every read is audited."""
+    with ingestor.sessions.begin() as session:
+        detail = study_detail(session, study_id)
+        if not _in_scope(user, detail):
+            raise NotFoundError(f"no study {study_id!r}")
+        record_study_access(session, AuditEvent.STUDY_READ, actor_of(request, user), study_id, study_id)
+        return _redact(session, user, detail)
 
 
 @studies_router.get("/{study_id}/fhir")
 def read_study_fhir(ingestor: IngestorDep, user: StudyReader, study_id: str, request: Request) -> JSONResponse:
     """The FHIR R4 DiagnosticReport of a study, with one Observation per screened series (the
     patient named only for readers of a worklist the study is in)."""
-    with ingestor.sessions() as session:
+    with ingestor.sessions.begin() as session:
         study = get_study(session, study_id)
+        if user is not None and not user.serves(study.institution):
+            raise NotFoundError(f"no study {study_id!r}")
         summary = study_summary(study)
-        if not _patient_visible(session, user, study_id):
+        if _patient_visible(session, user, study_id):
+            summary = dataclasses.replace(
+                summary, patient_id=mask_id(summary.patient_id), patient_name=mask_name(summary.patient_name)
+            )
+        else:
             summary = dataclasses.replace(summary, patient_id=None, patient_name=None)
+        record_study_access(session, AuditEvent.EXPORT, actor_of(request, user), study_id, study_id, {"as": "fhir"})
         report = diagnostic_report(summary, findings_of(session, study_id), base_url=str(request.base_url))
     return JSONResponse(report, media_type="application/fhir+json")

@@ -6,31 +6,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from prescreen.config import get_settings
 from prescreen.errors import NotFoundError
-from prescreen.serving.auth import Permission, Reader, StatsReader, Writer, issue_token, require
+from prescreen.security.audit import AuditEvent
+from prescreen.serving.auth import Reader, StatsReader, Writer, actor_of, check_fresh
 from prescreen.serving.deps import IngestorDep, claim_lease, get_targets
-from prescreen.serving.schemas import AgreementStats, TurnaroundStats, UserOut, WorklistPage, WorklistsOut
+from prescreen.serving.schemas import AgreementStats, TurnaroundStats, WorklistPage, WorklistsOut
 from prescreen.store.agreement import ReviewAgreement, review_agreement
+from prescreen.store.audit import record_study_access
 from prescreen.store.reading import DraftText, ItemDetail, act, item_detail
 from prescreen.store.sla import ai_agreement_stats, turnaround_stats
-from prescreen.store.users import authenticate, sign_out_everywhere
 from prescreen.store.worklist import check_access, count_open, list_worklist
 
-auth_router = APIRouter(prefix="/v1/auth", tags=["auth"])
 worklists_router = APIRouter(prefix="/v1", tags=["worklists"])
 
 ACTIONS = ("claim", "release", "sign", "amend")
-
-
-class Token(BaseModel):
-    access_token: str
-    token_type: str = "bearer"
-    expires_in: int
 
 
 class DraftBody(BaseModel):
@@ -54,57 +47,37 @@ class ReturnBody(BaseModel):
     comment: str = Field(min_length=1, description="What the first reader should change")
 
 
-@auth_router.post("/token", dependencies=[Depends(require(Permission.HEALTH))])
-def token(ingestor: IngestorDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
-    """OAuth2 password flow: a bearer token for ``Authorization: Bearer ...`` (401 on a wrong login
-    or password, without saying which)."""
-    settings = get_settings()
-    user = authenticate(ingestor.sessions, form.username, form.password)
-    return Token(access_token=issue_token(user, settings), expires_in=settings.token_ttl_minutes * 60)
-
-
-@auth_router.post("/logout", status_code=204)
-def logout(ingestor: IngestorDep, user: Reader) -> None:
-    """Sign out everywhere: every token issued to the user so far stops working."""
-    sign_out_everywhere(ingestor.sessions, user.id)
-
-
-@auth_router.get("/me")
-def me(user: Reader) -> UserOut:
-    """The signed-in user."""
-    return {
-        "id": user.id,
-        "login": user.login,
-        "name": user.name,
-        "grade": user.grade,
-        "specialties": list(user.specialties),
-        "institution": user.institution,
-    }
-
-
 @worklists_router.get("/worklists")
 def my_worklists(ingestor: IngestorDep, user: Reader) -> WorklistsOut:
     """The worklists of the user's specialties with their open item counts."""
     with ingestor.sessions() as session:
-        return {"worklists": [{"worklist": w, "open": count_open(session, w)} for w in user.specialties]}
+        return {
+            "worklists": [{"worklist": w, "open": count_open(session, w, user.institutions)} for w in user.specialties]
+        }
 
 
 @worklists_router.get("/worklists/{specialty}")
 def worklist(
     ingestor: IngestorDep, user: Reader, specialty: str, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> WorklistPage:
-    """Open items, most urgent first (effective priority aged by time to due, AI score, waiting time)."""
+    """Open items of the user's institutions, most urgent first (effective priority aged by time to
+    due, AI score, waiting time). Patient names and ids are masked except on the items the user claimed."""
     check_access(user, specialty)
     with ingestor.sessions() as session:
-        items = list_worklist(session, specialty, get_targets(), limit=limit)
-        return {"worklist": specialty, "items": items, "total": count_open(session, specialty)}
+        items = list_worklist(
+            session, specialty, get_targets(), limit=limit, institutions=user.institutions, viewer_id=user.id
+        )
+        return {"worklist": specialty, "items": items, "total": count_open(session, specialty, user.institutions)}
 
 
 @worklists_router.get("/worklist-items/{item_id}")
-def worklist_item(ingestor: IngestorDep, user: Reader, item_id: str) -> ItemDetail:
-    """An item: state, study, AI result, report versions with signatures, escalations, history."""
-    with ingestor.sessions() as session:
-        return item_detail(session, item_id, user, get_targets())
+def worklist_item(ingestor: IngestorDep, request: Request, user: Reader, item_id: str) -> ItemDetail:
+    """An item: state, study, AI result, report versions with signatures, escalations, history. The
+    patient in full only for the claimant, the first reader and the signers. Every read is audited."""
+    with ingestor.sessions.begin() as session:
+        detail = item_detail(session, item_id, user, get_targets())
+        record_study_access(session, AuditEvent.ITEM_READ, actor_of(request, user), detail["study_id"], item_id)
+        return detail
 
 
 def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> ItemDetail:
@@ -113,7 +86,7 @@ def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> Ite
 
 
 @worklists_router.post("/worklist-items/{item_id}/draft")
-def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBody) -> ItemDetail:
+def item_draft(ingestor: IngestorDep, request: Request, user: Writer, item_id: str, body: DraftBody) -> ItemDetail:
     """Save the draft report ``{"text", "ai_agrees", "physician_label"}`` (413 above
     ``PRESCREEN_MAX_REPORT_CHARS``; 400 for a label that is not one of the item's ``label_choices``)."""
     settings = get_settings()
@@ -125,12 +98,13 @@ def item_draft(ingestor: IngestorDep, user: Writer, item_id: str, body: DraftBod
         lease=claim_lease(settings),
         draft=DraftText(body.text, body.ai_agrees, body.physician_label),
         max_chars=settings.max_report_chars,
+        actor=actor_of(request, user),
     )
     return _after(ingestor, user, item_id, state)
 
 
 @worklists_router.post("/worklist-items/{item_id}/return")
-def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnBody) -> ItemDetail:
+def item_return(ingestor: IngestorDep, request: Request, user: Writer, item_id: str, body: ReturnBody) -> ItemDetail:
     """Return a report under review to its first reader with a comment."""
     settings = get_settings()
     state = act(
@@ -141,22 +115,34 @@ def item_return(ingestor: IngestorDep, user: Writer, item_id: str, body: ReturnB
         lease=claim_lease(settings),
         comment=body.comment,
         max_chars=settings.max_report_chars,
+        actor=actor_of(request, user),
     )
     return _after(ingestor, user, item_id, state)
 
 
 @worklists_router.post("/worklist-items/{item_id}/{action}")
 def item_action(
-    ingestor: IngestorDep, user: Writer, item_id: str, action: str, body: SignBody | None = None
+    ingestor: IngestorDep, request: Request, user: Writer, item_id: str, action: str, body: SignBody | None = None
 ) -> ItemDetail:
     """``claim`` (409 when someone else holds it), ``release``, ``sign`` (first reader: submit for
     review; associate chief or above, not the first reader: co-sign → final), ``amend`` a final
-    report (a new version). ``draft`` and ``return`` take a JSON body (their own routes)."""
+    report (a new version). ``draft`` and ``return`` take a JSON body (their own routes). Amending is
+    sensitive: 401 ``step_up_required`` without a second factor given in the last minutes."""
     if action not in ACTIONS:
         raise NotFoundError(f"no action {action!r}; one of claim, release, draft, sign, return, amend")
+    if action == "amend":
+        check_fresh(user)
     settings = get_settings()
     digest = body.text_sha256 if body is not None and action == "sign" else None
-    state = act(ingestor.sessions, item_id, action, user, lease=claim_lease(settings), text_sha256=digest)
+    state = act(
+        ingestor.sessions,
+        item_id,
+        action,
+        user,
+        lease=claim_lease(settings),
+        text_sha256=digest,
+        actor=actor_of(request, user),
+    )
     return _after(ingestor, user, item_id, state)
 
 

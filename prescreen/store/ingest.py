@@ -19,8 +19,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prescreen.config import get_settings
 from prescreen.domain import StudyStatus
 from prescreen.errors import InvalidStudyError, MissingIdentifierError
+from prescreen.security.audit import Actor, ActorKind, AuditEntry, AuditEvent
+from prescreen.security.keys import patient_pseudonym
+from prescreen.store import audit
 from prescreen.store.blobs import BlobStore
 from prescreen.store.schema import Instance, Series, Study
 
@@ -94,8 +98,11 @@ def _meta_of(ds: pydicom.Dataset, sender: str | None, institution: str | None) -
     )
 
 
-def store_instance(sessions: sessionmaker[Session], blobs: BlobStore, data: bytes, meta: InstanceMeta) -> Received:
-    """Persist one instance: blob (fsynced) first, then the rows, in one transaction.
+def store_instance(
+    sessions: sessionmaker[Session], blobs: BlobStore, data: bytes, meta: InstanceMeta, actor: Actor | None = None
+) -> Received:
+    """Persist one instance: blob (fsynced) first, then the rows and the audit record of its receipt
+    (by ``actor``: the sending client, user or AE), in one transaction.
 
     Two senders creating the same new study or series at once collide on a unique key; the
     loser retries and finds the winner's rows.
@@ -103,14 +110,16 @@ def store_instance(sessions: sessionmaker[Session], blobs: BlobStore, data: byte
     key = blobs.put(data)
     for attempt in range(3):
         try:
-            return _record_instance(sessions, key, len(data), meta)
+            return _record_instance(sessions, key, len(data), meta, actor)
         except IntegrityError:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _record_instance(sessions: sessionmaker[Session], key: str, size: int, meta: InstanceMeta) -> Received:
+def _record_instance(
+    sessions: sessionmaker[Session], key: str, size: int, meta: InstanceMeta, actor: Actor | None
+) -> Received:
     now = datetime.now(UTC)
     with sessions.begin() as session:
         study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
@@ -151,6 +160,17 @@ def _record_instance(sessions: sessionmaker[Session], key: str, size: int, meta:
             )
             study.status = StudyStatus.RECEIVED  # a late instance re-opens a screened study
             study.last_instance_at = now
+            audit.record(
+                session,
+                AuditEntry(
+                    AuditEvent.INSTANCE_RECEIVED,
+                    actor or Actor(ActorKind.ANONYMOUS, meta.sender or "unknown"),
+                    study_uid=study.study_uid,
+                    patient_hash=patient_pseudonym(get_settings(), study.patient_id),
+                    object_id=meta.sop_instance_uid,
+                    detail={"sop_class": meta.sop_class_uid, "bytes": size, "via": meta.sender},
+                ),
+            )
         return Received(study.id, study.study_uid, series.series_uid, meta.sop_instance_uid, exists is not None)
 
 
@@ -165,6 +185,7 @@ def store_files(
     patient_id: str | None = None,
     patient_name: str | None = None,
     order_priority: str | None = None,
+    actor: Actor | None = None,
 ) -> list[Received]:
     """Persist an HTTP upload: each DICOM file by its own UIDs; other files (a WFDB record) as
     one new study and series with generated UIDs, one instance per file."""
@@ -176,7 +197,7 @@ def store_files(
     # every DICOM file is read before any is stored: a bad file refuses the upload, all of it
     metas = {name: dicom_meta(data, **context) for name, data in files.items() if name not in plain}
     for name, meta in metas.items():
-        out.append(store_instance(sessions, blobs, files[name], meta))
+        out.append(store_instance(sessions, blobs, files[name], meta, actor))
     if plain:
         study_uid, series_uid = generate_uid(), generate_uid()
         if modality is None and any(name.lower().endswith(".hea") for name in plain):
@@ -193,7 +214,7 @@ def store_files(
                 file_name=name,
                 **context,
             )
-            out.append(store_instance(sessions, blobs, data, meta))
+            out.append(store_instance(sessions, blobs, data, meta, actor))
         with sessions.begin() as session:  # the upload is the whole study: no quiet period
             session.execute(update(Study).where(Study.study_uid == study_uid).values(complete_at=datetime.now(UTC)))
     return out
@@ -212,10 +233,15 @@ class Ingestor:
         self.sessions = sessions
         self.blobs = blobs
 
-    def store_dicom(self, data: bytes, *, sender: str | None = None, institution: str | None = None) -> Received:
+    def store_dicom(
+        self, data: bytes, *, sender: str | None = None, institution: str | None = None, actor: Actor | None = None
+    ) -> Received:
         """Store one DICOM Part 10 file (raises ``InvalidStudyError`` when it does not parse)."""
-        return store_instance(self.sessions, self.blobs, data, dicom_meta(data, sender=sender, institution=institution))
+        meta = dicom_meta(data, sender=sender, institution=institution)
+        return store_instance(self.sessions, self.blobs, data, meta, actor)
 
-    def store_upload(self, files: Mapping[str, bytes], **context: str | None) -> list[Received]:
+    def store_upload(
+        self, files: Mapping[str, bytes], actor: Actor | None = None, **context: str | None
+    ) -> list[Received]:
         """Store an HTTP upload (see :func:`store_files`)."""
-        return store_files(self.sessions, self.blobs, files, **context)
+        return store_files(self.sessions, self.blobs, files, actor=actor, **context)

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from prescreen.security.audit import Actor, ActorKind, AuditEntry, AuditEvent, Outcome
+from prescreen.store import audit
 from prescreen.store.schema_lifecycle import ModelEvent
 
 #: actions after which ``tag`` was the task's active model
@@ -77,6 +79,16 @@ def record_event(
     with sessions.begin() as session:
         session.add(row)
         session.flush()
+        audit.record(
+            session,
+            AuditEntry(
+                AuditEvent.MODEL_CHANGE,
+                Actor(ActorKind.OPERATOR, actor),
+                Outcome.MINOR_FAILURE if action == "refuse" else Outcome.SUCCESS,
+                object_id=tag,
+                detail={"task": task, "action": action, "previous": previous_tag},
+            ),
+        )
         return _record(row)
 
 

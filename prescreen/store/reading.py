@@ -20,11 +20,16 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from typing_extensions import TypedDict  # pydantic (the API's response models) needs it before 3.12
 
+from prescreen.config import get_settings
 from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError, UnknownTaskError
+from prescreen.security.audit import Actor as AuditActor
+from prescreen.security.audit import ActorKind, AuditEntry, AuditEvent
+from prescreen.security.keys import patient_pseudonym
+from prescreen.store import audit
 from prescreen.store.queue import as_utc, changed, utcnow
 from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, User, WorklistItem
 from prescreen.store.users import Principal
-from prescreen.store.worklist import ItemSummary, check_access, item_summary, load_item
+from prescreen.store.worklist import ItemSummary, check_access, item_summary, load_item, with_patient
 from prescreen.triage.priority import SlaTargets
 from prescreen.triage.review import Actor, ItemState, allowed_actions, check_label, decide, label_choices
 
@@ -89,9 +94,12 @@ class ItemDetail(ItemSummary):
 
 
 def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTargets) -> ItemDetail:
-    """An item with its study, report versions with their signatures, escalations and history."""
+    """An item with its study, report versions with their signatures, escalations and history.
+
+    The patient's name and id are in full only for the reader holding the claim, the first reader
+    and the signers (the reviewer); masked for every other reader of the worklist."""
     item, study = load_item(session, item_id)
-    check_access(user, item.worklist)
+    check_access(user, item.worklist, study.institution, item=True)
     now = utcnow()
     reports = session.scalars(select(Report).where(Report.item_id == item.id).order_by(Report.version)).all()
     events = session.scalars(select(ItemEvent).where(ItemEvent.item_id == item.id).order_by(ItemEvent.at)).all()
@@ -130,8 +138,11 @@ def item_detail(session: Session, item_id: str, user: Principal, targets: SlaTar
         )
     escalations = session.scalars(select(Escalation).where(Escalation.item_id == item.id).order_by(Escalation.at))
     state = _item_state(item, session)
+    holds_claim = item.claimed_by == user.id and item.claim_expires is not None and as_utc(item.claim_expires) > now
+    signed = any(s["user_id"] == user.id for v in versions for s in v["signatures"])
+    full = holds_claim or item.first_reader_id == user.id or signed
     return {
-        **item_summary(item, study, targets, now),
+        **with_patient(item_summary(item, study, targets, now), full),
         "first_reader": names.get(item.first_reader_id or ""),
         "first_reader_id": item.first_reader_id,
         "claimed_by_name": names.get(item.claimed_by or ""),
@@ -204,6 +215,7 @@ def act(
     comment: str | None = None,
     max_chars: int = 20000,
     text_sha256: str | None = None,
+    actor: AuditActor | None = None,
 ) -> str:
     """Apply one reader action (claim, release, draft, sign, return, amend); returns the new state.
 
@@ -222,8 +234,8 @@ def act(
         raise StudyTooLargeError(f"the comment exceeds {max_chars} characters")
     now = utcnow()
     with sessions.begin() as session:
-        item, _study = load_item(session, item_id, for_update=True)
-        check_access(user, item.worklist)
+        item, study = load_item(session, item_id, for_update=True)
+        check_access(user, item.worklist, study.institution, item=True)
         state = _item_state(item, session)
         if action == "sign" and text_sha256 is not None:
             current = _current_report(session, item.id)
@@ -256,7 +268,31 @@ def act(
         session.add(
             ItemEvent(item_id=item.id, user_id=user.id, action=action, state=decision.state, at=now, detail=detail)
         )
+        event = AUDITED_ACTIONS[action]
+        if action == "sign" and decision.signature == "cosigned":
+            event = AuditEvent.REPORT_COSIGN
+        audit.record(
+            session,
+            AuditEntry(
+                event,
+                actor or AuditActor(ActorKind.USER, user.login),
+                study_uid=study.study_uid,
+                patient_hash=patient_pseudonym(get_settings(), study.patient_id),
+                object_id=item.id,
+                detail={"state": decision.state, "worklist": item.worklist},
+            ),
+        )
         return decision.state
+
+
+AUDITED_ACTIONS = {
+    "claim": AuditEvent.ITEM_CLAIM,
+    "release": AuditEvent.ITEM_RELEASE,
+    "draft": AuditEvent.REPORT_DRAFT,
+    "sign": AuditEvent.REPORT_SIGN,
+    "return": AuditEvent.REPORT_RETURN,
+    "amend": AuditEvent.REPORT_AMEND,
+}
 
 
 def _digest(text: str) -> str:

@@ -6,14 +6,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prescreen.store.schema import Base, _now, _uuid
 
 
 class User(Base):
-    """A reading physician (or technologist): login, hashed password, grade and specialties."""
+    """A person who signs in: login, hashed password, roles; a reader's grade, specialties and the
+    institutions they serve (none: every institution); the TOTP second factor."""
 
     __tablename__ = "users"
 
@@ -25,6 +39,18 @@ class User(Base):
     specialties: Mapped[list[str]] = mapped_column(JSON, default=list)
     institution: Mapped[str | None] = mapped_column(String(128))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    roles: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    #: the institutions whose studies a reader sees; empty: all (a central hospital)
+    institutions: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: set once the user confirmed a first code: from then on the second factor is required
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: the time step of the last code spent for a step-up (or enrolment), and for a sign-in: a code is
+    #: never accepted twice for the same purpose
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
+    totp_last_sign_in_step: Mapped[int | None] = mapped_column(Integer)
+    recovery_hashes: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     #: in every token issued; signing out everywhere bumps it, so older tokens stop working
     token_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -116,7 +117,8 @@ class StudyDetail(StudyRow):
 class StudyFilter:
     study_uid: str | None = None
     status: str | None = None
-    institution: str | None = None
+    #: studies of any of these institutions (empty: all)
+    institutions: Sequence[str] = ()
     limit: int = 50
     offset: int = 0
 
@@ -132,8 +134,8 @@ def list_studies(session: Session, where: StudyFilter) -> StudyPage:
         query = query.where(Study.study_uid == where.study_uid)
     if where.status:
         query = query.where(Study.status == where.status)
-    if where.institution:
-        query = query.where(Study.institution == where.institution)
+    if where.institutions:
+        query = query.where(Study.institution.in_(list(where.institutions)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     studies = session.scalars(query.order_by(Study.received_at.desc()).limit(where.limit).offset(where.offset)).all()
     flagged = _flagged_by_study(session, [s.id for s in studies])

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import DateTime, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -13,6 +13,8 @@ from typing_extensions import TypedDict  # pydantic (the API's response models) 
 
 from prescreen.domain import SCREENING_OUTCOMES, OperatingPointName, points_from_json
 from prescreen.errors import ForbiddenError, NotFoundError
+from prescreen.security.masking import mask_id, mask_name
+from prescreen.security.roles import Role
 from prescreen.store.queue import as_utc, utcnow
 from prescreen.store.schema import Result, Study
 from prescreen.store.schema_triage import WorklistItem
@@ -127,10 +129,20 @@ class ItemSummary(TypedDict):
 
 
 def list_worklist(
-    session: Session, worklist: str, targets: SlaTargets, *, now: datetime | None = None, limit: int = 50
+    session: Session,
+    worklist: str,
+    targets: SlaTargets,
+    *,
+    now: datetime | None = None,
+    limit: int = 50,
+    institutions: Sequence[str] = (),
+    viewer_id: str | None = None,
 ) -> list[ItemSummary]:
     """The open items of a worklist, most urgent first: effective priority (aged by the time left
-    to the due time), then AI score, then waiting time. One index range query per band."""
+    to the due time), then AI score, then waiting time. One index range query per band.
+
+    ``institutions``: only studies of these (empty: all). Patient fields are masked except on the
+    items ``viewer_id`` holds the claim of (``viewer_id`` None: not masked, for internal callers)."""
     now = (now or utcnow()).astimezone(UTC)  # SQLite compares stored UTC clock times
     picked: list[tuple[str, str]] = []
     sqlite = session.get_bind().dialect.name == "sqlite"
@@ -145,6 +157,8 @@ def list_worklist(
             # that index, so it walks the rank index in order and stops after `limit` rows
             due = literal_column("+worklist_items.due_at", DateTime(timezone=True))
         query = select(WorklistItem.id).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
+        if institutions:
+            query = query.where(WorklistItem.study_id.in_(select(Study.id).where(Study.institution.in_(institutions))))
         if low is not None:
             query = query.where(due > low)
         if high is not None:
@@ -160,7 +174,24 @@ def list_worklist(
         .options(selectinload(Study.series))
     ).all()
     found = {item.id: (item, study) for item, study in rows}
-    return [item_summary(*found[item_id], targets, now, band=band) for item_id, band in picked if item_id in found]
+    summaries = [item_summary(*found[item_id], targets, now, band=band) for item_id, band in picked if item_id in found]
+    if viewer_id is None:
+        return summaries
+    return [with_patient(s, s["claimed_by"] == viewer_id) for s in summaries]
+
+
+PatientT = TypeVar("PatientT", bound=Mapping[str, Any])
+
+
+def with_patient(row: PatientT, full: bool) -> PatientT:
+    """``row`` as shown: patient name and id in full only when ``full``, else masked (张三丰 → 张*丰,
+    P00012345 → *****2345)."""
+    if full:
+        return row
+    masked: Any = dict(row)
+    masked["patient_name"] = mask_name(row.get("patient_name"))
+    masked["patient_id"] = mask_id(row.get("patient_id"))
+    return cast(PatientT, masked)
 
 
 SQLITE_SORT_LIMIT = 1000
@@ -175,10 +206,11 @@ def _band_size(session: Session, worklist: str, low: datetime | None, high: date
     return int(session.scalar(query) or 0)
 
 
-def count_open(session: Session, worklist: str) -> int:
-    return int(
-        session.scalar(select(func.count()).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))) or 0
-    )
+def count_open(session: Session, worklist: str, institutions: Sequence[str] = ()) -> int:
+    query = select(func.count()).where(WorklistItem.worklist == worklist, WorklistItem.open.is_(True))
+    if institutions:
+        query = query.where(WorklistItem.study_id.in_(select(Study.id).where(Study.institution.in_(institutions))))
+    return int(session.scalar(query) or 0)
 
 
 def item_summary(
@@ -219,9 +251,21 @@ def load_item(session: Session, item_id: str, *, for_update: bool = False) -> tu
     return item, study
 
 
-def check_access(user: Principal, worklist: str) -> None:
-    if not user.is_admin and worklist not in user.specialties:
+def check_access(user: Principal, worklist: str, institution: str | None = None, *, item: bool = False) -> None:
+    """Refuse a worklist (or, with ``item``, one of its items of ``institution``) to a user who
+    does not read it: not a reader (403), not their specialty (403), another institution's item (404,
+    as if it did not exist).
+
+    Raises:
+        ForbiddenError: not a reader of this worklist.
+        NotFoundError: an item outside the user's institutions.
+    """
+    if Role.READER not in user.roles:
+        raise ForbiddenError("worklists are for readers; your roles are " + (", ".join(user.roles) or "none"))
+    if worklist not in user.specialties:
         raise ForbiddenError(f"worklist {worklist!r} is not among your specialties ({', '.join(user.specialties)})")
+    if item and not user.serves(institution):
+        raise NotFoundError("no such worklist item among your institutions' studies")
 
 
 def in_worklists(session: Session, study_id: str, worklists: Iterable[str]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from prescreen.store import schema_lifecycle, schema_triage  # noqa: F401  (register their tables)
+from prescreen.store import schema_lifecycle, schema_security, schema_triage  # noqa: F401  (register their tables)
 from prescreen.store.db import make_engine
 from prescreen.store.schema import Base
 
