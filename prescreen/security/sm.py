@@ -56,7 +56,12 @@ class Sm2Signer:
 
     @classmethod
     def from_pem(cls, pem: bytes) -> Sm2Signer:
-        key = serialization.load_pem_private_key(pem, password=None)
+        """Raises:
+        KeyFileError: not a PEM private key, or not an SM2 one."""
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except Exception:  # tongsuopy raises UnsupportedAlgorithm / ValueError for other kinds
+            raise KeyFileError("the key is not an SM2 private key") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SM2):
             raise KeyFileError("the key is not an SM2 private key")
         return cls(key)
@@ -88,13 +93,15 @@ def verify_sm2(public_pem: str, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` (DER) is the SM2 signature of ``message`` under ``public_pem``."""
     try:
         key = serialization.load_pem_public_key(public_pem.encode())
-    except ValueError:
+    except Exception:  # not PEM, or a kind tongsuopy does not take (UnsupportedAlgorithm)
         return False
-    if not isinstance(key, ec.EllipticCurvePublicKey):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SM2):
         return False
     try:
         key.verify(signature, message, ec.ECDSA(t_hashes.SM3()))
     except (InvalidSignature, ValueError):
+        return False
+    except Exception:  # malformed DER makes tongsuopy raise InternalError: not a valid signature either
         return False
     return True
 
@@ -122,8 +129,10 @@ def service_signer(keys_dir: Path) -> Sm2Signer:
         write_private(path, Sm2Signer.generate().private_pem())
     try:
         signer = Sm2Signer.from_pem(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise KeyFileError(f"cannot read the service SM2 key {path}: {type(exc).__name__}") from None
+    except KeyFileError:
+        raise KeyFileError(f"{path} is not an SM2 private key") from None
     public = keys_dir / "service-sm2.pub.pem"
     if not public.exists() or public.read_text() != signer.public_pem():
         public.write_text(signer.public_pem())

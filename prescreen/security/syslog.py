@@ -94,9 +94,10 @@ def parse_endpoint(value: str) -> tuple[str, int]:
         ValueError: not ``host:port`` with a port in 1–65535.
     """
     host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"PRESCREEN_AUDIT_SYSLOG must be host:port, not {value!r}")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 class SyslogSender:

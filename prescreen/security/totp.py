@@ -49,7 +49,7 @@ def accepted_step(secret: str, code: str, last_step: int | None, now: float | No
         now: the time (seconds since the epoch); defaults to the clock.
     """
     code = code.replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):  # not full-width or other digits
         return None
     totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS)
     current = int((time.time() if now is None else now) // STEP_SECONDS)

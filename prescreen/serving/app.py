@@ -5,29 +5,32 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError, ServiceBusyError, StudyTooLargeError
 from prescreen.pipeline.engine import ScreeningEngine
-from prescreen.serving.auth import Permission, needs
+from prescreen.security.audit import AuditEntry, AuditEvent
+from prescreen.serving.auth import Permission, Principal, actor_of, needs, require
 from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
 from prescreen.serving.openapi import install_openapi
 from prescreen.serving.process import release_memory
 from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, StatusOut
+from prescreen.store.audit import record_now
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
 models_router = APIRouter(prefix="/v1", tags=["models"])
 health_router = APIRouter(tags=["health"])
 
 
-@screen_router.post("/screen", dependencies=needs(Permission.SCREEN), response_model_exclude_none=True)
+@screen_router.post("/screen", response_model_exclude_none=True)
 def screen(
     request: Request,
     engine: EngineDep,
+    user: Annotated[Principal | None, Depends(require(Permission.SCREEN))],
     file: Annotated[
         list[UploadFile] | None,
         File(description="A WFDB .hea with its .dat/.mat, DICOM files of one study, or one PNG/JPEG"),
@@ -36,7 +39,8 @@ def screen(
 ) -> FindingOut:
     """Screen one study sent as multipart files (field name ``file``, repeated). At most
     ``PRESCREEN_MAX_CONCURRENT_SCREENS`` are screened at once; a request that finds no slot within
-    ``PRESCREEN_SCREEN_WAIT_SECONDS`` gets 503 with ``Retry-After``."""
+    ``PRESCREEN_SCREEN_WAIT_SECONDS`` gets 503 with ``Retry-After``. Nothing is stored but the
+    audit record of who sent what (file count and bytes, the result; no patient field)."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}
     for upload in file or []:
@@ -57,6 +61,15 @@ def screen(
     finally:
         slots.release()
         release_memory()
+    ingestor = getattr(request.app.state, "ingestor", None)
+    if ingestor is not None:
+        detail = {
+            "files": len(files),
+            "bytes": sum(len(v) for v in files.values()),
+            "task": finding.task,
+            "flagged": finding.flagged,
+        }
+        record_now(ingestor.sessions, AuditEntry(AuditEvent.SCREENED, actor_of(request, user), detail=detail))
     return FindingOut.of(finding)
 
 

@@ -101,7 +101,7 @@ def read_claims(token: str, settings: Settings) -> dict[str, Any]:
     """
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, secret_key(settings), algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
+            token, secret_key(settings), algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
         )
     except jwt.ExpiredSignatureError:
         raise NotAuthenticatedError("the token has expired; sign in again") from None

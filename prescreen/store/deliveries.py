@@ -12,6 +12,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.domain import DeliveryKind, DeliveryState, StudyStatus
+from prescreen.security.audit import Actor, ActorKind, AuditEvent
+from prescreen.store.audit import record_study_access
 from prescreen.store.queue import changed, utcnow
 from prescreen.store.schema import Delivery, Instance, Series, Study
 
@@ -90,6 +92,15 @@ def finish_delivery(
             return "taken over"
         if delivery.kind == DeliveryKind.FORWARD and outcome.state == DeliveryState.DELIVERED:
             session.execute(update(Study).where(Study.id == delivery.study_id).values(status=StudyStatus.FORWARDED))
+        if outcome.state == DeliveryState.DELIVERED:
+            record_study_access(
+                session,
+                AuditEvent.INSTANCE_SENT,
+                Actor(ActorKind.SYSTEM, "prescreen", delivery.destination[:128]),
+                delivery.study_id,
+                delivery.id,
+                {"kind": str(delivery.kind), "attempts": delivery.attempts},
+            )
     return str(outcome.state)
 
 

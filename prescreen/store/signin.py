@@ -17,6 +17,7 @@ from prescreen.store.users import (
     authenticate,
     check_second_factor,
     confirm_enrolment,
+    sign_out_everywhere,
     start_enrolment,
 )
 
@@ -88,7 +89,9 @@ def sign_in(
 
 
 def sign_out(sessions: sessionmaker[Session], user: Principal, actor: Actor) -> None:
-    """End the caller's session and record it."""
+    """Sign out everywhere (every token of the user stops working; a lost laptop's too), end the
+    caller's session, and record it."""
+    sign_out_everywhere(sessions, user.id)
     if user.session_id:
         end_session(sessions, user.session_id)
     audit.record_now(sessions, AuditEntry(AuditEvent.SIGN_OUT, actor, object_id=user.session_id))

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
@@ -49,6 +50,15 @@ class Api:
     def get(self, login: str | None, path: str) -> tuple[int, dict[str, Any]]:
         response = self.client.get(path, headers=self.headers.get(login or "", {}))
         return response.status_code, response.json()
+
+    def step_up(self, login: str) -> str:
+        """Enrol ``login`` in TOTP and give a second factor now; returns the secret."""
+        status, body = self.post(login, "/v1/auth/totp/enroll")
+        assert status == 200, body
+        secret = body["secret"]
+        status, body = self.post(login, "/v1/auth/totp/confirm", json={"totp": pyotp.TOTP(secret).now()})
+        assert status == 200, body
+        return str(secret)
 
 
 READERS = {
@@ -242,6 +252,9 @@ def test_full_review_over_http_then_turnaround_stats(api: Api) -> None:
     )
     assert 0 <= group["p50_minutes"] == group["p95_minutes"] < 5  # a range: minutes the test took (timing)
 
+    status, body = api.post("ann.attending", f"/v1/worklist-items/{item}/amend")
+    assert (status, body["error"]) == (401, "step_up_required")  # amending a final report is sensitive
+    api.step_up("ann.attending")
     status, body = api.post("ann.attending", f"/v1/worklist-items/{item}/amend")
     assert (status, body["state"]) == (200, "draft")
     assert [(r["version"], r["status"]) for r in body["reports"]] == [(1, "superseded"), (2, "draft")]

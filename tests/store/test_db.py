@@ -31,6 +31,11 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
     assert tables == {
         "alarms",
         "alembic_version",
+        "audit_checkpoints",
+        "audit_events",
+        "audit_head",
+        "auth_sessions",
+        "clients",
         "deliveries",
         "escalations",
         "instances",
@@ -42,13 +47,14 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
         "series",
         "shadow_results",
         "signatures",
+        "sign_in_failures",
         "studies",
         "users",
         "worklist_items",
-    }  # every table of the schema at revision 0005, and nothing else
+    }  # every table of the schema at revision 0006, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0005"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:
