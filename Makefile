@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: run test lint layers typecheck pytest bench mutate clean
+.PHONY: run test lint layers typecheck pytest bench mutate clean i18n
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_worklist.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_memory.py --out BENCHMARKS.md
+
+# the pages' message catalogues: extract every marked string (babel.cfg) and merge it into each .po;
+# then translate the new, empty msgstr entries (tests/serving/test_i18n.py fails until they are)
+LOCALES := prescreen/serving/locale
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --project prescreen --version 0.1.0 --copyright-holder "the prescreen authors" --no-wrap --sort-by-file --add-location=file \
+		-o $(LOCALES)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) -D messages --no-wrap --ignore-obsolete
 
 mutate: $(STAMP)
 	$(BIN)/mutmut run || true  # surviving mutants are a score, not a failure

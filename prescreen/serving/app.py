@@ -149,6 +149,7 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     from prescreen.serving.account import auth_router
+    from prescreen.serving.account_pages import account_pages_router
     from prescreen.serving.audit import audit_router
     from prescreen.serving.dicomweb import dicomweb_router
     from prescreen.serving.monitoring import monitoring_routes
@@ -168,6 +169,7 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     )
     for router in (*api_routers, pages_router, health_router):
         app.include_router(router)
+    app.include_router(account_pages_router)  # /ui/mfa, /ui/step-up, /ui/audit
     app.include_router(shadow_routes)  # GET /v1/models/{task}/shadow and its page
     app.include_router(monitoring_routes)  # GET /v1/monitoring and the page /ui/models
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)

@@ -9,12 +9,16 @@ to the login form (and comes back afterwards).
 
 CSRF: every action is a ``POST`` of a form to this origin and the session cookie is
 ``SameSite=Strict``, so a browser never sends it with a request started by another site; no ``GET``
-changes anything. Pages also send a Content-Security-Policy that allows only this origin's scripts
-and styles (no inline script), and forbid framing.
+changes anything but the reader's choice of language (``/ui/locale/{code}``, a cookie). Pages also
+send a Content-Security-Policy that allows only this origin's scripts and styles (no inline script),
+and forbid framing.
 
 Every route carries one explicit permission (a dependency with a ``permission`` attribute, as
 :func:`~prescreen.serving.auth.require` marks them): ``health`` for the public ones (login form,
 stylesheet and script), ``worklists:read`` to see, ``reports:write`` to act.
+
+Language: Simplified Chinese by default, English on request; every word on a page goes through the
+catalogues of :mod:`prescreen.serving.i18n` (see there how to mark and translate a string).
 
 Nothing patient-identifying is logged here.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -42,20 +47,44 @@ from prescreen.errors import (
     ForbiddenError,
     InvalidRequestError,
     InvalidStudyError,
+    MfaRequiredError,
     NotAuthenticatedError,
     NotFoundError,
     PrescreenError,
     TooManyAttemptsError,
 )
-from prescreen.serving.auth import SESSION_COOKIE, Permission, caller, issue_token, permissions_of
+from prescreen.security.audit import AuditEvent
+from prescreen.serving.auth import (
+    ENROL_ONLY,
+    SESSION_COOKIE,
+    Permission,
+    actor_of,
+    caller,
+    issue_token,
+    permissions_of,
+    second_factor_fresh,
+)
 from prescreen.serving.deps import claim_lease, get_ingestor, get_targets
 from prescreen.serving.errors import status_for
+from prescreen.serving.i18n import (
+    LOCALE_COOKIE,
+    LOCALE_COOKIE_MAX_AGE,
+    N_,
+    Locale,
+    bind_locale,
+    current,
+    gettext,
+    install,
+    parse_locale,
+)
 from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
 from prescreen.serving.schemas import WorklistPage
+from prescreen.store.audit import record_study_access
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import as_utc
 from prescreen.store.reading import DraftText, act, item_detail, latest_report
-from prescreen.store.users import Principal, authenticate, sign_out_everywhere, user_names
+from prescreen.store.signin import sign_in, sign_out
+from prescreen.store.users import Principal, user_names
 from prescreen.store.views import preview_files, study_detail
 from prescreen.store.worklist import ItemSummary, check_access, count_open, list_worklist, load_item
 
@@ -86,13 +115,43 @@ LIST_LIMIT = 100
 ACTIONS = ("claim", "release", "draft", "sign", "return", "amend")
 STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 STATE_LABELS = {
-    "unread": "Unread",
-    "claimed": "Claimed",
-    "draft": "Draft",
-    "awaiting_review": "Awaiting review",
-    "returned": "Returned",
-    "final": "Final",
+    "unread": N_("Unread"),
+    "claimed": N_("Claimed"),
+    "draft": N_("Draft"),
+    "awaiting_review": N_("Awaiting review"),
+    "returned": N_("Returned"),
+    "final": N_("Final"),
 }
+CODE_LABELS = {
+    # priorities
+    "stat": N_("Stat"),
+    "urgent": N_("Urgent"),
+    "routine": N_("Routine"),
+    # grades of readers
+    "resident": N_("Resident"),
+    "attending": N_("Attending"),
+    "associate_chief": N_("Associate chief"),
+    "chief": N_("Chief"),
+    # the shipped worklists (specialties)
+    "cardiology": N_("Cardiology"),
+    "sonography": N_("Sonography"),
+    "general-radiology": N_("General radiology"),
+    "thoracic-radiology": N_("Thoracic radiology"),
+    "ecg-repeat": N_("ECG repeat"),
+    # reports and their signatures
+    "submitted": N_("Submitted"),
+    "final": N_("Final"),
+    "superseded": N_("Superseded"),
+    "draft": N_("Draft"),
+    "cosigned": N_("Co-signed"),
+    # a series' screening
+    "received": N_("Waiting to be screened"),
+    "screening": N_("Screening"),
+    "screened": N_("Screened"),
+    "unscreenable": N_("Unscreenable"),
+    "failed": N_("Failed"),
+}
+"""Codes the pages show in words (``label`` filter); any other code is shown capitalized, untranslated."""
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -110,9 +169,11 @@ PAGE_HEADERS = {
 
 def page_user(permission: Permission) -> Callable[[Request], Principal | None]:
     """A dependency: the user of the session cookie, or ``None`` when there is no valid session
-    (the route then redirects to the login form). A signed-in user without ``permission`` gets 403."""
+    (the route then redirects to the login form). A signed-in user without ``permission`` gets 403.
+    The page is rendered in the request's language (:func:`~prescreen.serving.i18n.bind_locale`)."""
 
-    def dependency(request: Request) -> Principal | None:
+    # a default, not Annotated: this closure's annotations are strings resolved in the module's globals
+    def dependency(request: Request, locale: Locale = Depends(bind_locale)) -> Principal | None:
         if not request.cookies.get(SESSION_COOKIE):
             return None
         get_ingestor(request)  # 503 while the store is not open, rather than "sign in again"
@@ -128,7 +189,7 @@ def page_user(permission: Permission) -> Callable[[Request], Principal | None]:
     return dependency
 
 
-def public_page() -> None:
+def public_page(locale: Locale = Depends(bind_locale)) -> None:
     """The login form and the static files: open to anyone, without looking at the session."""
 
 
@@ -158,11 +219,11 @@ def to_login(request: Request) -> RedirectResponse:
 # --- rendering -----------------------------------------------------------------------------
 
 
-def _when(value: str | datetime | None) -> str:
-    if value is None:
-        return "—"
-    moment = as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+def _iso(value: str | datetime | None) -> str:
+    """A moment as ISO 8601 in UTC, for a ``<time datetime>`` attribute (the script reads it)."""
+    if value is None or value == "":
+        return ""
+    return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value).isoformat()
 
 
 def _duration(seconds: int | float | None) -> str:
@@ -173,12 +234,24 @@ def _duration(seconds: int | float | None) -> str:
     return f"−{text}" if seconds < 0 else text
 
 
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
 def _person(name: str | None) -> str:
-    """A DICOM person name (``Family^Given^Middle``) as ``Family, Given Middle``."""
+    """A DICOM person name (``Family^Given^Middle``, in up to three ``=`` groups: alphabetic,
+    ideographic, phonetic) as ``Family, Given Middle``; a name in CJK characters as family and given
+    name run together (``王小明``). The Chinese pages show the ideographic group when there is one."""
     if not name:
         return "—"
-    parts = [p.strip() for p in name.split("=")[0].split("^")]
+    groups = name.split("=")
+    ideographic = groups[1] if len(groups) > 1 and groups[1].strip("^ ") else ""
+    chosen = groups[0] if groups[0].strip("^ ") else ideographic
+    if ideographic and current().locale == Locale.ZH_CN:
+        chosen = ideographic
+    parts = [p.strip() for p in chosen.split("^")]
     family, given = parts[0], " ".join(p for p in parts[1:] if p)
+    if _CJK.search(family + given):
+        return family + given or "—"
     return f"{family}, {given}" if family and given else family or given or "—"
 
 
@@ -186,56 +259,84 @@ def _score(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+_SIGN_EVENTS = {"awaiting_review": N_("Signed, submitted for review"), "final": N_("Co-signed")}
+_EVENTS = {
+    "claim": N_("Claimed"),
+    "release": N_("Released"),
+    "draft": N_("Saved draft"),
+    "return": N_("Returned"),
+    "amend": N_("Amended"),
+}
+
+
 def _event(action: str, state: str) -> str:
     """An entry of an item's history in words."""
     if action == "sign":
-        return {"awaiting_review": "Signed, submitted for review", "final": "Co-signed"}.get(state, "Signed")
-    labels = {
-        "claim": "Claimed",
-        "release": "Released",
-        "draft": "Saved draft",
-        "return": "Returned",
-        "amend": "Amended",
-    }
-    return labels.get(action, action)
+        signed = _SIGN_EVENTS.get(state) or N_("Signed")  # (not nested in gettext: the extractor skips those)
+        return gettext(signed)
+    return gettext(_EVENTS[action]) if action in _EVENTS else action
 
 
 def _title(value: str | None) -> str:
     return (value or "—").replace("-", " ").replace("_", " ").capitalize()
 
 
-_env = Environment(
-    loader=PackageLoader("prescreen.serving", "templates"),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-_env.filters.update(
-    when=_when,
-    duration=_duration,
-    person=_person,
-    score=_score,
-    title=_title,
-    event=_event,
-    state_label=lambda s: STATE_LABELS.get(s, _title(s)),
-)
+def _label(value: str | None) -> str:
+    """A code (priority, grade, worklist, status) in words of the page's language."""
+    return gettext(CODE_LABELS[value]) if value in CODE_LABELS else _title(value)
+
+
+def _state_label(value: str) -> str:
+    return gettext(STATE_LABELS[value]) if value in STATE_LABELS else _title(value)
+
+
+def _environment(locale: Locale) -> Environment:
+    """The templates in one language: built once per language, then only read (thread-safe)."""
+    env = Environment(
+        loader=PackageLoader("prescreen.serving", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    install(env, locale)
+    env.filters.update(
+        iso=_iso,
+        duration=_duration,
+        person=_person,
+        score=_score,
+        title=_title,
+        label=_label,
+        event=_event,
+        state_label=_state_label,
+    )
+    return env
+
+
+_ENVIRONMENTS = {locale: _environment(locale) for locale in Locale}
 
 
 def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    html = _env.get_template(name).render(**context)
+    """A page in the language of the request (see :mod:`prescreen.serving.i18n`); the template also
+    gets ``page`` (its language and own address, for ``<html lang>`` and the language switch) and
+    ``timezone`` (the hospital's, for the script's local times)."""
+    page = current()
+    template = _ENVIRONMENTS[page.locale].get_template(name)
+    html = template.render(page=page, timezone=get_settings().timezone, **context)
     return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
 
 def error_page(request: Request, user: Principal | None, exc: PrescreenError) -> HTMLResponse:
-    status, _ = status_for(exc)
-    titles = {403: "Not allowed", 404: "Not found", 409: "Not possible now"}
+    status, _code = status_for(exc)
+    titles = {403: N_("Not allowed"), 404: N_("Not found"), 409: N_("Not possible now")}
+    heading = titles.get(status) or N_("Something went wrong")
     response = render(
         "error.html",
         status_code=status,
         user=user,
         status=status,
-        heading=titles.get(status, "Something went wrong"),
+        heading=gettext(heading),
         message=str(exc),
         flash=_pop_flash(request),
     )
@@ -279,23 +380,32 @@ def login(
     request: Request,
     login: Annotated[str, Form(max_length=64)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
+    totp: Annotated[str, Form(max_length=16)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/ui/",
 ) -> Response:
-    """Check the login and password; set the session cookie and go to the worklists (401 and the
-    form again when wrong, without saying which part)."""
+    """Check the login, the password and (once enrolled, with ``PRESCREEN_MFA=login``) the TOTP
+    code; set the session cookie and go on (401 and the form again when wrong, without saying which
+    part). A user who must enrol a second factor first goes to ``/ui/mfa``."""
     ingestor = get_ingestor(request)
     settings = get_settings()
+    address = request.client.host if request.client else None
     try:
-        user = authenticate(ingestor.sessions, login, password)
+        done = sign_in(ingestor.sessions, login, password, totp.strip() or None, address, settings.mfa)
+    except MfaRequiredError:
+        error = gettext("enter the code from your authenticator app")
+        return render("login.html", status_code=401, next=_safe_next(next), error=error, login=login, need_code=True)
     except NotAuthenticatedError:
-        error = "wrong login or password"
+        error = gettext("wrong login, password or code")
         return render("login.html", status_code=401, next=_safe_next(next), error=error, login=login)
     except TooManyAttemptsError as exc:
         return render("login.html", status_code=429, next=_safe_next(next), error=str(exc), login=login)
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    target = _landing(done.user, _safe_next(next))
+    if done.enrol_only:
+        target = f"/ui/mfa?next={quote(target, safe='/')}"
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        issue_token(user, settings),
+        issue_token(done.user, settings, done.session_id, ENROL_ONLY if done.enrol_only else None),
         max_age=settings.token_ttl_minutes * 60,
         path="/",
         httponly=True,
@@ -305,13 +415,44 @@ def login(
     return response
 
 
+def _landing(user: Principal, target: str) -> str:
+    """Where a user goes after signing in: ``target``, or for those who read no worklist, their own
+    page (the audit trail for an auditor, the models page for others)."""
+    if target != "/ui/" or Permission.WORKLISTS_READ in user.permissions:
+        return target
+    if Permission.AUDIT_READ in user.permissions:
+        return "/ui/audit"
+    return "/ui/models" if Permission.MODELS_READ in user.permissions else target
+
+
 @pages_router.post("/logout", dependencies=Public)
 def logout(request: Request, user: Annotated[Principal | None, Depends(caller)]) -> Response:
     """End the session: every token of the user stops working, and the browser forgets the cookie."""
     if user is not None:
-        sign_out_everywhere(get_ingestor(request).sessions, user.id)
+        sign_out(get_ingestor(request).sessions, user, actor_of(request, user))
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@pages_router.get("/locale/{code}", dependencies=Public)
+def switch_locale(request: Request, code: str, next: str = "/ui/") -> Response:
+    """The language switch of every page: remember ``code`` (``zh_CN`` or ``en``) in a cookie and go
+    back to ``next`` (a page of ours only; 404 for a language we do not have)."""
+    locale = parse_locale(code)
+    if locale is None:
+        raise NotFoundError(f"no language {code!r}; one of {', '.join(Locale)}")
+    settings = get_settings()
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        LOCALE_COOKIE,
+        locale.value,
+        max_age=LOCALE_COOKIE_MAX_AGE,
+        path="/ui/",
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure if settings.cookie_secure is not None else request.url.scheme == "https",
+    )
     return response
 
 
@@ -347,8 +488,11 @@ def _worklists(ingestor: Ingestor, user: Principal, only: str | None = None) -> 
     lists: list[WorklistPage] = []
     with ingestor.sessions() as session:
         for specialty in [only] if only else user.specialties:
-            items = list_worklist(session, specialty, targets, limit=LIST_LIMIT)
-            lists.append({"worklist": specialty, "items": items, "total": count_open(session, specialty)})
+            items = list_worklist(
+                session, specialty, targets, limit=LIST_LIMIT, institutions=user.institutions, viewer_id=user.id
+            )
+            total = count_open(session, specialty, user.institutions)
+            lists.append({"worklist": specialty, "items": items, "total": total})
         names = user_names(session, (i["claimed_by"] for w in lists for i in w["items"]))
     return [
         {
@@ -391,8 +535,9 @@ def item_page(request: Request, user: PageReader, item_id: str) -> Response:
         return to_login(request)
     ingestor = get_ingestor(request)
     try:
-        with ingestor.sessions() as session:
+        with ingestor.sessions.begin() as session:
             item = item_detail(session, item_id, user, get_targets())
+            record_study_access(session, AuditEvent.ITEM_READ, actor_of(request, user), item["study_id"], item_id)
             study = study_detail(session, item["study_id"])
             draft = latest_report(session, item_id)
             names = user_names(session, [item["claimed_by"]])
@@ -427,9 +572,11 @@ def series_preview(request: Request, user: PageReader, item_id: str, series_uid:
     if user is None:
         return Response("sign in again", status_code=401, media_type="text/plain")
     ingestor = get_ingestor(request)
-    with ingestor.sessions() as session:
+    with ingestor.sessions.begin() as session:
         item, study = load_item(session, item_id)
-        check_access(user, item.worklist)
+        check_access(user, item.worklist, study.institution, item=True)
+        detail = {"series_uid": series_uid[:64], "as": "preview"}
+        record_study_access(session, AuditEvent.IMAGE_READ, actor_of(request, user), study.id, item_id, detail)
         try:
             wanted = preview_files(session, study.id, series_uid)
         except InvalidStudyError as exc:
@@ -480,14 +627,15 @@ def _is_saved(ingestor: Ingestor, item_id: str, draft: DraftText) -> bool:
     )
 
 
+STEP_UP_NOTE = N_("Amending a final report needs your authenticator code: enter it, then amend again.")
 _DONE = {
-    "claim": "Claimed: the item is yours while you read it.",
-    "release": "Released: the item is back in the worklist.",
-    "draft": "Draft saved.",
-    "awaiting_review": "Signed and submitted for review.",
-    "final": "Co-signed: the report is final.",
-    "return": "Returned to the first reader with your comment.",
-    "amend": "A new version of the report was started as a draft.",
+    "claim": N_("Claimed: the item is yours while you read it."),
+    "release": N_("Released: the item is back in the worklist."),
+    "draft": N_("Draft saved."),
+    "awaiting_review": N_("Signed and submitted for review."),
+    "final": N_("Co-signed: the report is final."),
+    "return": N_("Returned to the first reader with your comment."),
+    "amend": N_("A new version of the report was started as a draft."),
 }
 
 
@@ -513,10 +661,19 @@ def item_action(
     ingestor = get_ingestor(request)
     settings = get_settings()
     back = RedirectResponse(f"/ui/items/{quote(item_id, safe='')}", status_code=303)
-    options: Mapping[str, Any] = {"lease": claim_lease(settings), "max_chars": settings.max_report_chars}
+    if action == "amend" and not second_factor_fresh(user):
+        # amending a final report is sensitive: the step-up dialog first, then back to the item
+        target = f"/ui/step-up?next={quote('/ui/items/' + quote(item_id, safe=''), safe='/')}"
+        return _with_flash(RedirectResponse(target, status_code=303), "error", gettext(STEP_UP_NOTE))
+    actor = actor_of(request, user)
+    options: Mapping[str, Any] = {
+        "lease": claim_lease(settings),
+        "max_chars": settings.max_report_chars,
+        "actor": actor,
+    }
     try:
         if action == "return" and not (comment or "").strip():
-            raise InvalidRequestError("write a comment for the first reader: what should change")
+            raise InvalidRequestError(gettext("write a comment for the first reader: what should change"))
         draft = DraftText((text or "").replace("\r\n", "\n"), ai_agrees is not None, physician_label or None)
         if action == "draft" or (action == "sign" and text is not None and not _is_saved(ingestor, item_id, draft)):
             state = act(ingestor.sessions, item_id, "draft", user, draft=draft, **options)
@@ -527,4 +684,5 @@ def item_action(
             state = act(ingestor.sessions, item_id, action, user, comment=note, text_sha256=digest, **options)
     except PrescreenError as exc:
         return _with_flash(back, "error", str(exc))
-    return _with_flash(back, "ok", _DONE.get(state if action == "sign" else action, "Done."))
+    done = _DONE.get(state if action == "sign" else action) or N_("Done.")
+    return _with_flash(back, "ok", gettext(done))

@@ -21,7 +21,6 @@ from prescreen.store.users import (
     start_enrolment,
 )
 
-
 FRESH_REPEAT = timedelta(seconds=90)
 """A session that gave a second factor this recently may present the same code again (it spans the
 code's own validity: the current 30-second step and one on either side)."""

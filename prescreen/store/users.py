@@ -430,11 +430,15 @@ def check_second_factor(session: Session, user_id: str, code: str, session_fresh
     user = _user(session, user_id)
     if not user.totp_enabled:
         raise ConflictError("enrol a second factor first: POST /v1/auth/totp/enroll, then /v1/auth/totp/confirm")
-    if session_fresh and user.totp_secret and user.totp_last_step is not None:
-        # the code this very session just spent (enrolment's confirmation, a step-up a moment ago): it
-        # proves nothing new and grants nothing new, so it is accepted without counting as a second use
-        if totp.code_at(user.totp_secret, user.totp_last_step) == code.replace(" ", ""):
-            return
+    # the code this very session just spent (enrolment's confirmation, a step-up a moment ago): it
+    # proves nothing new and grants nothing new, so it is accepted without counting as a second use
+    if (
+        session_fresh
+        and user.totp_secret
+        and user.totp_last_step is not None
+        and totp.code_at(user.totp_secret, user.totp_last_step) == code.replace(" ", "")
+    ):
+        return
     if not verify_second_factor(user, code):
         raise NotAuthenticatedError("wrong or already used second-factor code")
 

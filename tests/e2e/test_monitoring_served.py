@@ -23,7 +23,7 @@ __all__ = ["receiver"]  # the fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]
 
-PASSWORDS = {"liwei": "liwei-reads-ecgs", "zhangsan": "zhangsan-cosigns"}
+PASSWORDS = {"liwei": "reads-ecgs-daily", "zhangsan": "cosigns-reports"}
 
 
 def add_user(env: dict[str, str], name: str, login: str, grade: str) -> None:

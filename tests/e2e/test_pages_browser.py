@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-PASSWORDS = {"liwei": "liwei-reads-ecgs", "zhangsan": "zhangsan-cosigns"}
+PASSWORDS = {"liwei": "reads-ecgs-daily", "zhangsan": "cosigns-reports"}
 
 
 def need_chromium() -> None:
@@ -93,6 +93,7 @@ def test_read_and_cosign_an_af_ecg_in_the_browser(shared_data: Path, cli_env: di
     base = f"http://127.0.0.1:{port}"
     env = {
         **cli_env,
+        "PRESCREEN_LOCALE": "en",  # the words asserted below; Chinese (the default) through the switch
         "PRESCREEN_DICOM_PORT": str(free_port()),
         "PRESCREEN_STUDY_QUIET_SECONDS": "1",
         "PRESCREEN_WORKER_POLL_SECONDS": "0.2",
@@ -142,9 +143,21 @@ def test_read_and_cosign_an_af_ecg_in_the_browser(shared_data: Path, cli_env: di
                 page.fill("#login", "liwei")
                 page.fill("#password", "not-the-password")
                 page.click("button[type=submit]")
-                assert page.locator("#login-error").inner_text() == "wrong login or password"
+                assert page.locator("#login-error").inner_text() == "wrong login, password or code"
                 page.goto(f"{base}/ui/login")
                 page.screenshot(path=str(shots / "login.png"))
+
+                # the language switch: the page in Chinese, and back to English (a cookie of the browser)
+                with page.expect_navigation():
+                    page.click("#lang-zh_CN")
+                assert page.url == f"{base}/ui/login"
+                assert page.locator("html").get_attribute("lang") == "zh-CN"
+                assert page.locator("button[type=submit]").inner_text() == "登录"
+                assert page.locator(".lang-current").inner_text() == "中文"
+                page.screenshot(path=str(shots / "login-zh.png"))
+                with page.expect_navigation():
+                    page.click("#lang-en")
+                assert page.locator("button[type=submit]").inner_text() == "Sign in"
 
                 # the worklist: the item, with a live countdown
                 sign_in("liwei")

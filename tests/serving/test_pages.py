@@ -21,11 +21,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from prescreen.config import get_settings
+from prescreen.serving.account import auth_router
 from prescreen.serving.auth import SESSION_COOKIE
 from prescreen.serving.errors import install_error_handlers
 from prescreen.serving.pages import pages_router
 from prescreen.serving.previews import ecg_png, pick_leads
-from prescreen.serving.worklists import auth_router, worklists_router
+from prescreen.serving.worklists import worklists_router
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
@@ -53,7 +55,11 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """The pages in English (their words are asserted below; Chinese, the default, in test_i18n and
+    ``test_an_item_in_chinese``)."""
+    monkeypatch.setenv("PRESCREEN_LOCALE", "en")
+    get_settings.cache_clear()
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     app = FastAPI()
@@ -187,7 +193,7 @@ def test_wrong_password_shows_the_form_again_with_401(site: Site) -> None:
     for login, password in (("liwei", "wrong password"), ("nobody", PASSWORD), ("", "")):
         r = client.post("/ui/login", data={"login": login, "password": password})
         assert r.status_code == 401
-        assert "wrong login or password" in r.text and 'id="login"' in r.text
+        assert "wrong login, password or code" in r.text and 'id="login"' in r.text
         assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
 
 
@@ -232,7 +238,7 @@ def test_worklist_most_urgent_first_with_countdown_and_marks(site: Site, tmp_pat
     assert "overdue" not in page.split(overdue)[0][-50:]  # the server renders the number; the script words it
     assert 'class="esc esc-100"' in page and "100 %" in page
     assert "item-row is-flagged" in page and "⚑" in page
-    assert "Roe, Richard" in page and "2 open" in page
+    assert "R**, R******" in page and "Richard" not in page and "2 open" in page  # masked in the list
     assert 'data-refresh="/ui/worklists/cardiology/rows"' in page
     rows = client.get("/ui/worklists/cardiology/rows")
     assert rows.status_code == 200 and rows.headers["x-total"] == "2" and overdue in rows.text
@@ -423,7 +429,7 @@ def test_every_page_route_names_its_permission() -> None:
         return found
 
     routes = [r for r in pages_router.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 9  # every page route is checked (update when adding or removing one)
+    assert len(routes) == 10  # every page route is checked (update when adding or removing one)
     for route in routes:
         assert permissions(route.dependant), route.path
         assert route.include_in_schema is False
@@ -451,3 +457,35 @@ def test_a_form_posted_from_another_site_is_refused(site: Site, tmp_path: Path) 
     own = liwei.post(f"/ui/items/{item}/claim", headers={"Origin": "http://testserver"})
     assert own.status_code == 303, own.text
     assert 'data-state="claimed"' in liwei.get(f"/ui/items/{item}").text
+
+
+def test_an_item_in_chinese(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default language: the worklist, an item, the actions' messages and the history in Chinese;
+    the switch turns the same session to English."""
+    monkeypatch.setenv("PRESCREEN_LOCALE", "zh_CN")
+    get_settings.cache_clear()
+    item, _ = ecg_item(site, tmp_path)
+    liwei = site.signed_in("liwei")
+    page = liwei.get("/ui/").text
+    assert '<html lang="zh-CN">' in page and ">心内科</h2>" in page and "1 项待处理" in page and ">危急</span>" in page
+    page = liwei.get(f"/ui/items/{item}").text
+    assert ">认领</button>" in page and ">AI 结果</h2>" in page and "患者 " in page and "· 2 个文件" in page
+    liwei.post(f"/ui/items/{item}/claim")
+    page = liwei.get(f"/ui/items/{item}").text
+    assert "已认领：阅片期间此项目归您处理。" in page and ">保存草稿</button>" in page
+    assert ">签发并提交复核</button>" in page
+    liwei.post(f"/ui/items/{item}/return", data={"comment": "  "})  # a message of the pages: translated
+    assert "请填写给初读医师的意见" in liwei.get(f"/ui/items/{item}").text
+    liwei.post(f"/ui/items/{item}/sign", data={"text": "心房颤动。", "ai_agrees": "yes", "physician_label": "af"})
+    page = liwei.get(f"/ui/items/{item}").text
+    assert "已签发并提交复核。" in page and "<strong>Li Wei</strong> 签发提交" in page and "AI：同意" in page
+    assert "心房颤动。" in page
+    history = re.findall(r'<td data-action="(\w+)">([^<]+)</td>', page)
+    assert history == [("claim", "已认领"), ("draft", "保存草稿"), ("sign", "已签发，提交复核")]
+    r = liwei.get("/ui/items/nope")
+    assert r.status_code == 404 and "<title>未找到 · prescreen</title>" in r.text
+
+    switched = liwei.get("/ui/locale/en", params={"next": f"/ui/items/{item}"})
+    assert switched.status_code == 303 and switched.headers["location"] == f"/ui/items/{item}"
+    page = liwei.get(f"/ui/items/{item}").text
+    assert '<html lang="en">' in page and "Signed, submitted for review" in page and "AI: agrees" in page
