@@ -791,6 +791,17 @@ def users_reset_password(
     console.print(f"new password set for {login}")
 
 
+@users_app.command("unlock")
+@user_errors
+def users_unlock(login: Annotated[str, typer.Argument(help="The user's login")]) -> None:
+    """Lift a sign-in lockout (5 failures in 5 minutes) before it runs out."""
+    from prescreen.security.audit import AuditEvent
+    from prescreen.store.users import unlock
+
+    _audited(_store().sessions, AuditEvent.USER_CHANGE, login, {"change": "unlock"}, lambda s: unlock(s, login))
+    console.print(f"{login} may sign in again")
+
+
 @users_app.command("reset-mfa")
 @user_errors
 def users_reset_mfa(login: Annotated[str, typer.Argument(help="The user's login")]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -199,3 +200,72 @@ def test_users_add_reads_the_password_from_stdin_and_refuses_bad_input() -> None
     assert bad_grade.exit_code == 2 and "grade" in bad_grade.output
     listing = runner.invoke(app, ["users", "list"])
     assert listing.exit_code == 0 and "Li Wei" in listing.output and "pw-attending" not in listing.output
+
+
+def _add(*args: str, password: str = "a-long-password-1") -> Any:
+    return runner.invoke(app, ["users", "add", *args, "--password-stdin"], input=password + "\n")
+
+
+def test_users_roles_are_separated_and_passwords_follow_the_policy() -> None:
+    assert _add("--name", "Sun Li", "--login", "sunli", "--role", "admin").exit_code == 0
+    for mix in (["admin", "auditor"], ["admin", "security_admin"], ["security_admin", "auditor"]):
+        roles = [part for role in mix for part in ("--role", role)]
+        refused = _add("--name", "Zhou Bo", "--login", "zhoubo", *roles)
+        assert refused.exit_code == 2 and "三员分立" in refused.output, refused.output
+    assert _add("--name", "R", "--login", "r1", "--role", "reader").exit_code == 2  # a reader needs a grade
+    reader = ["--name", "Li Wei", "--login", "liwei", "--grade", "attending", "--specialty", "cardiology"]
+    for weak, why in (("short-pw", "12 characters"), ("liwei-is-my-password", "login"), ("password1234", "common")):
+        refused = _add(*reader, password=weak)
+        assert refused.exit_code == 2 and why in refused.output, refused.output
+    assert _add(*reader, "--institution", "clinic-7", "--institution", "clinic-9").exit_code == 0
+    moved = runner.invoke(app, ["users", "set-roles", "sunli", "--role", "auditor"])
+    assert moved.exit_code == 0 and "auditor" in moved.output
+    listing = runner.invoke(app, ["users", "list"])
+    assert "clinic-7, clinic-9" in listing.output and "auditor" in listing.output
+    assert runner.invoke(app, ["users", "disable", "liwei"]).exit_code == 0
+    assert runner.invoke(app, ["users", "unlock", "liwei"]).exit_code == 0
+    reset = runner.invoke(app, ["users", "reset-password", "liwei", "--password-stdin"], input="another-long-one\n")
+    assert reset.exit_code == 0
+    assert runner.invoke(app, ["users", "disable", "nobody"]).exit_code == 2
+
+
+def test_clients_print_the_key_once_and_the_audit_trail_verifies_then_detects_a_change(tmp_path: Path) -> None:
+    added = runner.invoke(
+        app,
+        [
+            "clients",
+            "add",
+            "--name",
+            "pacs-clinic7",
+            "--institution",
+            "clinic-7",
+            "--ae",
+            "PACS7",
+            "--ip",
+            "10.7.0.0/16",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    key = added.output.strip().splitlines()[-1]
+    assert key.startswith("psk_") and len(key) > 40
+    listing = runner.invoke(app, ["clients", "list"])
+    assert "pacs-clinic7" in listing.output and "10.7.0.0/16" in listing.output and key not in listing.output
+    assert runner.invoke(app, ["clients", "add", "--name", "x", "--institution", "c", "--ip", "nope"]).exit_code == 2
+    assert runner.invoke(app, ["clients", "revoke", "pacs-clinic7"]).exit_code == 0
+    saved = tmp_path / "checkpoint.json"
+    signed = runner.invoke(app, ["audit", "checkpoint", "--out", str(saved)])
+    assert signed.exit_code == 0 and '"signature"' in saved.read_text()
+    ok = runner.invoke(app, ["audit", "verify", "--from-checkpoint", str(saved)])
+    assert ok.exit_code == 0 and "ok:" in ok.output, ok.output
+    exported = tmp_path / "audit.log"
+    assert runner.invoke(app, ["audit", "export", "--out", str(exported)]).exit_code == 0
+    lines = exported.read_text(encoding="utf-8").splitlines()
+    assert lines and all(line.startswith("<8") and " DICOM+RFC3881 " in line for line in lines)
+    import sqlite3
+
+    from prescreen.config import get_settings
+
+    with sqlite3.connect(get_settings().home / "prescreen.db") as db:
+        db.execute("update audit_events set actor = actor || 'x' where seq = 2")
+    broken = runner.invoke(app, ["audit", "verify"])
+    assert broken.exit_code == 1 and "record 2" in broken.output, broken.output

@@ -41,7 +41,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from prescreen.config import Settings
 from prescreen.errors import InvalidStudyError, MissingIdentifierError, NotAuthenticatedError
-from prescreen.security.audit import Actor, ActorKind
+from prescreen.security.audit import Actor, ActorKind, AuditEntry, AuditEvent, Outcome
+from prescreen.store.audit import record_now
 from prescreen.store.clients import authenticate_client, client_for_ae
 from prescreen.store.ingest import Ingestor
 from prescreen.store.users import Principal
@@ -179,6 +180,17 @@ def _handle_store(
     sent_by = identify(event, ingestor, verified, anonymous)
     if sent_by is None:
         log.warning("C-STORE refused: the calling AE title is no registered client and anonymous ingest is off")
+        where = f"{sender or ''}@{_peer_host(event.assoc)}"
+        refusal = AuditEntry(
+            AuditEvent.ACCESS_DENIED,
+            Actor(ActorKind.ANONYMOUS, sender or "unknown", where),
+            Outcome.MINOR_FAILURE,
+            detail={"via": "C-STORE", "status": NOT_AUTHORIZED},
+        )
+        try:
+            record_now(ingestor.sessions, refusal)
+        except Exception as exc:  # the refusal stands even when the trail cannot be written
+            log.error("could not record a refused C-STORE: %s", type(exc).__name__)
         return _status(NOT_AUTHORIZED, "not authorized: register this AE as a client")
     try:
         path = Path(event.dataset_path)

@@ -29,8 +29,8 @@ health_router = APIRouter(tags=["health"])
 @screen_router.post("/screen", response_model_exclude_none=True)
 def screen(
     request: Request,
+    user: Annotated[Principal | None, Depends(require(Permission.SCREEN))],  # before the engine: 401 first
     engine: EngineDep,
-    user: Annotated[Principal | None, Depends(require(Permission.SCREEN))],
     file: Annotated[
         list[UploadFile] | None,
         File(description="A WFDB .hea with its .dat/.mat, DICOM files of one study, or one PNG/JPEG"),

@@ -77,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PrescreenError)
     async def _prescreen(request: Request, exc: PrescreenError) -> JSONResponse:
         status, code = status_for(exc)
-        if status in (401, 403, 404) and request.url.path not in SIGN_IN_PATHS:
+        if status in (401, 403, 404) and not (status == 401 and request.url.path in SIGN_IN_PATHS):
             await run_in_threadpool(audit_refusal, request, status, code)
         response = error_response(status, code, str(exc))
         if status == 401:
@@ -110,7 +110,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 SIGN_IN_PATHS = frozenset({"/v1/auth/token", "/ui/login"})
-"""Sign-in refusals are recorded by the sign-in itself, with their reason."""
+"""A wrong password or code there is recorded by the sign-in itself, with its reason (a cross-site
+post to the form, refused before the sign-in runs, is recorded here)."""
 
 
 def audit_refusal(request: Request, status: int, code: str) -> None:

@@ -258,6 +258,13 @@ def reset_password(session: Session, login: str, password: str, min_password: in
     return principal(user)
 
 
+def unlock(session: Session, login: str) -> Principal:
+    """Lift a sign-in lockout now (the security administrator's decision): the failures are forgotten."""
+    user = _user_by_login(session, login)
+    session.execute(delete(SignInFailure).where(SignInFailure.login == user.login))
+    return principal(user)
+
+
 def reset_totp(session: Session, login: str) -> Principal:
     """Remove a user's second factor (a lost phone): they enrol again at the next sign-in."""
     user = _user_by_login(session, login)
