@@ -151,6 +151,10 @@ def start_server(home: Path, log: Path) -> Served:
         "PRESCREEN_WORKER_POLL_SECONDS": "0.2",
         "PRESCREEN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "BENTOML_DO_NOT_TRACK": "true",
+        # senders without credentials, as on the trusted network of the older contracts (a module-scoped
+        # server starts before the per-test environment of tests/conftest.py is set)
+        "PRESCREEN_ANONYMOUS_PERMISSIONS": "screen,ingest,studies:read,models:read",
+        "PRESCREEN_MFA": "step-up",
     }
     with log.open("ab") as out:
         proc = subprocess.Popen(
