@@ -34,6 +34,14 @@ clients_app = typer.Typer(
 app.add_typer(clients_app, name="clients")
 audit_app = typer.Typer(help="The audit trail: verify its chain, sign a checkpoint, export it.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+backup_app = typer.Typer(
+    help="Backups: full and incremental sets, sealed and signed; list and verify.", no_args_is_help=True
+)
+app.add_typer(backup_app, name="backup")
+keys_app = typer.Typer(help="Keys of data at rest: status, rotate the master key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+reports_app = typer.Typer(help="Signed reports: verify their SM2 signatures.", no_args_is_help=True)
+app.add_typer(reports_app, name="reports")
 rules_app = typer.Typer(help="Routing rules: validate a rules file.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
@@ -957,6 +965,149 @@ def rules_check(path: Annotated[Path, typer.Argument(help="A routing-rules YAML 
 
     rules = load_rules(path)
     console.print(f"ok: {len(rules.rules)} rules; worklists: {', '.join(rules.worklists())}")
+
+
+def _backup(kind: str, to: Path) -> None:
+    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.store.audit import record_now
+    from prescreen.store.backup import take_backup
+
+    settings = get_settings()
+    store = _store()
+    made = take_backup(settings, store.sessions, to, kind)
+    blobs = sum(1 for name in made.files if name.startswith("blobs/"))
+    detail = {"kind": kind, "set": made.name, "blobs": blobs, "studies": made.detail["studies"]}
+    record_now(store.sessions, AuditEntry(AuditEvent.EXPORT, _operator(), object_id=made.name, detail=detail))
+    console.print(
+        f"{made.name}: {made.detail['studies']} studies, {blobs} new blobs, audit record {made.detail['audit_seq']}"
+    )
+
+
+@backup_app.command("full")
+@user_errors
+def backup_full(to: Annotated[Path, typer.Option(help="The backup folder")]) -> None:
+    """A full backup set: the database, every blob, the wrapped data keys; sealed, SM3 manifest, SM2-signed."""
+    _backup("full", to)
+
+
+@backup_app.command("incremental")
+@user_errors
+def backup_incremental(to: Annotated[Path, typer.Option(help="The backup folder (with a full set in it)")]) -> None:
+    """An incremental set: the database and the blobs new since the last set."""
+    _backup("incremental", to)
+
+
+@backup_app.command("list")
+@user_errors
+def backup_list(from_: Annotated[Path, typer.Option("--from", help="The backup folder")]) -> None:
+    """The sets of a backup folder, oldest first."""
+    from rich.table import Table
+
+    from prescreen.store.backup import list_sets
+
+    table = Table("set", "kind", "created", "parent", "studies", "files")
+    for item in list_sets(from_):
+        table.add_row(
+            item.name, item.kind, item.created, item.parent or "", str(item.detail.get("studies")), str(len(item.files))
+        )
+    console.print(table)
+
+
+@backup_app.command("verify")
+@user_errors
+def backup_verify(from_: Annotated[Path, typer.Option("--from", help="The backup folder")]) -> None:
+    """Re-hash every file (SM3) against its manifest and check the manifests' SM2 signatures (exit 1 on a problem)."""
+    from prescreen.store.backup import verify_backups
+
+    checked, problems = verify_backups(from_)
+    for problem in problems:
+        err.print(f"[red]{problem.set_name}:[/red] {problem.what}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"ok: {checked} files match their SM3 hashes; manifests signed (SM2)")
+
+
+@app.command()
+@user_errors
+def restore(
+    from_: Annotated[Path, typer.Option("--from", help="The backup folder")],
+    at: Annotated[str | None, typer.Option(help="The newest set at or before this time (ISO 8601)")] = None,
+) -> None:
+    """Restore the newest backup set (and its chain) into an empty PRESCREEN_HOME; needs the master key."""
+    import time
+    from datetime import datetime
+
+    from prescreen.security.keys import audit_public_key
+    from prescreen.store.audit import verify
+    from prescreen.store.backup import restore as restore_backup
+
+    settings = get_settings()
+    started = time.monotonic()
+    done = restore_backup(settings, from_, datetime.fromisoformat(at) if at else None)
+    store = _store()  # migrations, in case the backup came from an older version
+    verdict = verify(store.sessions, audit_public_key(settings))
+    console.print(
+        f"restored {done.name}: {done.detail['studies']} studies in {time.monotonic() - started:.1f} s; "
+        f"audit chain {'intact' if verdict.ok else 'BROKEN: ' + verdict.reason} ({verdict.records} records)"
+    )
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+@keys_app.command("status")
+@user_errors
+def keys_status() -> None:
+    """The master key's id and file, the data keys (one per month), the wrapped secrets."""
+    from prescreen.security.keyring import keyring_for
+
+    for key, value in keyring_for(get_settings()).status().items():
+        console.print(f"{key}: {value}")
+
+
+@keys_app.command("rotate")
+@user_errors
+def keys_rotate() -> None:
+    """A new master key: every data key re-wrapped, no data re-encrypted; the service keeps running."""
+    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.security.keyring import keyring_for
+    from prescreen.store.audit import record_now
+
+    ring = keyring_for(get_settings())
+    before = ring.status()["master_key_id"]
+    after = ring.rotate()
+    detail = {"from": before, "to": after}
+    record_now(
+        _store().sessions, AuditEntry(AuditEvent.SETTING_CHANGE, _operator(), object_id="master-key", detail=detail)
+    )
+    console.print(f"master key rotated: {before} → {after}; {ring.status()['data_keys']} data keys re-wrapped")
+
+
+@reports_app.command("verify")
+@user_errors
+def reports_verify(study_uid: Annotated[str, typer.Argument(help="The Study Instance UID")]) -> None:
+    """Check every signature of every report version of a study (exit 1 when one fails)."""
+    from prescreen.store.signing import verify_study
+
+    with _store().sessions() as session:
+        checks = verify_study(session, study_uid)
+    for check in checks:
+        mark = "[green]ok[/green]" if check.ok else f"[red]FAILED[/red] {check.reason}"
+        console.print(f"version {check.version} signed by {check.signer}: {mark}")
+    if not checks:
+        console.print("no signed report for this study")
+    if any(not c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command("encrypt-existing")
+@user_errors
+def encrypt_existing() -> None:
+    """Seal what an earlier version stored in plain text: every blob (in place, same address) and the
+    patient columns. Resumable: sealed things are skipped."""
+    from prescreen.store.sealed import seal_existing
+
+    blobs, rows = seal_existing(_store())
+    console.print(f"sealed {blobs} blobs and {rows} studies' patient fields")
 
 
 def main() -> None:  # pragma: no cover - console entry point

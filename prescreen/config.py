@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     delivery_backoff_seconds: float = Field(2.0, description="First retry delay; doubles per attempt, capped at 5 min")
     forward_to: str | None = Field(None, description="Edge node: central service URL that complete studies go to")
     secret_key: SecretStr | None = Field(None, description="Token signing key; default: made once in home/secret.key")
+    tls_cert: Path | None = Field(
+        None, description="HTTPS certificate (PEM); with PRESCREEN_TLS_KEY the API is HTTPS only"
+    )
+    tls_key: Path | None = Field(None, description="The private key (PEM) of PRESCREEN_TLS_CERT")
+    master_key_file: Path | None = Field(
+        None,
+        description="The master key (SM4, hex) that wraps every data key; made once if missing. Default "
+        "home/keys/master.key; keep it apart from the backups (a restore needs it)",
+    )
     token_ttl_minutes: int = Field(480, description="Lifetime of an access token / page session")
     cookie_secure: bool | None = Field(
         None, description="Session cookie Secure flag; default: when the request came over HTTPS (set true behind TLS)"

@@ -20,12 +20,14 @@ from prescreen.pipeline.outbox import OutboxStep
 from prescreen.pipeline.screening import Screen, ScreeningStep, ShadowScreens
 from prescreen.pipeline.triage import TriageStep
 from prescreen.security.audit import Actor, AuditEntry, AuditEvent
+from prescreen.security.keyring import keyring_for
 from prescreen.security.keys import audit_signer
 from prescreen.store.audit import record_now, sign_checkpoint
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import release_dead_locks
+from prescreen.store.sealed import SealedBlobStore
 from prescreen.triage.priority import SlaTargets
 from prescreen.triage.rules import RuleSet, load_default_rules, load_rules
 
@@ -33,10 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> Ingestor:
-    """Migrate the database to the newest schema and open it with the blob store."""
+    """Migrate the database to the newest schema and open it with the blob store (sealed at rest,
+    SM4-GCM under the keyring of ``settings``)."""
     url = database_url(settings)
     migrate(url)
-    return Ingestor(session_factory(make_engine(url)), FileBlobStore(settings.home / "blobs"))
+    blobs = SealedBlobStore(FileBlobStore(settings.home / "blobs"), keyring_for(settings))
+    return Ingestor(session_factory(make_engine(url)), blobs)
 
 
 def load_routing_rules(settings: Settings) -> RuleSet:

@@ -1,37 +1,44 @@
-"""Where the service's keys live: under ``$PRESCREEN_HOME/keys`` (owner-only), each made once on
-first use and never printed. The data-protection work wraps them under a master key; until then they
-are plain owner-only files, like the token signing key.
+"""The service's own keys, kept in the keyring (:mod:`prescreen.security.keyring`) wrapped by the
+master key: the SM2 key pair that signs audit checkpoints and backup manifests, and the key of patient
+pseudonyms in the audit trail. A key an earlier version kept as a plain file in ``$PRESCREEN_HOME/keys``
+is moved into the keyring on first use, and the file removed.
 """
 
 from __future__ import annotations
 
-import secrets
-from functools import lru_cache
+import os
 from pathlib import Path
 
 from prescreen.config import Settings
-from prescreen.errors import KeyFileError
-from prescreen.security.sm import Sm2Signer, hmac_sm3_hex, service_signer, write_private
+from prescreen.security.keyring import keyring_for
+from prescreen.security.sm import Sm2Signer, hmac_sm3_hex
+
+SERVICE_SM2 = "sm2:service"
+PSEUDONYM = "pseudonym"
+PUBLIC_PEM = "service-sm2.pub.pem"
 
 
 def keys_dir(settings: Settings) -> Path:
     return settings.home / "keys"
 
 
-@lru_cache(maxsize=16)
-def file_secret(path: Path, nbytes: int = 32) -> bytes:
-    """A random secret kept in ``path`` (made once, mode 0600; read once per process)."""
-    if not path.exists():
-        write_private(path, secrets.token_hex(nbytes).encode())
-    value = path.read_text().strip()
-    if len(value) < 2 * 16:
-        raise KeyFileError(f"the key in {path} is too short; delete it to make a new one")
-    return bytes.fromhex(value)
+def _legacy(path: Path, make: bytes) -> bytes:
+    """The content of a key file of an earlier version (then removed), else ``make``."""
+    if not path.is_file():
+        return make
+    content = path.read_bytes()
+    path.unlink()
+    return content
 
 
 def pseudonym_key(settings: Settings) -> bytes:
     """The key of patient pseudonyms in the audit trail (HMAC-SM3 of the patient id)."""
-    return file_secret(keys_dir(settings) / "audit-pseudonym.key")
+
+    def make() -> bytes:
+        legacy = _legacy(keys_dir(settings) / "audit-pseudonym.key", b"")
+        return bytes.fromhex(legacy.decode().strip()) if legacy else os.urandom(32)
+
+    return keyring_for(settings).secret_or_make(PSEUDONYM, make)
 
 
 def patient_pseudonym(settings: Settings, patient_id: str | None) -> str | None:
@@ -43,10 +50,19 @@ def patient_pseudonym(settings: Settings, patient_id: str | None) -> str | None:
 
 
 def audit_signer(settings: Settings) -> Sm2Signer:
-    """The service's SM2 key pair that signs audit checkpoints."""
-    return service_signer(keys_dir(settings))
+    """The service's SM2 key pair (audit checkpoints, backup manifests); its public key is also
+    written to ``keys/service-sm2.pub.pem`` for ``openssl pkeyutl -verify``."""
+    folder = keys_dir(settings)
+    pem = keyring_for(settings).secret_or_make(
+        SERVICE_SM2, lambda: _legacy(folder / "service-sm2.pem", Sm2Signer.generate().private_pem())
+    )
+    signer = Sm2Signer.from_pem(pem)
+    public = folder / PUBLIC_PEM
+    if not public.is_file() or public.read_text() != signer.public_pem():
+        public.write_text(signer.public_pem())
+    return signer
 
 
 def audit_public_key(settings: Settings) -> str:
-    """The public half of :func:`audit_signer` (PEM), as ``keys/service-sm2.pub.pem`` holds it."""
+    """The public half of :func:`audit_signer` (PEM)."""
     return audit_signer(settings).public_pem()

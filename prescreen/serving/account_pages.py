@@ -17,7 +17,6 @@ from prescreen.security import totp
 from prescreen.security.audit import AuditEvent
 from prescreen.security.keys import patient_pseudonym
 from prescreen.serving.auth import (
-    SESSION_COOKIE,
     Permission,
     actor_of,
     issue_token,
@@ -25,7 +24,16 @@ from prescreen.serving.auth import (
 )
 from prescreen.serving.deps import get_ingestor
 from prescreen.serving.i18n import gettext
-from prescreen.serving.pages import _safe_next, _shown, error_page, page_user, render, same_origin, to_login
+from prescreen.serving.pages import (
+    _safe_next,
+    _shown,
+    error_page,
+    page_user,
+    render,
+    same_origin,
+    to_login,
+    with_session,
+)
 from prescreen.store.audit import AuditQuery
 from prescreen.store.signin import confirm, enrol, step_up
 from prescreen.store.users import Principal
@@ -33,20 +41,6 @@ from prescreen.store.users import Principal
 account_pages_router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(same_origin)])
 PageSignedIn = Annotated[Principal | None, Depends(page_user(Permission.HEALTH))]
 PageAuditor = Annotated[Principal | None, Depends(page_user(Permission.AUDIT_READ))]
-
-
-def _session_cookie(request: Request, response: Response, token: str) -> Response:
-    settings = get_settings()
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=settings.token_ttl_minutes * 60,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=settings.cookie_secure if settings.cookie_secure is not None else request.url.scheme == "https",
-    )
-    return response
 
 
 def to_step_up(next_path: str) -> RedirectResponse:
@@ -92,7 +86,7 @@ def mfa_confirm(
         return error_page(request, user, exc)
     page = render("mfa.html", user=user, next=_safe_next(next), secret=None, codes=codes)
     page.headers["Cache-Control"] = "no-store"
-    return _session_cookie(request, page, issue_token(user, get_settings(), user.session_id))
+    return with_session(request, page, issue_token(user, get_settings(), user.session_id))
 
 
 @account_pages_router.get("/step-up")

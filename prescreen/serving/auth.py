@@ -18,10 +18,7 @@ Refusals are audited (by the error handler), sign-ins and step-ups by the routes
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +32,7 @@ from prescreen.config import Settings, get_settings
 from prescreen.errors import ForbiddenError, NotAuthenticatedError, StepUpRequiredError
 from prescreen.security.audit import Actor, ActorKind
 from prescreen.security.roles import Permission, Role
+from prescreen.security.sm import write_private
 from prescreen.store.auth_sessions import check_session
 from prescreen.store.clients import authenticate_client, is_client_key
 from prescreen.store.users import Principal, get_principal
@@ -58,19 +56,9 @@ def secret_key(settings: Settings) -> str:
         return settings.secret_key.get_secret_value()
     path = settings.home / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written whole to a private temp file, then linked into place: a concurrent start or a
-        # crash never leaves an empty or half-written key, and the first writer wins
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(48))
-                out.flush()
-                os.fsync(out.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temp, path)
-        finally:
-            os.unlink(temp)
+        # written whole and linked into place: a concurrent start or a crash never leaves an empty or
+        # half-written key, and the first writer wins
+        write_private(path, secrets.token_urlsafe(48).encode())
     key = path.read_text().strip()
     if len(key) < 32:
         raise NotAuthenticatedError(f"the signing key in {path} is too short; delete it to make a new one")

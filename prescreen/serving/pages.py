@@ -402,10 +402,17 @@ def login(
     target = _landing(done.user, _safe_next(next))
     if done.enrol_only:
         target = f"/ui/mfa?next={quote(target, safe='/')}"
-    response = RedirectResponse(target, status_code=303)
+    token = issue_token(done.user, settings, done.session_id, ENROL_ONLY if done.enrol_only else None)
+    return with_session(request, RedirectResponse(target, status_code=303), token)
+
+
+def with_session(request: Request, response: Response, token: str) -> Response:
+    """``response`` setting the session cookie to ``token``: HttpOnly, SameSite=Strict, Secure over
+    HTTPS (or as ``PRESCREEN_COOKIE_SECURE`` says)."""
+    settings = get_settings()
     response.set_cookie(
         SESSION_COOKIE,
-        issue_token(done.user, settings, done.session_id, ENROL_ONLY if done.enrol_only else None),
+        token,
         max_age=settings.token_ttl_minutes * 60,
         path="/",
         httponly=True,

@@ -31,7 +31,16 @@ from prescreen.store.stats import read_only, store_stats  # noqa: E402
 api = create_app()
 
 
-@bentoml.service(name="prescreen", workers=1, traffic={"timeout": 120})
+def tls_config() -> dict[str, object]:
+    """BentoML's ``ssl`` configuration: HTTPS only, when ``PRESCREEN_TLS_CERT`` and ``PRESCREEN_TLS_KEY``
+    name a certificate and its key (the same port then refuses plain HTTP)."""
+    settings = get_settings()
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {"enabled": False}
+    return {"enabled": True, "certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
+
+
+@bentoml.service(name="prescreen", workers=1, traffic={"timeout": 120}, ssl=tls_config())
 @bentoml.asgi_app(api, path="/")
 class Prescreen:
     """Holds the ONNX Runtime sessions of the active models; the mounted app uses them."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from prescreen.config import get_settings
@@ -18,8 +18,9 @@ from prescreen.serving.schemas import AgreementStats, TurnaroundStats, WorklistP
 from prescreen.store.agreement import ReviewAgreement, review_agreement
 from prescreen.store.audit import record_study_access
 from prescreen.store.reading import DraftText, ItemDetail, act, item_detail
+from prescreen.store.signing import SignedReport, signed_report
 from prescreen.store.sla import ai_agreement_stats, turnaround_stats
-from prescreen.store.worklist import check_access, count_open, list_worklist
+from prescreen.store.worklist import check_access, count_open, list_worklist, load_item
 
 worklists_router = APIRouter(prefix="/v1", tags=["worklists"])
 
@@ -78,6 +79,23 @@ def worklist_item(ingestor: IngestorDep, request: Request, user: Reader, item_id
         detail = item_detail(session, item_id, user, get_targets())
         record_study_access(session, AuditEvent.ITEM_READ, actor_of(request, user), detail["study_id"], item_id)
         return detail
+
+
+@worklists_router.get("/worklist-items/{item_id}/report/{version}")
+def signed_report_version(
+    ingestor: IngestorDep, request: Request, user: Reader, item_id: str, version: Annotated[int, Path(ge=1, le=10_000)]
+) -> SignedReport:
+    """A signed report version: ``canonical`` (base64 of the exact bytes signed) and each signature
+    (``signer``, ``role``, ``signed_at``, the signer's SM2 ``public_key`` as PEM, ``signature`` as
+    base64 DER), verifiable with ``openssl pkeyutl -verify -rawin -digest sm3 -pkeyopt
+    distid:1234567812345678``. 404 for a version nobody has signed."""
+    with ingestor.sessions.begin() as session:
+        item, study = load_item(session, item_id)
+        check_access(user, item.worklist, study.institution, item=True)
+        doc = signed_report(session, item_id, version)
+        actor = actor_of(request, user)
+        record_study_access(session, AuditEvent.REPORT_READ, actor, item.study_id, item_id, {"version": version})
+        return doc
 
 
 def _after(ingestor: IngestorDep, user: Reader, item_id: str, state: str) -> ItemDetail:

@@ -1,9 +1,10 @@
-"""Content-addressed blob store: received files, keyed by their SHA-256.
+"""Content-addressed blob store: received files, keyed by their SHA-256 (or, sealed, by a keyed hash:
+:mod:`prescreen.store.sealed`).
 
-One small interface (:class:`BlobStore`) so that encryption at rest can wrap it later without
-touching callers. :class:`FileBlobStore` writes to a temporary file, fsyncs it, renames it into
-place and fsyncs the folder: once ``put`` returns, the bytes survive a crash or power loss, so a
-study may be acknowledged to its sender.
+One small interface (:class:`BlobStore`) so that encryption at rest wraps it without touching callers.
+:class:`FileBlobStore` writes to a temporary file, fsyncs it, renames it into place and fsyncs the
+folder: once ``put`` returns, the bytes survive a crash or power loss, so a study may be acknowledged
+to its sender.
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ class FileBlobStore:
         path = self._path(key)
         if path.is_file() and path.stat().st_size == len(data):
             return key
+        self.put_as(key, data, replace=True)  # absent, or cut short by a crash of an older writer
+        return key
+
+    def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
+        """Store ``data`` durably under ``key`` (an address made elsewhere, e.g. a keyed hash); a file
+        already there is kept unless ``replace``."""
+        path = self._path(key)
+        if path.is_file() and not replace:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
         try:
@@ -77,7 +87,6 @@ class FileBlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
-        return key
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -92,3 +101,7 @@ class FileBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def stored_keys(self) -> list[str]:
+        """Every stored key (for backups and conversions)."""
+        return sorted(p.name for p in self.root.glob("??/??/*") if _KEY.match(p.name))

@@ -12,6 +12,7 @@ the row locked on PostgreSQL), so of two concurrent claims exactly one wins, als
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -24,10 +25,12 @@ from prescreen.config import get_settings
 from prescreen.errors import ConflictError, ForbiddenError, InvalidStudyError, StudyTooLargeError, UnknownTaskError
 from prescreen.security.audit import Actor as AuditActor
 from prescreen.security.audit import ActorKind, AuditEntry, AuditEvent
+from prescreen.security.keyring import keyring_for
 from prescreen.security.keys import patient_pseudonym
 from prescreen.store import audit
 from prescreen.store.queue import as_utc, changed, utcnow
 from prescreen.store.schema_triage import Escalation, ItemEvent, Report, Signature, User, WorklistItem
+from prescreen.store.signing import sign_version
 from prescreen.store.users import Principal
 from prescreen.store.worklist import ItemSummary, check_access, item_summary, load_item, with_patient
 from prescreen.triage.priority import SlaTargets
@@ -349,8 +352,20 @@ def _apply_report(
             report.status = "draft"
     elif action == "sign" and report is not None and signature is not None:
         digest = _digest(report.text)
+        # the signer's SM2 signature of the version's canonical form, made inside their own sign action
+        canonical, sm2, key = sign_version(session, keyring_for(get_settings()), item, report, user.id)
         session.add(
-            Signature(report_id=report.id, user_id=user.id, kind=signature, text=report.text, text_sha256=digest)
+            Signature(
+                report_id=report.id,
+                user_id=user.id,
+                kind=signature,
+                text=report.text,
+                text_sha256=digest,
+                signed_at=now,
+                canonical=base64.b64encode(canonical).decode(),
+                sm2_signature=base64.b64encode(sm2).decode(),
+                key_id=key.key_id,
+            )
         )
         if signature == "submitted":
             report.status = "submitted"

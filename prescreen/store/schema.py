@@ -14,6 +14,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Stri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from prescreen.domain import DeliveryState, JobState, StudyStatus
+from prescreen.store.sealed_type import SealedText
 
 
 def _uuid() -> str:
@@ -35,8 +36,9 @@ class Study(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_uuid)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    patient_id: Mapped[str | None] = mapped_column(String(64))
-    patient_name: Mapped[str | None] = mapped_column(String(128))
+    #: sealed at rest (SM4-GCM envelopes, :class:`~prescreen.store.sealed.SealedText`); plain in Python
+    patient_id: Mapped[str | None] = mapped_column(SealedText())
+    patient_name: Mapped[str | None] = mapped_column(SealedText())
     institution: Mapped[str | None] = mapped_column(String(128), index=True)
     sender: Mapped[str | None] = mapped_column(String(64))
     order_priority: Mapped[str | None] = mapped_column(String(16))

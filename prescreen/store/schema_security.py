@@ -104,3 +104,15 @@ class AuditCheckpoint(Base):
     at: Mapped[str] = mapped_column(String(32))
     key_id: Mapped[str] = mapped_column(String(16))
     signature: Mapped[str] = mapped_column(Text)
+
+
+class SigningKey(Base):
+    """A physician's SM2 key pair: the public key in the clear, the private key sealed (SM4-GCM)."""
+
+    __tablename__ = "signing_keys"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16))
+    public_pem: Mapped[str] = mapped_column(Text)
+    sealed_private: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -126,6 +126,11 @@ class Signature(Base):
     text: Mapped[str] = mapped_column(Text)
     text_sha256: Mapped[str] = mapped_column(String(64))
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    #: base64 of the exact bytes signed (:func:`~prescreen.store.signing.canonical_report`)
+    canonical: Mapped[str | None] = mapped_column(Text)
+    #: base64 of the signer's SM2 signature (DER) of ``canonical``
+    sm2_signature: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class Escalation(Base):

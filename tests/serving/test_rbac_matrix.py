@@ -347,6 +347,7 @@ def fill(op: Op, world: World, who: str, override: dict[str, str] | None = None)
         "task": TASK,
         "action": op.action or "claim",
         "name": "dummy",
+        "version": "1",
         **(override or {}),
     }
     path = op.template

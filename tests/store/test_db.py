@@ -48,13 +48,14 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
         "shadow_results",
         "signatures",
         "sign_in_failures",
+        "signing_keys",
         "studies",
         "users",
         "worklist_items",
-    }  # every table of the schema at revision 0006, and nothing else
+    }  # every table of the schema at revision 0007, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0007"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:

@@ -1,0 +1,294 @@
+"""The key hierarchy of data at rest.
+
+* The **master key** (KEK, 128-bit SM4) lives in ``PRESCREEN_MASTER_KEY_FILE`` (made once, mode 0600;
+  default ``$PRESCREEN_HOME/keys/master.key``; keep it apart from the backups, on another disk or an
+  HSM-backed mount). Nothing is encrypted with it but other keys.
+* **Data keys** (DEKs): one per calendar month, made when first needed, stored in
+  ``$PRESCREEN_HOME/keys/keyring.json`` wrapped (SM4-GCM) by the master key. Every envelope names its
+  data key, so the master key can be rotated (:meth:`Keyring.rotate`) by re-wrapping the data keys
+  alone, without touching the data.
+* A **MAC key** for content addresses and blind indexes (HMAC-SM3), and **secrets** other parts keep
+  here wrapped (the service's SM2 key, physicians' SM2 keys): stored the same way.
+
+The keyring file is changed under an exclusive lock, so the service and a command line may both use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prescreen.config import Settings
+from prescreen.errors import KeyFileError
+from prescreen.security import envelope
+from prescreen.security.sm import hmac_sm3_hex, sm3_hex, write_private
+
+KEYRING_FILE = "keyring.json"
+MAC_KEY_BYTES = 32
+
+
+def master_key_path(settings: Settings) -> Path:
+    return settings.master_key_file or settings.home / "keys" / "master.key"
+
+
+def _read_master(path: Path) -> bytes:
+    if not path.exists():
+        write_private(path, envelope.new_key().hex().encode())
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read the master key {path}: {type(exc).__name__}") from None
+    if len(key) != envelope.KEY_BYTES:
+        raise KeyFileError(f"the master key {path} is not a {envelope.KEY_BYTES}-byte SM4 key (hex)")
+    return key
+
+
+def _kek_id(kek: bytes) -> str:
+    return sm3_hex(b"prescreen-kek" + kek)[: envelope.KEY_ID_BYTES]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode())
+
+
+class Keyring:
+    """Keys of one home under one master key.
+
+    Args:
+        folder: where ``keyring.json`` lives (``$PRESCREEN_HOME/keys``).
+        master_file: the master key file.
+    """
+
+    def __init__(self, folder: Path, master_file: Path) -> None:
+        self.folder = folder
+        self.master_file = master_file
+        self._lock = threading.Lock()
+        self._kek = _read_master(master_file)
+        self._cache: dict[str, bytes] = {}
+        self._doc = self._load_or_create()
+
+    # -- the file ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.folder / KEYRING_FILE
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, open(self.folder / ".keyring.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.path.read_text())
+        if doc.get("kek_id") != _kek_id(self._kek):  # rotated by another process since: read the new key
+            self._kek = _read_master(self.master_file)
+        if doc.get("kek_id") != _kek_id(self._kek):
+            raise KeyFileError(
+                f"the master key {self.master_file} is not the one that wrapped {self.path} "
+                "(restore or point PRESCREEN_MASTER_KEY_FILE at the right key)"
+            )
+        return doc
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".keyring-")
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, self.path)
+
+    def _load_or_create(self) -> dict[str, Any]:
+        with self._locked():
+            if self.path.exists():
+                return self._read()
+            doc: dict[str, Any] = {
+                "kek_id": _kek_id(self._kek),
+                "data_keys": {},
+                "current": {},
+                "secrets": {},
+                "created": datetime.now(UTC).isoformat(),
+            }
+            doc["secrets"]["mac"] = self._wrap(os.urandom(MAC_KEY_BYTES), "mac")
+            self._write(doc)
+            return doc
+
+    def _wrap(self, key: bytes, name: str) -> str:
+        return _b64(envelope.seal(self._kek, _kek_id(self._kek), key, name.encode()))
+
+    def _unwrap(self, wrapped: str, name: str) -> bytes:
+        return envelope.open_sealed(self._kek, _unb64(wrapped), name.encode())
+
+    # -- data keys --------------------------------------------------------------------------
+
+    def data_key(self, key_id: str) -> bytes:
+        """The data key ``key_id`` (raises ``KeyFileError`` for an unknown one)."""
+        if key_id in self._cache:
+            return self._cache[key_id]
+        wrapped = self._doc["data_keys"].get(key_id)
+        if wrapped is None:
+            with self._locked():
+                self._doc = self._read()  # made by another process since
+            wrapped = self._doc["data_keys"].get(key_id)
+        if wrapped is None:
+            raise KeyFileError(f"no data key {key_id!r} in {self.path}")
+        key = self._unwrap(wrapped, f"dek:{key_id}")
+        self._cache[key_id] = key
+        return key
+
+    def current(self, now: datetime | None = None) -> tuple[str, bytes]:
+        """The data key of this month (made on first use)."""
+        period = (now or datetime.now(UTC)).strftime("%Y-%m")
+        key_id = self._doc["current"].get(period)
+        if key_id is None:
+            with self._locked():
+                self._doc = self._read()
+                key_id = self._doc["current"].get(period)
+                if key_id is None:
+                    key_id = os.urandom(envelope.KEY_ID_BYTES // 2).hex()
+                    self._doc["data_keys"][key_id] = self._wrap(envelope.new_key(), f"dek:{key_id}")
+                    self._doc["current"][period] = key_id
+                    self._write(self._doc)
+        return key_id, self.data_key(key_id)
+
+    def seal(self, plaintext: bytes, associated: bytes = b"") -> bytes:
+        key_id, key = self.current()
+        return envelope.seal(key, key_id, plaintext, associated)
+
+    def open(self, data: bytes, associated: bytes = b"") -> bytes:
+        return envelope.open_sealed(self.data_key(envelope.key_id_of(data)), data, associated)
+
+    # -- MAC and wrapped secrets -----------------------------------------------------------
+
+    def mac_hex(self, data: bytes) -> str:
+        """HMAC-SM3 under the keyring's MAC key: content addresses and blind indexes."""
+        return hmac_sm3_hex(self.secret("mac"), data)
+
+    def secret(self, name: str) -> bytes:
+        if name in self._cache:
+            return self._cache[name]
+        wrapped = self._doc["secrets"].get(name)
+        if wrapped is None:
+            with self._locked():
+                self._doc = self._read()
+            wrapped = self._doc["secrets"].get(name)
+        if wrapped is None:
+            raise KeyFileError(f"no secret {name!r} in {self.path}")
+        value = self._unwrap(wrapped, name)
+        self._cache[name] = value
+        return value
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        """Keep ``value`` wrapped by the master key (replacing one of the same name)."""
+        with self._locked():
+            self._doc = self._read()
+            self._doc["secrets"][name] = self._wrap(value, name)
+            self._write(self._doc)
+        self._cache[name] = value
+
+    def secret_or_make(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The secret ``name``, made by ``make`` (once, under the lock) when there is none yet."""
+        if name in self._cache or name in self._doc["secrets"]:
+            return self.secret(name)
+        with self._locked():
+            self._doc = self._read()
+            if name not in self._doc["secrets"]:
+                self._doc["secrets"][name] = self._wrap(make(), name)
+                self._write(self._doc)
+        return self.secret(name)
+
+    def knows(self, key_id: str) -> bool:
+        """Whether ``key_id`` is one of this keyring's data keys (as last read)."""
+        return key_id in self._doc["data_keys"]
+
+    def has_secret(self, name: str) -> bool:
+        return name in self._doc["secrets"] or name in self._read()["secrets"]
+
+    # -- rotation and status ---------------------------------------------------------------
+
+    def rotate(self) -> str:
+        """A new master key: every data key and secret re-wrapped under it, the data untouched. The old
+        key is kept beside the new one as ``<file>.previous`` until the keyring is rewritten, so a crash
+        halfway loses nothing. Returns the new key's id."""
+        with self._locked():
+            doc = self._read()
+            plain_keys = {k: self._unwrap(v, f"dek:{k}") for k, v in doc["data_keys"].items()}
+            plain_secrets = {k: self._unwrap(v, k) for k, v in doc["secrets"].items()}
+            previous = self.master_file.with_name(self.master_file.name + ".previous")
+            previous.unlink(missing_ok=True)
+            os.link(self.master_file, previous)
+            new = envelope.new_key()
+            old = self._kek
+            self._kek = new
+            doc["kek_id"] = _kek_id(new)
+            doc["data_keys"] = {k: self._wrap(v, f"dek:{k}") for k, v in plain_keys.items()}
+            doc["secrets"] = {k: self._wrap(v, k) for k, v in plain_secrets.items()}
+            doc["rotated"] = datetime.now(UTC).isoformat()
+            temp = self.master_file.with_name(self.master_file.name + ".new")
+            temp.unlink(missing_ok=True)
+            write_private(temp, new.hex().encode())
+            try:
+                self._write(doc)
+            except BaseException:
+                self._kek = old
+                raise
+            os.replace(temp, self.master_file)
+            previous.unlink(missing_ok=True)
+            self._doc = doc
+            return str(doc["kek_id"])
+
+    def status(self) -> dict[str, Any]:
+        doc = self._read()
+        return {
+            "master_key_file": str(self.master_file),
+            "master_key_id": doc["kek_id"],
+            "data_keys": len(doc["data_keys"]),
+            "periods": sorted(doc["current"]),
+            "secrets": sorted(doc["secrets"]),
+            "created": doc.get("created"),
+            "rotated": doc.get("rotated"),
+        }
+
+
+_KEYRINGS: dict[tuple[Path, Path], Keyring] = {}
+_KEYRINGS_LOCK = threading.Lock()
+
+
+def keyring_for(settings: Settings) -> Keyring:
+    """The keyring of a home (one per process and home)."""
+    folder = (settings.home / "keys").resolve()
+    master = master_key_path(settings).resolve()
+    with _KEYRINGS_LOCK:
+        found = _KEYRINGS.get((folder, master))
+        if found is None:
+            found = _KEYRINGS[(folder, master)] = Keyring(folder, master)
+        return found
+
+
+def open_sealed_any(preferred: Keyring, data: bytes, associated: bytes = b"") -> bytes:
+    """Open an envelope with ``preferred``, or with another keyring this process has loaded that holds
+    its data key (a process that served two homes, as tests do, reads what it sealed under either)."""
+    key_id = envelope.key_id_of(data)
+    if not preferred.knows(key_id):
+        with _KEYRINGS_LOCK:
+            others = [ring for ring in _KEYRINGS.values() if ring is not preferred and ring.knows(key_id)]
+        if others:
+            return others[0].open(data, associated)
+    return preferred.open(data, associated)
