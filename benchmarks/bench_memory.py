@@ -48,7 +48,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pydicom
-from common import free_port, machine_line
+from common import free_port, lab_env, machine_line
 
 DICOM_DIR = Path("/work/shared/data/dicom")
 HOSTILE_DIR = Path("/work/shared/acceptance/hostile")
@@ -207,12 +207,14 @@ class Server:
 
 def start(home: Path, log: Path, timeout: float = 180) -> Server:
     http_port, dicom_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PRESCREEN_HOME": str(home),
-        "PRESCREEN_DICOM_PORT": str(dicom_port),
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
+    env = lab_env(
+        {
+            **os.environ,
+            "PRESCREEN_HOME": str(home),
+            "PRESCREEN_DICOM_PORT": str(dicom_port),
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
+    )
     prescreen = Path(sys.executable).with_name("prescreen")
     cmd = [str(prescreen), "serve", "--host", "127.0.0.1", "--port", str(http_port)]
     with log.open("wb") as fh:

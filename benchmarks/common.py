@@ -30,9 +30,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LAB_NETWORK = {"PRESCREEN_ANONYMOUS_PERMISSIONS": "screen,ingest,studies:read,models:read", "PRESCREEN_MFA": "step-up"}
+"""The benchmarks send without credentials, as senders on a trusted lab network (the service's default is
+to refuse them); set these variables yourself to measure otherwise."""
+
+
+def lab_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this environment) with :data:`LAB_NETWORK` where it does not say otherwise."""
+    env = dict(os.environ if base is None else base)
+    return {**LAB_NETWORK, **env}
+
+
 def start_server(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "prescreen.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=lab_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

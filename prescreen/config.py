@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     port: int = 3000
     dicom_ae_title: str = Field("PRESCREEN", description="AE title of the DICOM listener")
     dicom_port: int = Field(11112, description="Port of the DICOM listener; 0 turns it off")
+    dicom_tls_port: int = Field(
+        0, ge=0, description="Port of the DICOM TLS listener (convention 2762; needs PRESCREEN_TLS_CERT/KEY); 0: off"
+    )
     dicom_allowed_aes: CommaList = Field(
         default_factory=list, description="Calling AE titles allowed to associate; empty allows all"
     )
@@ -56,6 +59,13 @@ class Settings(BaseSettings):
         None, description="HTTPS certificate (PEM); with PRESCREEN_TLS_KEY the API is HTTPS only"
     )
     tls_key: Path | None = Field(None, description="The private key (PEM) of PRESCREEN_TLS_CERT")
+    backup_dir: Path | None = Field(
+        None,
+        description="Where the service writes scheduled backups (none: no schedule; `prescreen backup` still works)",
+    )
+    backup_full_days: float = Field(7, gt=0, description="A full backup set this often (weekly)")
+    backup_incremental_hours: float = Field(24, gt=0, description="An incremental set this often (daily)")
+    backup_keep: int = Field(4, ge=1, description="Full backup chains kept; older chains are deleted")
     master_key_file: Path | None = Field(
         None,
         description="The master key (SM4, hex) that wraps every data key; made once if missing. Default "

@@ -14,6 +14,7 @@ Their studies are stamped with the client's institution, whatever the dataset sa
 from __future__ import annotations
 
 import logging
+import ssl
 import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -249,9 +250,14 @@ def _peer_host(assoc: Any) -> str | None:
         return None
 
 
-def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = None) -> ThreadedAssociationServer | None:
-    """Start listening (non-blocking); ``None`` when ``PRESCREEN_DICOM_PORT`` is 0."""
-    if settings.dicom_port == 0:
+def start_listener(
+    ingestor: Ingestor, settings: Settings, host: str | None = None, *, tls: bool = False
+) -> ThreadedAssociationServer | None:
+    """Start listening (non-blocking); ``None`` when the port is 0. ``tls``: the DICOM TLS listener on
+    ``PRESCREEN_DICOM_TLS_PORT`` with ``PRESCREEN_TLS_CERT``/``PRESCREEN_TLS_KEY`` (``None`` unless
+    all three are set)."""
+    port = settings.dicom_tls_port if tls else settings.dicom_port
+    if port == 0 or (tls and (settings.tls_cert is None or settings.tls_key is None)):
         return None
     ae = make_ae(settings)
     limit = settings.max_upload_bytes
@@ -262,9 +268,18 @@ def start_listener(ingestor: Ingestor, settings: Settings, host: str | None = No
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_USER_ID, _handle_user_id, [ingestor, verified]),
     ]
-    address = (host or settings.host, settings.dicom_port)
-    server = ae.start_server(address, block=False, evt_handlers=handlers)
+    address = (host or settings.host, port)
+    context = server_tls_context(settings) if tls else None
+    server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=context)
     assert server is not None  # non-blocking: the running server
     limit_per_address(server, settings.dicom_max_associations_per_address)
-    log.info("DICOM listener %s on %s:%d", settings.dicom_ae_title, *address)
+    log.info("DICOM%s listener %s on %s:%d", " TLS" if tls else "", settings.dicom_ae_title, *address)
     return server
+
+
+def server_tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS 1.2+ with the service's certificate (the BCP 195 profile DCMTK uses by default)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from prescreen.config import Settings, get_settings
 from prescreen.integration.listener import start_listener
 from prescreen.pipeline.audit import AuditStep
+from prescreen.pipeline.backups import BackupStep
 from prescreen.pipeline.loop import Step, StepLoop
 from prescreen.pipeline.monitoring import MonitoringStep
 from prescreen.pipeline.outbox import OutboxStep
@@ -32,6 +33,8 @@ from prescreen.triage.priority import SlaTargets
 from prescreen.triage.rules import RuleSet, load_default_rules, load_rules
 
 log = logging.getLogger(__name__)
+BACKUP_POLL_SECONDS = 300.0
+"""How often the backup schedule looks whether a set is due."""
 
 
 def open_store(settings: Settings) -> Ingestor:
@@ -64,6 +67,7 @@ class Runtime:
     ingestor: Ingestor
     loops: list[StepLoop] = field(default_factory=list)
     listener: ThreadedAssociationServer | None = None
+    tls_listener: ThreadedAssociationServer | None = None
     settings: Settings | None = None
 
     @property
@@ -71,8 +75,9 @@ class Runtime:
         return self.ingestor.sessions
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.shutdown()
+        for server in (self.listener, self.tls_listener):
+            if server is not None:
+                server.shutdown()
         for loop in self.loops:
             loop.stop()
         try:
@@ -117,6 +122,8 @@ def start_runtime(
         StepLoop("outbox", [OutboxStep(runtime.sessions, blobs, settings)], settings.worker_poll_seconds)
     )
     runtime.loops.append(StepLoop("audit", [AuditStep(runtime.sessions, settings)], settings.audit_checkpoint_seconds))
+    if settings.backup_dir is not None:
+        runtime.loops.append(StepLoop("backup", [BackupStep(runtime.sessions, settings)], BACKUP_POLL_SECONDS))
     detail = {
         "listener": listen,
         "screening": screen is not None,
@@ -133,4 +140,5 @@ def start_runtime(
         loop.start()
     if listen:
         runtime.listener = start_listener(runtime.ingestor, settings)
+        runtime.tls_listener = start_listener(runtime.ingestor, settings, tls=True)
     return runtime
