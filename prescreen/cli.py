@@ -54,7 +54,7 @@ def _owner_only() -> None:
 
 # outside a terminal (pipes, CI logs) keep table rows whole instead of wrapping them at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -2,9 +2,10 @@
 one self-describing envelope.
 
 Format: ``PSE1`` ‖ key id (16 ASCII bytes) ‖ nonce (12) ‖ ciphertext ‖ tag (16). The key id
-names the data key (so that the master key can be rotated without re-encrypting data); the
-associated data (e.g. a blob's content address) is authenticated, not stored: opening an envelope
-under another associated datum fails, so a sealed file cannot be swapped for another.
+names the data key (so that the master key can be rotated without re-encrypting data) and is
+authenticated with the magic. The associated data (e.g. a blob's content address) is authenticated,
+not stored: opening an envelope under another associated datum fails, so a sealed file cannot be
+swapped for another.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def key_id_of(data: bytes) -> str:
     """
     if not is_sealed(data):
         raise KeyFileError("not an SM4-GCM envelope")
-    return data[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES].decode("ascii")
+    try:
+        return data[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES].decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError("the envelope's key id is damaged") from None
 
 
 def seal(key: bytes, key_id: str, plaintext: bytes, associated: bytes = b"") -> bytes:
@@ -52,7 +56,7 @@ def seal(key: bytes, key_id: str, plaintext: bytes, associated: bytes = b"") -> 
         raise KeyFileError(f"a key id has {KEY_ID_BYTES} characters")
     nonce = os.urandom(NONCE_BYTES)
     encryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
-    encryptor.authenticate_additional_data(associated)
+    encryptor.authenticate_additional_data(MAGIC + ident + associated)  # the header is authenticated too
     body = encryptor.update(plaintext) + encryptor.finalize()
     return MAGIC + ident + nonce + body + encryptor.tag
 
@@ -69,7 +73,7 @@ def open_sealed(key: bytes, data: bytes, associated: bytes = b"") -> bytes:
     nonce = data[len(MAGIC) + KEY_ID_BYTES : HEADER]
     body, tag = data[HEADER:-TAG_BYTES], data[-TAG_BYTES:]
     decryptor = Cipher(algorithms.SM4(key), modes.GCM(nonce, tag)).decryptor()
-    decryptor.authenticate_additional_data(associated)
+    decryptor.authenticate_additional_data(data[: len(MAGIC) + KEY_ID_BYTES] + associated)
     try:
         return decryptor.update(body) + decryptor.finalize()
     except InvalidTag:

@@ -100,6 +100,13 @@ class Keyring:
         doc: dict[str, Any] = json.loads(self.path.read_text())
         if doc.get("kek_id") != _kek_id(self._kek):  # rotated by another process since: read the new key
             self._kek = _read_master(self.master_file)
+        pending = self.master_file.with_name(self.master_file.name + ".new")
+        if doc.get("kek_id") != _kek_id(self._kek) and pending.is_file():
+            # a rotation stopped after rewriting the keyring, before moving its new key into place: finish it
+            candidate = _read_master(pending)
+            if doc.get("kek_id") == _kek_id(candidate):
+                os.replace(pending, self.master_file)
+                self._kek = candidate
         if doc.get("kek_id") != _kek_id(self._kek):
             raise KeyFileError(
                 f"the master key {self.master_file} is not the one that wrapped {self.path} "

@@ -8,7 +8,6 @@ verifies). ``gmssl`` is never used for keys: its SM2 nonce comes from Python's `
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import tempfile
 from pathlib import Path
@@ -119,25 +118,3 @@ def write_private(path: Path, content: bytes) -> None:
             os.link(temp, path)
     finally:
         os.unlink(temp)
-
-
-def service_signer(keys_dir: Path) -> Sm2Signer:
-    """The service's SM2 key pair (audit checkpoints), made once in ``keys_dir/service-sm2.pem``
-    (mode 0600) with its public key beside it in ``service-sm2.pub.pem``."""
-    path = keys_dir / "service-sm2.pem"
-    if not path.exists():
-        write_private(path, Sm2Signer.generate().private_pem())
-    try:
-        signer = Sm2Signer.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise KeyFileError(f"cannot read the service SM2 key {path}: {type(exc).__name__}") from None
-    except KeyFileError:
-        raise KeyFileError(f"{path} is not an SM2 private key") from None
-    public = keys_dir / "service-sm2.pub.pem"
-    if not public.exists() or public.read_text() != signer.public_pem():
-        public.write_text(signer.public_pem())
-    return signer
-
-
-def constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())

@@ -37,8 +37,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
-from prescreen.errors import InvalidRequestError, KeyFileError
-from prescreen.security.keyring import KEYRING_FILE, keyring_for
+from prescreen.errors import InvalidRequestError
+from prescreen.security.keyring import KEYRING_FILE, keyring_for, master_key_path
 from prescreen.security.keys import audit_signer
 from prescreen.security.sm import sm3_hex, verify_sm2
 from prescreen.store.blobs import FileBlobStore
@@ -64,16 +64,30 @@ class BackupSet:
     detail: dict[str, Any]
 
 
-def _sets(root: Path) -> list[BackupSet]:
+UNREADABLE = "unreadable"
+
+
+def _all_sets(root: Path) -> list[BackupSet]:
+    """Every set folder in ``root``, oldest first; one whose manifest does not parse is of kind
+    :data:`UNREADABLE` (reported by :func:`verify_backups`, never restored)."""
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file()) if root.is_dir() else []:
-        doc = json.loads((folder / MANIFEST).read_text())
-        found.append(BackupSet(folder.name, folder, doc["kind"], doc["created"], doc.get("parent"), doc["files"], doc))
+        try:
+            doc = json.loads((folder / MANIFEST).read_text())
+            found.append(
+                BackupSet(folder.name, folder, doc["kind"], doc["created"], doc.get("parent"), doc["files"], doc)
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            found.append(BackupSet(folder.name, folder, UNREADABLE, "", None, {}, {"error": type(exc).__name__}))
     return found
 
 
+def _sets(root: Path) -> list[BackupSet]:
+    return [s for s in _all_sets(root) if s.kind != UNREADABLE]
+
+
 def list_sets(root: Path) -> list[BackupSet]:
-    """The backup sets in ``root``, oldest first."""
+    """The readable backup sets in ``root``, oldest first."""
     return _sets(root)
 
 
@@ -157,6 +171,7 @@ def take_backup(settings: Settings, sessions: sessionmaker[Session], root: Path,
             continue
         shutil.copyfile(blobs.root / key[:2] / key[2:4] / key, folder / "blobs" / key)
         files[f"blobs/{key}"] = _hash_file(folder / "blobs" / key)
+    signer = audit_signer(settings)  # made (into the keyring) before the keyring is copied
     (folder / "keys").mkdir()
     shutil.copyfile(keyring.path, folder / "keys" / KEYRING_FILE)
     files[f"keys/{KEYRING_FILE}"] = _hash_file(folder / "keys" / KEYRING_FILE)
@@ -170,7 +185,6 @@ def take_backup(settings: Settings, sessions: sessionmaker[Session], root: Path,
     }
     body = json.dumps(doc, indent=1, sort_keys=True).encode()
     (folder / MANIFEST).write_bytes(body)
-    signer = audit_signer(settings)
     (folder / SIGNATURE).write_bytes(signer.sign(body))
     (folder / "service-sm2.pub.pem").write_text(signer.public_pem())
     for path in folder.rglob("*"):
@@ -192,9 +206,11 @@ def verify_backups(root: Path) -> tuple[int, list[Problem]]:
     and chains. Returns the number of files checked and the problems found."""
     problems: list[Problem] = []
     checked = 0
-    sets = _sets(root)
-    if not sets:
+    every = _all_sets(root)
+    if not every:
         return 0, [Problem(str(root), "no backup set here")]
+    problems += [Problem(s.name, "its manifest.json does not parse") for s in every if s.kind == UNREADABLE]
+    sets = _sets(root)
     for item in sets:
         body = (item.path / MANIFEST).read_bytes()
         public = (
@@ -240,17 +256,32 @@ def restore(settings: Settings, root: Path, at: datetime | None = None) -> Backu
     home = settings.home
     if home.exists() and any(home.iterdir()):
         raise InvalidRequestError(f"{home} is not empty: restore into an empty home")
+    master = master_key_path(settings)
+    if not master.is_file():
+        raise InvalidRequestError(
+            f"no master key at {master}: point PRESCREEN_MASTER_KEY_FILE at the one of the backup"
+        )
+    url = database_url(settings)
+    kind = "sqlite" if url.startswith("sqlite") else "postgresql"
+    if last.detail.get("database_url_kind", kind) != kind:
+        raise InvalidRequestError(
+            f"backup set {last.name} holds a {last.detail['database_url_kind']} database; this home uses {kind}"
+        )
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        _restore_into(settings, home, url, last, chain)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)  # never a half home: the next restore starts clean
+        raise
+    return last
+
+
+def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, chain: list[BackupSet]) -> None:
     keys = home / "keys"
     keys.mkdir(mode=0o700)
     shutil.copyfile(last.path / "keys" / KEYRING_FILE, keys / KEYRING_FILE)
-    try:
-        keyring = keyring_for(settings)
-        snapshot = keyring.open((last.path / DATABASE).read_bytes(), DB_AAD)
-    except KeyFileError:
-        shutil.rmtree(home)
-        raise
-    url = database_url(settings)
+    keyring = keyring_for(settings)
+    snapshot = keyring.open((last.path / DATABASE).read_bytes(), DB_AAD)
     if url.startswith("sqlite"):
         target = Path(make_url(url).database or home / "prescreen.db")
         target.write_bytes(snapshot)
@@ -270,4 +301,3 @@ def restore(settings: Settings, root: Path, at: datetime | None = None) -> Backu
             if name.startswith("blobs/"):
                 key = name.split("/", 1)[1]
                 blobs.put_as(key, (member.path / name).read_bytes())
-    return last

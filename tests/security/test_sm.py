@@ -20,9 +20,7 @@ from prescreen.errors import KeyFileError
 from prescreen.security.sm import (
     SM2_USER_ID,
     Sm2Signer,
-    constant_time_equal,
     hmac_sm3_hex,
-    service_signer,
     sm3,
     sm3_hex,
     verify_sm2,
@@ -175,12 +173,6 @@ def test_from_pem_refuses_a_key_of_another_curve() -> None:
         Sm2Signer.from_pem(_p256_private_pem())
 
 
-def test_service_signer_refuses_a_key_of_another_curve(tmp_path: Path) -> None:
-    (tmp_path / "service-sm2.pem").write_bytes(_p256_private_pem())
-    with pytest.raises(KeyFileError):
-        service_signer(tmp_path)
-
-
 def _openssl_verify(
     tmp_path: Path, public_pem: str, message: bytes, signature: bytes
 ) -> subprocess.CompletedProcess[str]:
@@ -229,38 +221,6 @@ def test_openssl_refuses_another_signer_id(signer: Sm2Signer, tmp_path: Path) ->
     assert other.returncode != 0
 
 
-def test_service_signer_makes_the_key_once_owner_only(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    first = service_signer(keys)
-    private = keys / "service-sm2.pem"
-    public = keys / "service-sm2.pub.pem"
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert stat.S_IMODE(keys.stat().st_mode) & 0o077 == 0
-    assert public.read_text() == first.public_pem()
-    content = private.read_bytes()
-    mtime = private.stat().st_mtime_ns
-    second = service_signer(keys)
-    assert second.public_pem() == first.public_pem()
-    assert second.private_pem() == first.private_pem()
-    assert private.read_bytes() == content
-    assert private.stat().st_mtime_ns == mtime
-    assert verify_sm2(first.public_pem(), b"m", second.sign(b"m"))
-    assert [p.name for p in sorted(keys.iterdir())] == ["service-sm2.pem", "service-sm2.pub.pem"]  # no temp left
-
-
-def test_service_signer_rewrites_a_wrong_public_key_file(tmp_path: Path) -> None:
-    signer = service_signer(tmp_path)
-    (tmp_path / "service-sm2.pub.pem").write_text("tampered")
-    assert service_signer(tmp_path).public_pem() == signer.public_pem()
-    assert (tmp_path / "service-sm2.pub.pem").read_text() == signer.public_pem()
-
-
-def test_service_signer_refuses_a_corrupt_key(tmp_path: Path) -> None:
-    (tmp_path / "service-sm2.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
-    with pytest.raises(KeyFileError, match=r"service-sm2\.pem"):
-        service_signer(tmp_path)
-
-
 def test_write_private_keeps_the_first_writer(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "secret"
     write_private(path, b"first")
@@ -268,12 +228,6 @@ def test_write_private_keeps_the_first_writer(tmp_path: Path) -> None:
     assert path.read_bytes() == b"first"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(path.parent) == ["secret"]
-
-
-def test_constant_time_equal() -> None:
-    assert constant_time_equal("abc", "abc")
-    assert not constant_time_equal("abc", "abd")
-    assert constant_time_equal("张三", "张三")
 
 
 def test_signature_base64_round_trip(signer: Sm2Signer) -> None:
