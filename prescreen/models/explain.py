@@ -7,6 +7,7 @@ explains itself without torch.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -50,8 +51,8 @@ def occlusion_map(model: OnnxModel, frame: FloatArray, patches_per_side: int = 8
     return (heat / np.maximum(count, 1)).astype(np.float32)
 
 
-def save_overlay(frame: FloatArray, heat: FloatArray, path: Path, title: str) -> None:
-    """Write the frame with the positive part of ``heat`` over it as a PNG at ``path``."""
+def overlay_png(frame: FloatArray, heat: FloatArray, title: str) -> bytes:
+    """The frame with the positive part of ``heat`` over it, as PNG bytes."""
     positive = np.clip(heat, 0, None)
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.imshow(frame, cmap="gray")
@@ -61,7 +62,14 @@ def save_overlay(frame: FloatArray, heat: FloatArray, path: Path, title: str) ->
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
     plt.close(fig)
+    return out.getvalue()
+
+
+def save_overlay(frame: FloatArray, heat: FloatArray, path: Path, title: str) -> None:
+    """Write :func:`overlay_png` at ``path`` (whole or not at all)."""
+    tmp = path.with_suffix(".tmp.png")
+    tmp.write_bytes(overlay_png(frame, heat, title))
     tmp.replace(path)

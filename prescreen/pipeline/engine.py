@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import re
@@ -30,11 +31,12 @@ from prescreen.errors import (
     UnknownTaskError,
     UnsupportedStudyError,
 )
-from prescreen.models.explain import occlusion_map, save_overlay
+from prescreen.models.explain import occlusion_map, overlay_png
 from prescreen.models.model_store import ModelStore
 from prescreen.models.onnx_model import FloatArray, OnnxModel
 from prescreen.models.routing import route_task
 from prescreen.models.task import task_names
+from prescreen.security.keyring import keyring_for
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
 log = logging.getLogger(__name__)
@@ -224,7 +226,11 @@ class ScreeningEngine:
         self.explanations_dir.mkdir(parents=True, exist_ok=True)
         self._expire_explanations()
         name = uuid.uuid4().hex
-        np.save(self.explanations_dir / f"{name}.npy", frame)
+        buffer = io.BytesIO()
+        np.save(buffer, frame)
+        # the model input is a patient image: sealed at rest like every blob (SM4-GCM, the name as AAD)
+        sealed = keyring_for(get_settings()).seal(buffer.getvalue(), name.encode())
+        (self.explanations_dir / f"{name}.npy.sm4").write_bytes(sealed)
         title = f"{result.task}: {result.label} (score {result.score:.2f})"
         (self.explanations_dir / f"{name}.json").write_text(json.dumps({"task": result.task, "title": title}))
         return name
@@ -240,8 +246,9 @@ class ScreeningEngine:
             except FileNotFoundError:
                 continue
 
-    def explanation_png(self, name: str) -> Path:
-        """The overlay PNG of a flagged image, drawn on first request (occlusion sensitivity).
+    def explanation_png(self, name: str) -> bytes:
+        """The overlay PNG of a flagged image, drawn on first request (occlusion sensitivity) and kept
+        sealed (SM4-GCM) until it expires.
 
         Raises:
             ExplanationNotFoundError: no such explanation.
@@ -249,13 +256,18 @@ class ScreeningEngine:
         folder = self.explanations_dir
         if folder is None or not EXPLANATION_ID.fullmatch(name) or not (folder / f"{name}.json").is_file():
             raise ExplanationNotFoundError(f"no explanation {name!r}")
-        png = folder / f"{name}.png"
-        if not png.is_file():
-            meta = json.loads((folder / f"{name}.json").read_text())
-            model = self.models.get(meta["task"])
-            if model is None:
-                raise ExplanationNotFoundError(f"the model of explanation {name!r} is no longer loaded")
-            frame = np.load(folder / f"{name}.npy")
-            with self._lock:
-                save_overlay(frame, occlusion_map(model, frame), png, meta["title"])
-        return png
+        keyring = keyring_for(get_settings())
+        png = folder / f"{name}.png.sm4"
+        if png.is_file():
+            return keyring.open(png.read_bytes(), f"{name}.png".encode())
+        meta = json.loads((folder / f"{name}.json").read_text())
+        model = self.models.get(meta["task"])
+        if model is None:
+            raise ExplanationNotFoundError(f"the model of explanation {name!r} is no longer loaded")
+        frame = np.load(io.BytesIO(keyring.open((folder / f"{name}.npy.sm4").read_bytes(), name.encode())))
+        with self._lock:
+            drawn = overlay_png(frame, occlusion_map(model, frame), meta["title"])
+        temp = png.with_suffix(".tmp")
+        temp.write_bytes(keyring.seal(drawn, f"{name}.png".encode()))
+        temp.replace(png)
+        return drawn

@@ -6,7 +6,7 @@ import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prescreen.config import get_settings
@@ -74,9 +74,10 @@ def screen(
 
 
 @screen_router.get("/explanations/{name}.png", dependencies=needs(Permission.SCREEN))
-def explanation(engine: EngineDep, name: str) -> FileResponse:
+def explanation(engine: EngineDep, name: str) -> Response:
     """The occlusion-sensitivity overlay PNG named in a screening response (drawn on first request)."""
-    return FileResponse(engine.explanation_png(name), media_type="image/png")
+    png = engine.explanation_png(name)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 @models_router.get("/models", dependencies=needs(Permission.MODELS_READ))

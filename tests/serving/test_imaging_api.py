@@ -87,7 +87,12 @@ def test_explanation_for_flagged_image(image_models: dict[str, StoredModel], tmp
     result = engine.screen({"c.png": png_bytes(blob_image(64, 1, np.random.default_rng(2)))}, "chest-xray")
     assert result.flagged and result.explanation_url
     client = TestClient(create_app(engine))
-    assert client.get(result.explanation_url).status_code == 200
+    first = client.get(result.explanation_url)
+    assert first.status_code == 200 and first.content.startswith(b"\x89PNG")
+    assert client.get(result.explanation_url).content == first.content  # the sealed overlay, kept
+    kept = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "ex").iterdir())
+    assert kept == ["json", "npy.sm4", "png.sm4"]  # the patient image and its overlay are sealed at rest
+    assert all(b"\x89PNG" not in p.read_bytes() and b"NUMPY" not in p.read_bytes() for p in (tmp_path / "ex").iterdir())
     escape = client.get("/v1/explanations/../../etc/passwd.png")  # normalised to /etc/passwd.png: no route
     assert (escape.status_code, escape.json()) == (404, {"error": "not_found", "detail": "Not Found"})
     unknown = client.get("/v1/explanations/" + "0" * 32 + ".png")

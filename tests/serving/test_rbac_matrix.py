@@ -157,7 +157,7 @@ class StartedWithoutModels:
     def screen(self, files: Any, task: Any, max_seconds: Any = None) -> Any:
         raise UnknownTaskError("no model in this test")
 
-    def explanation_png(self, name: str) -> Path:
+    def explanation_png(self, name: str) -> bytes:
         raise ExplanationNotFoundError(f"no explanation {name!r}")
 
     def shadow_tag(self, task: str) -> None:
