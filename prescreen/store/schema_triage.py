@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prescreen.store.schema import Base, _now, _uuid
+from prescreen.store.sealed_type import SealedText
 
 
 class User(Base):
@@ -42,7 +43,8 @@ class User(Base):
     roles: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     #: the institutions whose studies a reader sees; empty: all (a central hospital)
     institutions: Mapped[list[str] | None] = mapped_column(JSON, default=list)
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: sealed at rest (SM4-GCM), like the patient columns
+    totp_secret: Mapped[str | None] = mapped_column(SealedText())
     #: set once the user confirmed a first code: from then on the second factor is required
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: the time step of the last code spent for a step-up (or enrolment), and for a sign-in: a code is

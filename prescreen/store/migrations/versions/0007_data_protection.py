@@ -1,4 +1,4 @@
-"""data protection: patient columns hold SM4-GCM envelopes (text), report signatures carry their SM2
+"""data protection: patient columns and TOTP secrets hold SM4-GCM envelopes (text), report signatures carry their SM2
 signature and the exact bytes signed, physicians' SM2 keys
 
 Revision ID: 0007
@@ -23,6 +23,8 @@ def upgrade() -> None:
         batch_op.alter_column(
             'patient_name', type_=sa.Text(), existing_type=sa.String(length=128), existing_nullable=True
         )
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.alter_column('totp_secret', type_=sa.Text(), existing_type=sa.String(length=64), existing_nullable=True)
     with op.batch_alter_table('signatures', schema=None) as batch_op:
         batch_op.add_column(sa.Column('canonical', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('sm2_signature', sa.Text(), nullable=True))
@@ -43,6 +45,8 @@ def downgrade() -> None:
         batch_op.drop_column('key_id')
         batch_op.drop_column('sm2_signature')
         batch_op.drop_column('canonical')
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.alter_column('totp_secret', type_=sa.String(length=64), existing_type=sa.Text())
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.alter_column('patient_name', type_=sa.String(length=128), existing_type=sa.Text())
         batch_op.alter_column('patient_id', type_=sa.String(length=64), existing_type=sa.Text())
