@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     dicom_tls_port: int = Field(
         0, ge=0, description="Port of the DICOM TLS listener (convention 2762; needs PRESCREEN_TLS_CERT/KEY); 0: off"
     )
+    dicom_tls_ca: Path | None = Field(
+        None, description="CA certificates (PEM) that DICOM TLS destinations (tls:AE@host:port) are checked against"
+    )
     dicom_allowed_aes: CommaList = Field(
         default_factory=list, description="Calling AE titles allowed to associate; empty allows all"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from prescreen.config import get_settings
 from prescreen.errors import DeliveryError, InvalidDestinationError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class DicomDestination:
     ae_title: str
     host: str
     port: int
+    #: DICOM TLS (``tls:AE@host:port``; the server's certificate checked against the system's CAs and
+    #: ``PRESCREEN_DICOM_TLS_CA``)
+    tls: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "called AE title"))
@@ -74,7 +79,8 @@ class DicomDestination:
 
     @classmethod
     def parse(cls, text: str) -> DicomDestination:
-        """Parse ``AE@host:port`` (an IPv6 host in brackets: ``AE@[::1]:104``).
+        """Parse ``AE@host:port`` (an IPv6 host in brackets: ``AE@[::1]:104``), or ``tls:AE@host:port``
+        for DICOM TLS (port 2762 by convention).
 
         Args:
             text: the destination.
@@ -85,8 +91,12 @@ class DicomDestination:
         Raises:
             InvalidDestinationError: when text is not of that form, or a part is not valid.
         """
-        form = "expected AE@host:port, e.g. PACS@pacs.example.org:104"
-        ae_title, at, address = text.strip().rpartition("@")
+        form = "expected AE@host:port (or tls:AE@host:port), e.g. PACS@pacs.example.org:104"
+        text = text.strip()
+        tls = text.lower().startswith("tls:")
+        if tls:
+            text = text[4:]
+        ae_title, at, address = text.rpartition("@")
         if not at or not ae_title:
             raise InvalidDestinationError(f"DICOM destination {text!r}: {form}")
         if address.startswith("["):
@@ -100,11 +110,22 @@ class DicomDestination:
                 raise InvalidDestinationError(f"DICOM destination {text!r}: {form}")
         if not (port_text.isascii() and port_text.isdigit()):
             raise InvalidDestinationError(f"DICOM destination {text!r}: port {port_text!r} is not a number")
-        return cls(ae_title=ae_title, host=host, port=int(port_text))
+        return cls(ae_title=ae_title, host=host, port=int(port_text), tls=tls)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}"
+        return f"{'tls:' if self.tls else ''}{self.ae_title}@{host}:{self.port}"
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """TLS 1.2+ checking the server's certificate and name against the system's CAs and
+    ``PRESCREEN_DICOM_TLS_CA`` (a PEM file of the hospital's CA, or of a self-signed server)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    ca = get_settings().dicom_tls_ca
+    if ca is not None:
+        context.load_verify_locations(cafile=str(ca))
+    return context
 
 
 def c_store(
@@ -195,8 +216,11 @@ def _send(
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
+    tls_args = (client_tls_context(), destination.host) if destination.tls else None
     try:
-        assoc = ae.associate(destination.host, destination.port, contexts=contexts, ae_title=destination.ae_title)
+        assoc = ae.associate(
+            destination.host, destination.port, contexts=contexts, ae_title=destination.ae_title, tls_args=tls_args
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         raise DeliveryError(f"cannot associate with {destination}: {exc}") from exc
     if not assoc.is_established:

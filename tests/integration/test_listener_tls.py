@@ -100,3 +100,36 @@ def test_storescu_over_tls_stores_and_plain_fails(tmp_path: Path) -> None:
 def test_no_tls_listener_without_a_certificate(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", dicom_tls_port=free_port())
     assert start_listener(open_store(settings), settings, host=HOST, tls=True) is None
+
+
+def test_a_tls_destination_sends_over_tls_and_checks_the_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prescreen.config import get_settings
+    from prescreen.errors import DeliveryError
+    from prescreen.integration.dicom_send import DicomDestination, c_store
+
+    key, crt = certificate(tmp_path, "server")
+    settings = Settings(
+        home=tmp_path / "home",
+        dicom_ae_title=AE_TITLE,
+        dicom_tls_port=free_port(),
+        tls_cert=crt,
+        tls_key=key,
+        anonymous_permissions=["ingest"],
+    )
+    ingestor = open_store(settings)
+    server = start_listener(ingestor, settings, host=HOST, tls=True)
+    assert server is not None
+    destination = DicomDestination.parse(f"tls:{AE_TITLE}@{HOST}:{settings.dicom_tls_port}")
+    assert destination.tls and str(destination).startswith("tls:")
+    try:
+        with pytest.raises(DeliveryError):  # a self-signed certificate nobody vouched for is refused
+            c_store([synthetic()], destination, calling_ae="SENDER", timeout=10)
+        monkeypatch.setenv("PRESCREEN_DICOM_TLS_CA", str(crt))
+        get_settings.cache_clear()
+        c_store([synthetic()], destination, calling_ae="SENDER", timeout=10)
+        with ingestor.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 1
+    finally:
+        server.shutdown()
