@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -201,25 +201,10 @@ def canonical_detail(detail: Mapping[str, Any]) -> str:
 
 
 def canonical(record: AuditRecord) -> bytes:
-    """The bytes a record's hash covers: every field except the hash, as a JSON array."""
-    fields = [
-        record.seq,
-        record.at,
-        record.event,
-        record.event_id,
-        record.event_type,
-        record.action,
-        record.outcome,
-        record.actor_kind,
-        record.actor,
-        record.address,
-        record.study_uid,
-        record.patient_hash,
-        record.object_id,
-        record.detail,
-        record.prev_hash,
-    ]
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a record's hash covers: every field except the hash, in declaration order, as a JSON
+    array (a field added to :class:`AuditRecord` is covered without another line here)."""
+    covered = [getattr(record, f.name) for f in fields(record) if f.name != "hash"]
+    return json.dumps(covered, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def chain_hash(record: AuditRecord) -> str:
