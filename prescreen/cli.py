@@ -940,12 +940,12 @@ def audit_export(
     """Write the trail as RFC 5424 syslog lines carrying DICOM audit messages (XML); the export is audited."""
     from datetime import datetime
 
-    from prescreen.security.audit import AuditEntry, AuditEvent
+    from prescreen.security.audit import AuditEntry, AuditEvent, timestamp
     from prescreen.security.syslog import syslog_line
-    from prescreen.store.audit import iter_records, record_now, timestamp_of
+    from prescreen.store.audit import iter_records, record_now
 
     store = _store()
-    floor = timestamp_of(datetime.fromisoformat(since)) if since else None
+    floor = timestamp(datetime.fromisoformat(since)) if since else None
     count = 0
     with store.sessions() as session, out.open("w", encoding="utf-8") as handle:
         for rec in iter_records(session):

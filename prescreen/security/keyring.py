@@ -225,9 +225,6 @@ class Keyring:
         """Whether ``key_id`` is one of this keyring's data keys (as last read)."""
         return key_id in self._doc["data_keys"]
 
-    def has_secret(self, name: str) -> bool:
-        return name in self._doc["secrets"] or name in self._read()["secrets"]
-
     # -- rotation and status ---------------------------------------------------------------
 
     def rotate(self) -> str:

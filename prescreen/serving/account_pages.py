@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -16,6 +17,7 @@ from prescreen.errors import ConflictError, NotAuthenticatedError, PrescreenErro
 from prescreen.security import totp
 from prescreen.security.audit import AuditEvent
 from prescreen.security.keys import patient_pseudonym
+from prescreen.serving.audit import run_search
 from prescreen.serving.auth import (
     Permission,
     actor_of,
@@ -125,8 +127,6 @@ def _moment(value: str | None) -> datetime | None:
     except ValueError:
         return None
     if moment.tzinfo is None:  # the form's datetime-local is the hospital's time
-        from zoneinfo import ZoneInfo
-
         moment = moment.replace(tzinfo=ZoneInfo(get_settings().timezone))
     return moment.astimezone(UTC)
 
@@ -157,8 +157,6 @@ def audit_page(
         until=_moment(until),
         limit=200,
     )
-    from prescreen.serving.audit import run_search
-
     try:
         records, total = run_search(get_ingestor(request), request, user, query)
     except PrescreenError as exc:

@@ -31,7 +31,7 @@ from fastapi.security import OAuth2PasswordBearer
 from prescreen.config import Settings, get_settings
 from prescreen.errors import ForbiddenError, NotAuthenticatedError, StepUpRequiredError
 from prescreen.security.audit import Actor, ActorKind
-from prescreen.security.roles import Permission, Role
+from prescreen.security.roles import Permission
 from prescreen.security.sm import write_private
 from prescreen.store.auth_sessions import check_session
 from prescreen.store.clients import authenticate_client, is_client_key
@@ -43,10 +43,6 @@ SESSION_COOKIE = "prescreen_session"
 ALGORITHM = "HS256"
 ENROL_ONLY = "enrol"
 """The scope of a token that may only enrol a second factor."""
-
-
-def permissions_of(user: Principal) -> frozenset[Permission]:
-    return user.permissions
 
 
 def secret_key(settings: Settings) -> str:
@@ -243,10 +239,6 @@ signed_in.permission = Permission.HEALTH  # type: ignore[attr-defined]
 def needs(permission: Permission) -> list[Any]:
     """``dependencies=needs(...)`` for a route that does not use the caller otherwise."""
     return [Depends(require(permission))]
-
-
-def is_reader(user: Principal) -> bool:
-    return Role.READER in user.roles
 
 
 Reader = Annotated[Principal, Depends(require_user(Permission.WORKLISTS_READ))]

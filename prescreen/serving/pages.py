@@ -61,7 +61,6 @@ from prescreen.serving.auth import (
     actor_of,
     caller,
     issue_token,
-    permissions_of,
     second_factor_fresh,
 )
 from prescreen.serving.deps import claim_lease, get_ingestor, get_targets
@@ -181,7 +180,7 @@ def page_user(permission: Permission) -> Callable[[Request], Principal | None]:
             user = caller(request, None)  # the cookie only: pages never take a bearer token
         except NotAuthenticatedError:  # expired, forged, or the user is gone
             return None
-        if user is not None and permission not in permissions_of(user):
+        if user is not None and not user.can(permission):
             raise ForbiddenError(f"your role does not allow {permission.value}")
         return user
 

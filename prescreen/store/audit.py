@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import get_settings
@@ -38,7 +38,6 @@ from prescreen.store.schema_security import AuditCheckpoint, AuditHead
 from prescreen.store.schema_security import AuditEvent as AuditRow
 
 MIN_RETENTION_DAYS = 180
-timestamp_of = timestamp
 _BATCH = 5000
 
 
@@ -86,13 +85,9 @@ def _as_record(row: AuditRow) -> AuditRecord:
 def iter_records(session: Session) -> Iterator[AuditRecord]:
     """Every record in ``seq`` order, read in batches."""
     after = 0
-    while True:
-        rows = session.scalars(select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(_BATCH)).all()
-        if not rows:
-            return
-        for row in rows:
-            yield _as_record(row)
-        after = rows[-1].seq
+    while batch := records_after(session, after, _BATCH):
+        yield from batch
+        after = batch[-1].seq
 
 
 def checkpoints(session: Session) -> list[Checkpoint]:
@@ -147,8 +142,6 @@ class AuditQuery:
 
 def search(session: Session, query: AuditQuery) -> tuple[list[AuditRecord], int]:
     """Records matching ``query``, newest first, and how many match in all."""
-    from sqlalchemy import func
-
     where = []
     if query.actor:
         where.append(AuditRow.actor == query.actor)

@@ -98,13 +98,10 @@ def seal_existing(ingestor: Any) -> tuple[int, int]:
 
 
 def _raw_patient_columns(session: Any, ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
-    """The stored (not decrypted) patient columns of these studies."""
-    from sqlalchemy import text
+    """The stored (not decrypted) patient columns of these studies, in one query."""
+    from sqlalchemy import bindparam, text
 
-    found: dict[str, tuple[str | None, str | None]] = {}
-    for study_id in ids:
-        row = session.execute(
-            text("select patient_name, patient_id from studies where id = :id"), {"id": study_id}
-        ).one()
-        found[study_id] = (row[0], row[1])
-    return found
+    query = text("select id, patient_name, patient_id from studies where id in :ids").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    return {row[0]: (row[1], row[2]) for row in session.execute(query, {"ids": ids})}

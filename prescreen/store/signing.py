@@ -36,10 +36,6 @@ def _aad(user_id: str) -> bytes:
     return f"prescreen-sm2:{user_id}".encode()
 
 
-def public_key(session: Session, user_id: str) -> SigningKey | None:
-    return session.get(SigningKey, user_id)
-
-
 def signer_of(session: Session, keyring: Keyring, user_id: str) -> tuple[Sm2Signer, SigningKey]:
     """The user's SM2 key pair, made on first use (call only inside the user's own sign action)."""
     row = session.get(SigningKey, user_id, with_for_update=True)
@@ -194,7 +190,7 @@ def _check(session: Session, item_id: str, version: int, sig: Signature, expecte
     signed = base64.b64decode(sig.canonical)
     if not verify_sm2(key.public_pem, signed, base64.b64decode(sig.sm2_signature)):
         return SignatureCheck(item_id, version, who, False, "the SM2 signature does not verify")
-    if sig.kind and signed != expected and _is_current(session, sig):
+    if signed != expected and _is_current(session, sig):
         return SignatureCheck(item_id, version, who, False, "the report was changed after it was signed")
     return SignatureCheck(item_id, version, who, True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -98,8 +98,6 @@ class Principal:
         return not self.institutions or institution in self.institutions
 
     def with_session(self, session_id: str | None, mfa_at: datetime | None) -> Principal:
-        from dataclasses import replace
-
         return replace(self, session_id=session_id, mfa_at=mfa_at)
 
 
