@@ -111,6 +111,9 @@ def train(
 
     t = get_task(task)
     folder = _data_path(t.default_data, data)
+    if t.analyse is not None:
+        _train_holter(folder, out, seed=seed, epochs=epochs, folds=folds or 5)
+        return
     overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size}.items() if v is not None}
     cfg = RunConfig(
         task=task,
@@ -143,6 +146,15 @@ def train(
     console.print(f"next: prescreen export {result.run_dir}")
 
 
+def _train_holter(folder: Path, out: Path, *, seed: int, epochs: int | None, folds: int) -> None:
+    """``prescreen train holter``: the beat network, cross-validated by record, exported with its card."""
+    from prescreen.training.holter import train_holter
+
+    result = train_holter(folder, out, seed=seed, epochs=epochs, folds=folds, progress=True)
+    console.print(f"trained holter: {result.summary_line()} → {out}")
+    console.print(f"next: prescreen evaluate holter --model {out} --data <records it was not trained on>")
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -172,6 +184,9 @@ def evaluate(
 
     t = get_task(task)
     folder = _data_path(t.default_data, data)
+    if t.analyse is not None:
+        _evaluate_holter(t, folder, model, json_out, report, resamples)
+        return
     dataset = t.load_dataset(folder, get_settings().cache_dir, True, "eval")
     predictor = resolve_model(t, model, ModelStore())
     probs = predictor.predict(dataset.signals)
@@ -200,6 +215,32 @@ def evaluate(
     _print_evaluation(doc)
 
 
+def _evaluate_holter(
+    t: Any, folder: Path, model: str | None, json_out: Path | None, report: Path | None, resamples: int | None
+) -> None:
+    """``prescreen evaluate holter``: AAMI EC57 beat, QRS and event figures, CIs resampled by record."""
+    import json
+
+    from prescreen.evaluation.holter import evaluate_holter, write_holter_report
+    from prescreen.models.model_store import ModelStore
+    from prescreen.training.resolve import resolve_onnx
+
+    onnx, _tag = resolve_onnx(t, model, ModelStore())
+    doc = evaluate_holter(
+        folder, onnx.predict_windows, resamples=resamples or get_settings().bootstrap_resamples, progress=True
+    )
+    doc["model"] = {"name": onnx.card.name, "version": onnx.card.version, "sha256": onnx.card.onnx.get("sha256")}
+    if doc["dataset"].get("digest") and doc["dataset"]["digest"] == onnx.card.training.get("data_digest"):
+        doc["note"] = "these records are the model's training data: the figures are not an accuracy"
+        err.print(f"[yellow]warning:[/yellow] {doc['note']}", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2))
+    if report is not None:
+        write_holter_report(report, doc)
+    _print_evaluation(doc)
+
+
 def _print_evaluation(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -210,7 +251,7 @@ def _print_evaluation(doc: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     table.add_column("95 % CI", justify="right")
     for key, v in doc["metrics"].items():
-        table.add_row(METRIC_LABELS[key], fmt(v["value"]), f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
+        table.add_row(METRIC_LABELS.get(key, key), fmt(v["value"]), f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
     console.print(table)
     tg = doc["target"]
     console.print(f"target {tg['metric']} >= {tg['threshold']}: {'met' if tg['met'] else 'NOT met'}")

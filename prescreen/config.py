@@ -129,6 +129,21 @@ class Settings(BaseSettings):
     max_instances_per_study: int = Field(
         32, ge=1, description="Most instances screened per series; beyond it an evenly spaced sample, said so"
     )
+    holter_min_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="An ECG record at least this long is an ambulatory (Holter) recording and goes to the "
+        "holter task; shorter strips go to ecg-rhythm",
+    )
+    max_screen_holter_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest ambulatory record /v1/screen analyses in the request (413 above); longer ones go to "
+        "the queue through /v1/studies",
+    )
+    max_holter_bytes: int = Field(
+        400 * 1024 * 1024, gt=0, description="Largest ambulatory record (all its signal files) the holter task reads"
+    )
     max_screen_record_seconds: float = Field(
         300.0,
         gt=0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class StudyStatus(StrEnum):
@@ -228,6 +229,8 @@ class Finding:
         shadow: made by a shadow (candidate) model: stored beside the active model's finding,
             never routed or reported.
         seconds: how long the screening took (model inference of the series), when measured.
+        summary: what a whole-record analysis found (``holter``: beat counts, heart rate, events),
+            JSON-serialisable; ``None`` for the other tasks.
     """
 
     task: str
@@ -247,6 +250,7 @@ class Finding:
     operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
     shadow: bool = False
     seconds: float | None = None
+    summary: dict[str, Any] | None = None
 
     @property
     def sampled(self) -> bool:
@@ -280,6 +284,14 @@ class FileKind(StrEnum):
     DICOM_WAVEFORM = "dicom-waveform"
     DICOM_IMAGE = "dicom-image"
     RASTER = "raster"
+
+
+class RecordLength(StrEnum):
+    """Short strips (rhythm screening) and long ambulatory recordings (Holter) go to different
+    tasks; the border is ``PRESCREEN_HOLTER_MIN_SECONDS``."""
+
+    SHORT = "short"
+    LONG = "long"
 
 
 @dataclass(frozen=True)

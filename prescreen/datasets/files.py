@@ -133,6 +133,23 @@ class StudyFiles(Mapping[str, bytes]):
             )
         return self._headers[name]
 
+    def duration_s(self, name: str) -> float | None:
+        """How long the ECG record of file ``name`` (a WFDB header or a DICOM waveform) lasts, from
+        its header alone; ``None`` when the header does not say (the reader judges the file)."""
+        data = self._files[name]
+        if name.lower().endswith(".hea"):
+            return wfdb_header_duration(data)
+        if looks_dicom(name, data):
+            try:
+                waveform = self.dataset(name).get("WaveformSequence")
+                first = waveform[0] if waveform else None
+                samples = float(first.NumberOfWaveformSamples) if first is not None else 0.0
+                rate = float(first.SamplingFrequency) if first is not None else 0.0
+            except Exception:  # a malformed waveform header: the reader says what is wrong
+                return None
+            return samples / rate if samples > 0 and rate > 0 else None
+        return None
+
     def kind(self, name: str) -> FileKind | None:
         """What kind of file ``name`` is, or ``None`` for a WFDB signal file or an unknown one."""
         data = self._files[name]
@@ -144,6 +161,25 @@ class StudyFiles(Mapping[str, bytes]):
         if looks_raster(name, data):
             return FileKind.RASTER
         return None
+
+
+def wfdb_header_duration(header: bytes) -> float | None:
+    """Seconds of a WFDB record from its header's record line (``name nsig fs[/counter] nsamples``);
+    ``None`` when the line lacks the rate or the length."""
+    for raw in header.decode("ascii", errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 4:
+            return None
+        try:
+            rate = float(fields[2].split("/", 1)[0].split("(", 1)[0])
+            samples = float(fields[3])
+        except ValueError:
+            return None
+        return samples / rate if rate > 0 and samples > 0 else None
+    return None
 
 
 def study_files(files: Mapping[str, bytes]) -> StudyFiles:

@@ -60,11 +60,14 @@ def _check_record_line(header: Path) -> None:
             raise InvalidStudyError(f"WFDB header {header.name}: the {field} must be a non-negative number")
 
 
-def read_wfdb(record_path: str | Path) -> EcgRecord:
-    """Read a WFDB record given its path without extension.
+def read_wfdb(record_path: str | Path, start_s: float = 0.0, seconds: float | None = None) -> EcgRecord:
+    """Read a WFDB record given its path without extension, whole or a window of it.
 
     Args:
         record_path: path to the record, e.g. ``data/cinc2017/A00001``.
+        start_s: where the window starts (seconds from the record's start).
+        seconds: how long the window is (``None``: to the end); only the window is decoded, so a
+            strip of a 24-hour record costs what the strip does.
 
     Raises:
         InvalidStudyError: the header or its signal files are missing, truncated, disagree
@@ -90,14 +93,20 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
         if not (path.parent / fname).is_file():
             raise InvalidStudyError(f"WFDB header {header.name} refers to {fname}, which is missing")
     _check_signal_file_sizes(path.parent, head)
+    sampfrom, sampto = _window(head, start_s, seconds)
     try:
-        rec = wfdb.rdrecord(str(path), physical=True)
+        rec = wfdb.rdrecord(str(path), physical=True, sampfrom=sampfrom, sampto=sampto)
     except Exception as exc:
         raise InvalidStudyError(f"WFDB record {path.name} cannot be decoded ({type(exc).__name__})") from exc
     sig = rec.p_signal
     if sig is None:
         raise InvalidStudyError(f"WFDB record {path.name} holds no signal")
-    if head.sig_len and sig.shape[0] != head.sig_len:
+    if sampto is not None:
+        if sig.shape[0] != sampto - sampfrom:
+            raise InvalidStudyError(
+                f"WFDB record {path.name}: the window holds {sig.shape[0]} samples, not {sampto - sampfrom}"
+            )
+    elif head.sig_len and sig.shape[0] != head.sig_len:
         raise InvalidStudyError(
             f"WFDB record {path.name}: header declares {head.sig_len} samples, data holds {sig.shape[0]}"
         )
@@ -116,6 +125,18 @@ def read_wfdb(record_path: str | Path) -> EcgRecord:
         lead_names=names,
         source={"format": "wfdb", "record": path.name, "fmt": list(head.fmt or [])},
     )
+
+
+def _window(head: Any, start_s: float, seconds: float | None) -> tuple[int, int | None]:
+    """Sample bounds of a window of the record (``sampto`` ``None``: the whole record)."""
+    if start_s == 0.0 and seconds is None:
+        return 0, None
+    if not head.sig_len:
+        raise InvalidStudyError("a window of a WFDB record needs the record length in its header")
+    fs = float(head.fs)
+    start = min(max(0, round(start_s * fs)), int(head.sig_len) - 1)
+    stop = int(head.sig_len) if seconds is None else min(int(head.sig_len), start + max(1, round(seconds * fs)))
+    return start, stop
 
 
 def _check_signal_file_sizes(folder: Path, head: Any) -> None:
@@ -218,11 +239,14 @@ def _lead_name(channel: Any, index: int) -> str:
     return match.group(1) if match else meaning
 
 
-def read_ecg_files(files: Mapping[str, bytes]) -> EcgRecord:
-    """Read one ECG study sent as files: a WFDB header with its signal files, or one DICOM.
+def read_ecg_files(files: Mapping[str, bytes], start_s: float = 0.0, seconds: float | None = None) -> EcgRecord:
+    """Read one ECG study sent as files: a WFDB header with its signal files, or one DICOM; whole,
+    or the window from ``start_s`` lasting ``seconds`` (a WFDB record decodes only the window).
 
     Args:
         files: file name → content, as uploaded.
+        start_s: where the window starts (seconds).
+        seconds: the window's length (``None``: to the end).
 
     Raises:
         InvalidStudyError: no file, empty files, unsafe names, or a record that cannot be read.
@@ -238,7 +262,7 @@ def read_ecg_files(files: Mapping[str, bytes]) -> EcgRecord:
     if dicoms and not headers:
         if len(files) != 1:
             raise InvalidStudyError(f"send one DICOM file per study, got {len(files)} files")
-        return read_dicom_ecg(files.dataset(dicoms[0]))
+        return window_of(read_dicom_ecg(files.dataset(dicoms[0])), start_s, seconds)
     if len(headers) != 1:
         raise InvalidStudyError(
             f"expected exactly one WFDB header (.hea) or one DICOM file, got {len(headers)} headers"
@@ -249,4 +273,14 @@ def read_ecg_files(files: Mapping[str, bytes]) -> EcgRecord:
     with tempfile.TemporaryDirectory(prefix="prescreen-ecg-") as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
-        return read_wfdb(Path(tmp) / headers[0][: -len(".hea")])
+        return read_wfdb(Path(tmp) / headers[0][: -len(".hea")], start_s, seconds)
+
+
+def window_of(record: EcgRecord, start_s: float, seconds: float | None) -> EcgRecord:
+    """The window of an in-memory record from ``start_s`` lasting ``seconds`` (to the end: ``None``)."""
+    if start_s == 0.0 and seconds is None:
+        return record
+    start = min(max(0, round(start_s * record.fs)), record.n_samples - 1)
+    stop = record.n_samples if seconds is None else min(record.n_samples, start + max(1, round(seconds * record.fs)))
+    source = {**record.source, "window_start_s": start / record.fs}
+    return EcgRecord(np.ascontiguousarray(record.signal[:, start:stop]), record.fs, record.lead_names, source)

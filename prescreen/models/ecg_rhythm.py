@@ -13,7 +13,7 @@ from prescreen.datasets.ecg import EcgRecord
 from prescreen.datasets.files import ECG_SOP_CLASSES
 from prescreen.datasets.readers import read_ecg_files
 from prescreen.datasets.transforms import CropOrPad, FloatArray, Windows, assess_ecg, augment_ecg, ecg_preprocess
-from prescreen.domain import FileKind
+from prescreen.domain import FileKind, RecordLength
 from prescreen.errors import NotAssessableError
 from prescreen.models.networks import ResNet1d
 from prescreen.models.task import Accepts, Task, register
@@ -69,7 +69,9 @@ def ecg_rhythm() -> Task:
         normal_classes=("normal",),
         input_spec=INPUT_SPEC,
         default_data="cinc2017",
-        accepts=Accepts((FileKind.WFDB, FileKind.DICOM_WAVEFORM), sop_classes=tuple(ECG_SOP_CLASSES)),
+        accepts=Accepts(
+            (FileKind.WFDB, FileKind.DICOM_WAVEFORM), sop_classes=tuple(ECG_SOP_CLASSES), length=RecordLength.SHORT
+        ),
         read_files=read_for_screening,
         preprocess=_PREPROCESS,
         windows=Windows(LENGTH, LENGTH // 2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +16,7 @@ from prescreen.domain import Finding, OperatingPoint
 from prescreen.errors import ModelError
 from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
-from prescreen.models.task import Task, get_task
+from prescreen.models.task import Progress, Task, get_task
 
 FloatArray = npt.NDArray[np.float32]
 INPUT_NAME = "signal"
@@ -105,6 +106,30 @@ class OnnxModel:
             probabilities={c: round(float(p), 6) for c, p in zip(self.task.classes, probs, strict=True)},
             threshold=self.thresholds["balanced"],
             operating_points=points,
+        )
+
+    def analyse_record(self, study: Any, progress: Progress | None = None) -> Finding:
+        """Screen one whole record with the task's analyser (``holter``): every beat through the
+        network, then the record's summary, flag score and label.
+
+        Raises:
+            ModelError: the task has no record analyser.
+        """
+        if self.task.analyse is None:
+            raise ModelError(f"task {self.task.name!r} screens windows, not whole records")
+        analysis = self.task.analyse(study, self.predict_windows, progress)
+        points = {name: OperatingPoint(t, analysis.score >= t) for name, t in self.thresholds.items()}
+        return Finding(
+            task=self.task.name,
+            model_name=self.card.name,
+            model_version=self.card.version,
+            flagged=points["balanced"].flagged,
+            label=analysis.label,
+            score=round(float(analysis.score), 6),
+            probabilities={c: round(float(p), 6) for c, p in analysis.probabilities.items()},
+            threshold=self.thresholds["balanced"],
+            operating_points=points,
+            summary=analysis.summary,
         )
 
     def screen_files(self, files: Mapping[str, bytes]) -> Finding:

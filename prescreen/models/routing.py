@@ -20,7 +20,8 @@ def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
     declaration accepts the content.
 
     A WFDB header decides for the record; else the first DICOM file by its header (SOP class,
-    modality, body part); PNG/JPEG carry no such context and need ``requested``.
+    modality, body part); an ECG's length (from its header) tells a long ambulatory record from a
+    short strip. PNG/JPEG carry no such context and need ``requested``.
 
     Raises:
         InvalidStudyError: no file, an unreadable DICOM, or a PNG/JPEG without a task.
@@ -49,10 +50,21 @@ def route_task(files: Mapping[str, bytes], requested: str | None = None) -> str:
 
 def _first(tasks: list[Task], kind: FileKind, study: StudyFiles, name: str | None, what: str) -> str:
     header = study.header(name) if name is not None else None
+    duration = _duration(study, kind, name)
     for task in tasks:
-        if task.accepts.takes(kind, header):
+        if task.accepts.takes(kind, header, duration):
             return task.name
     raise UnsupportedStudyError(f"no model screens {what}")
+
+
+def _duration(study: StudyFiles, kind: FileKind, name: str | None) -> float | None:
+    """The record's length from its header (a WFDB record's or a DICOM waveform's), else ``None``."""
+    if kind == FileKind.WFDB:
+        headers = [n for n in study if study.kind(n) == FileKind.WFDB]
+        return study.duration_s(headers[0]) if headers else None
+    if kind == FileKind.DICOM_WAVEFORM and name is not None:
+        return study.duration_s(name)
+    return None
 
 
 def _route_dicom(tasks: list[Task], kind: FileKind, study: StudyFiles, name: str) -> str:

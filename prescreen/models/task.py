@@ -12,11 +12,44 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
+from prescreen.config import get_settings
 from prescreen.datasets.collections import LabelledSet
-from prescreen.domain import DicomHeader, FileKind
+from prescreen.domain import DicomHeader, FileKind, RecordLength
 from prescreen.errors import UnknownTaskError
 
 FloatArray = npt.NDArray[np.float32]
+#: network inputs (a batch) → class probabilities, one row per input
+Classify = Callable[[FloatArray], FloatArray]
+#: the fraction of a record analysed so far, 0..1
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class RecordAnalysis:
+    """What a whole-record analyser (a task with ``analyse``, such as ``holter``) found in one study.
+
+    Attributes:
+        score: the record's flag score in [0, 1]; flagged when it reaches the card's threshold.
+        label: the reported label, consistent with the flag (the most severe finding, or normal).
+        probabilities: the record's class mix (for ``holter``: the share of each beat class).
+        summary: a JSON-serialisable summary carried by the finding (beats, heart rate, events).
+    """
+
+    score: float
+    label: str
+    probabilities: dict[str, float]
+    summary: dict[str, Any]
+
+
+#: study (as ``read_files`` made it), the network's classify function, progress callback → analysis
+Analyser = Callable[[Any, Classify, Progress | None], RecordAnalysis]
+
+
+def record_length(duration_s: float | None) -> RecordLength | None:
+    """A record's length class: long (ambulatory) from ``PRESCREEN_HOLTER_MIN_SECONDS`` on."""
+    if duration_s is None:
+        return None
+    return RecordLength.LONG if duration_s >= get_settings().holter_min_seconds else RecordLength.SHORT
 
 
 @dataclass(frozen=True)
@@ -30,16 +63,21 @@ class Accepts:
         body_parts: Body Part Examined values it screens (``None``: any); a missing body part is
             accepted too.
         sop_classes: SOP Class UIDs it screens (empty: any).
+        length: the record length it screens (``None``: any); a record of unknown length counts
+            as short.
     """
 
     file_kinds: tuple[FileKind, ...]
     modalities: tuple[str, ...] = ()
     body_parts: tuple[str, ...] | None = None
     sop_classes: tuple[str, ...] = ()
+    length: RecordLength | None = None
 
-    def takes(self, kind: FileKind, header: DicomHeader | None = None) -> bool:
-        """Whether a file of this kind and DICOM header is one the task screens."""
+    def takes(self, kind: FileKind, header: DicomHeader | None = None, duration_s: float | None = None) -> bool:
+        """Whether a file of this kind, DICOM header and record duration is one the task screens."""
         if kind not in self.file_kinds:
+            return False
+        if self.length is not None and (record_length(duration_s) or RecordLength.SHORT) != self.length:
             return False
         if header is None:
             return True
@@ -75,6 +113,9 @@ class Task:
         load_dataset: (path, cache dir, progress, purpose ``"train"``/``"eval"``) → ``LabelledSet``
             (raises ``DatasetError``).
         train_defaults: default hyper-parameters of ``prescreen train``.
+        analyse: for a task that judges a whole record rather than averaging windows (``holter``):
+            study + the network's classify function + progress → :class:`RecordAnalysis`. Such a
+            task is trained and evaluated by its own modules, not the generic window trainer.
     """
 
     name: str
@@ -92,6 +133,7 @@ class Task:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     caveats: tuple[str, ...] = ()
     f1_unscored: tuple[str, ...] = ()
+    analyse: Analyser | None = None
 
     @property
     def flag_rule(self) -> str:
@@ -165,3 +207,8 @@ def unregister(name: str) -> None:
 
 def _load_builtin_tasks() -> None:
     from prescreen.models import ecg_rhythm, imaging  # noqa: F401  (register themselves)
+
+    try:  # TEMPORARY while the holter module is being written
+        from prescreen.models import holter  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
+    except ImportError:
+        pass

@@ -35,7 +35,7 @@ from prescreen.models.explain import occlusion_map, overlay_png
 from prescreen.models.model_store import ModelStore
 from prescreen.models.onnx_model import FloatArray, OnnxModel
 from prescreen.models.routing import route_task
-from prescreen.models.task import task_names
+from prescreen.models.task import Progress, task_names
 from prescreen.security.keyring import keyring_for
 
 EXPLANATION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -56,8 +56,8 @@ def _check_duration(study: object, max_seconds: float | None) -> None:
     duration = getattr(study, "duration_s", None)
     if max_seconds is not None and duration is not None and duration > max_seconds:
         raise StudyTooLargeError(
-            f"the record lasts {duration / 60:.0f} min; /v1/screen screens up to {max_seconds / 60:.0f} min in the "
-            "request: send long recordings to /v1/studies, which screens them in the queue"
+            f"the record lasts {duration / 60:.0f} min; /v1/screen screens records of this kind up to "
+            f"{max_seconds / 60:.0f} min in the request: send it to /v1/studies, which screens it in the queue"
         )
 
 
@@ -112,16 +112,25 @@ class ScreeningEngine:
         self.refresh_shadows()
 
     def screen(
-        self, files: Mapping[str, bytes], task: str | None = None, *, max_seconds: float | None = None
+        self,
+        files: Mapping[str, bytes],
+        task: str | None = None,
+        *,
+        in_request: bool = False,
+        progress: Progress | None = None,
     ) -> Finding:
         """Screen one study: each instance (every frame of it), within the per-study budget; the
         finding is that of the instance with the highest flag score, naming it and how many were
-        screened (raises ``InvalidStudyError`` / ``UnsupportedStudyError``).
+        screened (raises ``InvalidStudyError`` / ``UnsupportedStudyError``). A task that analyses
+        whole records (``holter``) analyses the study's one record instead.
 
         Args:
             files: the study's files by name.
             task: the task to use; chosen from the content when ``None``.
-            max_seconds: refuse (``StudyTooLargeError``) a record longer than this before screening it.
+            in_request: screened while an HTTP request waits (``/v1/screen``): a record longer than
+                ``PRESCREEN_MAX_SCREEN_RECORD_SECONDS`` (``..._HOLTER_SECONDS`` for an ambulatory
+                record) is refused with ``StudyTooLargeError`` before it is screened.
+            progress: told the fraction of a whole-record analysis done so far.
         """
         if not files:
             raise InvalidStudyError("no file was sent; send the study as multipart field 'file'")
@@ -135,7 +144,11 @@ class ScreeningEngine:
             raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
         if model is None:
             raise UnsupportedStudyError(f"no active model for task {name!r}; known: {', '.join(self.models)}")
-        result, x = self._screen_with(model, files, max_seconds)
+        settings = get_settings()
+        if model.task.analyse is not None:
+            limit = settings.max_screen_holter_seconds if in_request else None
+            return self._analyse_with(model, files, limit, progress)
+        result, x = self._screen_with(model, files, settings.max_screen_record_seconds if in_request else None)
         if result.flagged and model.task.input_spec.get("kind") == "image" and self.explanations_dir:
             name = self._keep_for_explanation(x[0], result)
             result = dataclasses.replace(result, explanation_url=f"/v1/explanations/{name}.png")
@@ -172,6 +185,16 @@ class ScreeningEngine:
             seconds=round(time.monotonic() - started, 4),
         )
         return result, x
+
+    def _analyse_with(
+        self, model: OnnxModel, files: StudyFiles, max_seconds: float | None, progress: Progress | None
+    ) -> Finding:
+        """Analyse a study's one long record as a whole (``holter``)."""
+        started = time.monotonic()
+        record = model.task.read_files(files)
+        _check_duration(record, max_seconds)
+        result = model.analyse_record(record, progress)
+        return dataclasses.replace(result, seconds=round(time.monotonic() - started, 4))
 
     # -- shadow models ---------------------------------------------------------------------
     def refresh_shadows(self) -> None:

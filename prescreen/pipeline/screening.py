@@ -13,7 +13,9 @@ the active result.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +29,7 @@ from prescreen.errors import (
     UnknownTaskError,
     UnsupportedStudyError,
 )
+from prescreen.models.task import Progress
 from prescreen.store.blobs import BlobStore
 from prescreen.store.queue import (
     ClaimedJob,
@@ -36,20 +39,30 @@ from prescreen.store.queue import (
     defer_job,
     fail_exhausted_jobs,
     finish_job,
+    report_progress,
     worker_name,
 )
 from prescreen.store.shadow import record_shadow
 
 log = logging.getLogger(__name__)
+#: how often a long analysis' progress is written to its job
+PROGRESS_SECONDS = 2.0
 
-Screen = Callable[[Mapping[str, bytes]], Finding]
-"""Screens one series' files (``ScreeningEngine.screen``)."""
+class Screen(Protocol):
+    """Screens one series' files (``ScreeningEngine.screen``), telling ``progress`` how much of a
+    long analysis is done."""
 
-ShadowScreens = Callable[[str], Screen | None]
+    def __call__(self, files: Mapping[str, bytes], *, progress: Progress | None = None) -> Finding: ...
+
+
+ShadowScreen = Callable[[Mapping[str, bytes]], Finding]
+"""A shadow model's screen of one series' files."""
+
+ShadowScreens = Callable[[str], ShadowScreen | None]
 """The shadow model's screen of a task, ``None`` when the task has none (``ScreeningEngine.shadow_screen``)."""
 
 
-def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
+def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob, progress: Progress | None = None) -> Outcome:
     """Screen the files of a job's series. Raises only on unexpected (maybe transient) errors."""
     try:
         files = {f.file_name: blobs.get(f.blob_key) for f in job.files}
@@ -58,7 +71,7 @@ def run_job(screen: Screen, blobs: BlobStore, job: ClaimedJob) -> Outcome:
     if not files:
         return Outcome(JobState.UNSCREENABLE, "the series has no instance")
     try:
-        finding = screen(StudyFiles(files, job.headers))
+        finding = screen(StudyFiles(files, job.headers), progress=progress)
     except (UnsupportedStudyError, UnknownTaskError, NotAssessableError) as exc:
         return Outcome(JobState.UNSCREENABLE, str(exc))  # routed to a human list, neither flagged nor cleared
     except InvalidStudyError as exc:
@@ -110,7 +123,7 @@ class ScreeningStep:
         if job is None:
             return shadowed
         try:
-            outcome = run_job(self.screen, self.blobs, job)
+            outcome = run_job(self.screen, self.blobs, job, self._progress_of(job))
         except Exception as exc:  # a model or runtime failure: try again later, then give up
             log.error("job %s attempt %d failed: %s", job.id, job.attempts, type(exc).__name__)
             reason = f"{type(exc).__name__} on attempt {job.attempts}"
@@ -123,6 +136,19 @@ class ScreeningStep:
         if outcome.finding is not None and self.shadow is not None:
             self._shadow_due = (job, outcome.finding.task)  # screened at the next turn, once triage has run
         return True
+
+    def _progress_of(self, job: ClaimedJob) -> Progress:
+        """Records a long analysis' progress on its job (and renews the lease), at most every
+        ``PROGRESS_SECONDS``."""
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_SECONDS:
+                last[0] = now
+                report_progress(self.sessions, job, self.name, fraction)
+
+        return progress
 
     def run_shadow(self) -> bool:
         """Screen the last finished job's series with its task's shadow model, if it has one, and

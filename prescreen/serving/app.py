@@ -57,7 +57,7 @@ def screen(
     if not slots.acquire(timeout=settings.screen_wait_seconds):
         raise ServiceBusyError(f"all {settings.max_concurrent_screens} screening slots are busy; try again shortly")
     try:
-        finding = engine.screen(files, task, max_seconds=settings.max_screen_record_seconds)
+        finding = engine.screen(files, task, in_request=True)
     finally:
         slots.release()
         release_memory()
@@ -153,6 +153,7 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     from prescreen.serving.account_pages import account_pages_router
     from prescreen.serving.audit import audit_router
     from prescreen.serving.dicomweb import dicomweb_router
+    from prescreen.serving.holter_pages import holter_pages_router
     from prescreen.serving.monitoring import monitoring_routes
     from prescreen.serving.pages import pages_router
     from prescreen.serving.shadow import shadow_routes
@@ -171,6 +172,7 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     for router in (*api_routers, pages_router, health_router):
         app.include_router(router)
     app.include_router(account_pages_router)  # /ui/mfa, /ui/step-up, /ui/audit
+    app.include_router(holter_pages_router)  # /ui/items/{id}/series/{uid}/events/{k}.png
     app.include_router(shadow_routes)  # GET /v1/models/{task}/shadow and its page
     app.include_router(monitoring_routes)  # GET /v1/monitoring and the page /ui/models
     app.add_middleware(UploadLimit, limit=get_settings().max_upload_bytes)

@@ -65,6 +65,7 @@ from prescreen.serving.auth import (
 )
 from prescreen.serving.deps import claim_lease, get_ingestor, get_targets
 from prescreen.serving.errors import status_for
+from prescreen.serving.holter_report import draft_for
 from prescreen.serving.i18n import (
     LOCALE_COOKIE,
     LOCALE_COOKIE_MAX_AGE,
@@ -76,7 +77,7 @@ from prescreen.serving.i18n import (
     install,
     parse_locale,
 )
-from prescreen.serving.previews import SeriesFile, placeholder_png, series_png
+from prescreen.serving.previews import SeriesFile, clock, placeholder_png, series_png
 from prescreen.serving.schemas import WorklistPage
 from prescreen.store.audit import record_study_access
 from prescreen.store.ingest import Ingestor
@@ -228,8 +229,7 @@ def _iso(value: str | datetime | None) -> str:
 def _duration(seconds: int | float | None) -> str:
     if seconds is None:
         return "—"
-    total = abs(int(seconds))
-    text = f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    text = clock(abs(int(seconds)))
     return f"−{text}" if seconds < 0 else text
 
 
@@ -303,6 +303,7 @@ def _environment(locale: Locale) -> Environment:
     env.filters.update(
         iso=_iso,
         duration=_duration,
+        clock=clock,
         person=_person,
         score=_score,
         title=_title,
@@ -556,7 +557,7 @@ def item_page(request: Request, user: PageReader, item_id: str) -> Response:
         user=user,
         item=item,
         study=study,
-        draft_text=editing.text if editing else "",
+        draft_text=editing.text if editing else draft_for(study),
         draft_agrees=bool(editing and editing.ai_agrees),
         draft_label=(editing.physician_label if editing else None) or "",
         flash=_pop_flash(request),
@@ -586,7 +587,7 @@ def series_preview(request: Request, user: PageReader, item_id: str, series_uid:
         try:
             wanted = preview_files(session, study.id, series_uid)
         except InvalidStudyError as exc:
-            return _png_response(placeholder_png(str(exc)), 422, None)
+            return png_response(placeholder_png(str(exc)), 422, None)
     etag = '"' + hashlib.sha256("|".join([_PREVIEW_VERSION, *(k for _, k in wanted)]).encode()).hexdigest()[:32] + '"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
@@ -595,22 +596,22 @@ def series_preview(request: Request, user: PageReader, item_id: str, series_uid:
         if cached is not None:
             _PREVIEW_CACHE.move_to_end(etag)
     if cached is not None:
-        return _png_response(cached, 200, etag)
+        return png_response(cached, 200, etag)
     try:
         png = series_png(
             [SeriesFile(name, ingestor.blobs.get(key)) for name, key in wanted],
             max_pixels=get_settings().max_image_pixels,
         )
     except PrescreenError as exc:
-        return _png_response(placeholder_png(str(exc)), 422, None)
+        return png_response(placeholder_png(str(exc)), 422, None)
     with _PREVIEW_LOCK:
         _PREVIEW_CACHE[etag] = png
         while len(_PREVIEW_CACHE) > _PREVIEW_CACHE_SIZE:
             _PREVIEW_CACHE.popitem(last=False)
-    return _png_response(png, 200, etag)
+    return png_response(png, 200, etag)
 
 
-def _png_response(png: bytes, status: int, etag: str | None) -> Response:
+def png_response(png: bytes, status: int, etag: str | None) -> Response:
     headers = {"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
     if etag:
         headers["ETag"] = etag

@@ -45,6 +45,7 @@ GRID_MINOR = "#f6c9c9"
 GRID_MAJOR = "#e59a9a"
 PAPER = "#fff7f7"
 TRACE = "#1a1a1a"
+BEAT_ALERT = "#c0392b"
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def series_png(files: Sequence[SeriesFile], *, max_pixels: int) -> bytes:
             return ecg_png(read_dicom_ecg(f.data))
     if any((f.name or "").lower().endswith(".hea") for f in files):
         named = {f.name: f.data for f in files if f.name}
-        return ecg_png(read_ecg_files(named))
+        return ecg_png(read_ecg_files(named, 0.0, ECG_SECONDS), offset_s=0.0)  # decodes only what is drawn
     first = files[0]
     if is_dicom(first.data):
         return dicom_image_png(first.data, max_pixels=max_pixels)
@@ -194,11 +195,27 @@ def pick_leads(names: Sequence[str]) -> list[int]:
     return wanted if len(wanted) == 2 else [0, 1]
 
 
-def ecg_png(record: EcgRecord, *, seconds: float = ECG_SECONDS, dpi: int = DPI) -> bytes:
-    """The first ``seconds`` of the record on ECG paper (25 mm/s, 10 mm/mV) as a PNG."""
+def ecg_png(
+    record: EcgRecord,
+    *,
+    seconds: float = ECG_SECONDS,
+    dpi: int = DPI,
+    offset_s: float | None = None,
+    beats: Sequence[tuple[float, str]] = (),
+) -> bytes:
+    """The first ``seconds`` of the record on ECG paper (25 mm/s, 10 mm/mV) as a PNG.
+
+    Args:
+        record: the record, or the window of one that is drawn (an event strip).
+        seconds: how much is drawn.
+        dpi: resolution.
+        offset_s: where the window starts in the whole recording (an event strip's caption says it).
+        beats: beat labels drawn above the trace: (seconds from the window's start, class); classes
+            other than ``N`` stand out in red.
+    """
     leads = pick_leads(record.lead_names)
     n = min(record.n_samples, max(1, round(seconds * record.fs)))
-    left, right, caption, top = 15.0, 5.0, 10.0, 5.0  # mm (multiples of 5: seconds fall on major lines)
+    left, right, caption, top = 15.0, 5.0, 10.0, 10.0 if beats else 5.0  # mm (multiples of 5)
     width = left + seconds * MM_PER_S + right
     rows: list[tuple[str, npt.NDArray[np.float64], float]] = []  # (name, mm, row height)
     for index in leads:
@@ -221,6 +238,12 @@ def ecg_png(record: EcgRecord, *, seconds: float = ECG_SECONDS, dpi: int = DPI) 
     _grid(ax, width, height_mm)
 
     y_top = height_mm - top
+    shown = n / record.fs
+    for at, label in beats:
+        if 0.0 <= at <= shown:
+            colour = TRACE if label == "N" else BEAT_ALERT
+            x = left + at * MM_PER_S
+            ax.text(x, height_mm - 2.0, label, fontsize=8, fontweight="bold", ha="center", va="top", color=colour)
     t = np.arange(n, dtype=np.float64) / record.fs * MM_PER_S + left
     for name, trace_mm, row_h in rows:
         lo = float(np.percentile(trace_mm, 0.1)) if trace_mm.size else 0.0
@@ -232,15 +255,22 @@ def ecg_png(record: EcgRecord, *, seconds: float = ECG_SECONDS, dpi: int = DPI) 
         ax.plot(pulse_x, pulse_y, color=TRACE, linewidth=0.8)
         ax.text(left + 1.0, y_top - 1.5, name, fontsize=9, fontweight="bold", va="top", ha="left", color=TRACE)
         y_top -= row_h
-    shown = n / record.fs
-    note = (
-        f"{MM_PER_S:g} mm/s · {MM_PER_MV:g} mm/mV · {record.fs:g} Hz · "
-        f"first {shown:.1f} s of {record.duration_s:.1f} s · calibration pulse 1 mV"
+    where = (
+        f"first {shown:.1f} s of {record.duration_s:.1f} s"
+        if offset_s is None
+        else f"{shown:.1f} s from {clock(offset_s)}"
     )
+    note = f"{MM_PER_S:g} mm/s · {MM_PER_MV:g} mm/mV · {record.fs:g} Hz · {where} · calibration pulse 1 mV"
     ax.text(left, 2.5, note, fontsize=7.5, color="#6b4b4b", va="bottom", ha="left")
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=dpi, facecolor=PAPER)
     return out.getvalue()
+
+
+def clock(seconds: float) -> str:
+    """Elapsed time of a recording as ``H:MM:SS``."""
+    whole = max(0, round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def _grid(ax: Any, width: float, height: float) -> None:

@@ -5,6 +5,7 @@ and FastAPI documents and validates them)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
@@ -48,6 +49,12 @@ class FindingOut(BaseModel):
         description="the decision at each operating point of the model's card: 'balanced' (the flag above) "
         "and 'safety' (sensitivity >= 0.95 on validation; flags at least what balanced flags)",
     )
+    summary: dict[str, Any] | None = Field(
+        None,
+        description="what a whole-record analysis found (holter): 'beats' (counts of the AAMI classes N, S, V, "
+        "F, Q), 'heart_rate' (min/mean/max with times), 'burden', 'counts' and 'events' (kind, start_s, end_s, "
+        "detail, flagged) with the 'flag_reasons'; absent for the other tasks",
+    )
 
     @classmethod
     def of(cls, finding: Finding) -> FindingOut:
@@ -68,6 +75,7 @@ class FindingOut(BaseModel):
                 name: OperatingPointOut(threshold=p.threshold, flagged=p.flagged)
                 for name, p in finding.operating_points.items()
             },
+            summary=finding.summary,
         )
 
 

@@ -240,6 +240,18 @@ def claim_job(
         return ClaimedJob(row.id, ref, row.attempts + 1, files, headers)
 
 
+def report_progress(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, fraction: float) -> bool:
+    """Record how much of a long analysis is done and renew the job's lease (a 24-hour record may
+    take longer than one lease). ``False`` when the job is no longer this worker's."""
+    with sessions.begin() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == JobState.RUNNING, Job.locked_by == worker)
+            .values(progress=min(1.0, max(0.0, float(fraction))), locked_at=utcnow())
+        )
+        return changed(done) == 1
+
+
 def defer_job(sessions: sessionmaker[Session], job: ClaimedJob, worker: str, reason: str, delay_seconds: float) -> bool:
     """Give a job back after a transient failure, to run again after ``delay_seconds``."""
     with sessions.begin() as session:
@@ -302,6 +314,7 @@ def finding_columns(finding: Finding) -> dict[str, Any]:
         "probabilities": {k: float(v) for k, v in finding.probabilities.items()},
         "operating_points": points_json(finding),
         "seconds": finding.seconds,
+        "summary": finding.summary,
     }
 
 

@@ -100,6 +100,8 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: the fraction of a long analysis (Holter) done, while it runs
+    progress: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -128,6 +130,8 @@ class Result(Base):
     operating_points: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: seconds the model took on the series
     seconds: Mapped[float | None] = mapped_column(Float)
+    #: what a whole-record analysis found (Holter: beats, heart rate, events); null for the others
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

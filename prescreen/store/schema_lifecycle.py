@@ -29,6 +29,7 @@ class ShadowResult(Base):
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
     operating_points: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     seconds: Mapped[float | None] = mapped_column(Float)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
@@ -48,6 +49,7 @@ class FindingRow(TypedDict):
     instances_screened: int
     instances_total: int
     operating_points: dict[str, OperatingPointRow]
+    summary: dict[str, Any] | None
 
 
 class StudyFields(TypedDict):
@@ -92,6 +94,8 @@ class SeriesRow(TypedDict):
     instances: int
     status: str
     reason: str | None
+    #: the fraction of a long analysis done, while it is screening
+    progress: float | None
     result: FindingRow | None
 
 
@@ -167,6 +171,7 @@ def study_detail(session: Session, study_id: str) -> StudyDetail:
                 "instances": count or 0,
                 "status": _series_status(job.state if job else None),
                 "reason": job.last_error if job and job.state != JobState.DONE else None,
+                "progress": job.progress if job and job.state == JobState.RUNNING else None,
                 "result": _finding_json(finding) if finding else None,
             }
         )
@@ -215,6 +220,7 @@ def findings_of(session: Session, study_id: str) -> list[Finding]:
             instances_total=result.instances_total,
             operating_points=points_from_json(result.operating_points, result.score, result.threshold),
             seconds=result.seconds,
+            summary=result.summary,
         )
     return list(latest.values())
 
@@ -277,6 +283,7 @@ def _finding_json(finding: Finding) -> FindingRow:
         "operating_points": {
             name: {"threshold": p.threshold, "flagged": p.flagged} for name, p in finding.operating_points.items()
         },
+        "summary": finding.summary,
     }
 
 

@@ -70,6 +70,23 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
     return _from_run(task, folder)
 
 
+def resolve_onnx(task: Task, model: str | None, store: ModelStore) -> tuple[OnnxModel, str | None]:
+    """The ONNX model ``--model`` names, with its store tag (``None`` for a folder): the task's
+    active model, ``NAME:VERSION`` in the store, or a folder with ``model.onnx`` + ``card.json``.
+    For tasks that analyse whole records (``holter``), whose evaluation runs the network itself.
+
+    Raises:
+        ModelError: nothing usable found, a corrupt model file, or a model of another task.
+    """
+    if model is not None and Path(model).exists():
+        onnx = OnnxModel.from_folder(Path(model))
+        _same_task(task, onnx.card)
+        return onnx, None
+    stored = store.active(task.name) if model is None else store.get(model)
+    _same_task(task, stored.card)
+    return OnnxModel(stored.onnx_path, stored.card), stored.tag
+
+
 def _same_task(task: Task, card: ModelCard) -> None:
     if card.task != task.name:
         raise ModelError(f"model {card.name}:{card.version} screens {card.task}, not {task.name}")

@@ -15,7 +15,7 @@ from torch import nn
 
 from prescreen.datasets.collections import LabelledSet
 from prescreen.datasets.files import StudyFiles
-from prescreen.domain import DicomHeader, FileKind
+from prescreen.domain import DicomHeader, FileKind, RecordLength
 from prescreen.errors import InvalidStudyError, UnsupportedStudyError
 from prescreen.models.routing import route_task
 from prescreen.models.task import Accepts, Task, register, unregister
@@ -108,3 +108,54 @@ def test_a_dicom_is_parsed_once_for_routing_and_reading() -> None:
     assert route_task(files) == "breast-us"
     parsed = files.dataset("us.dcm")
     assert files.dataset("us.dcm") is parsed  # the reader gets the same object back
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (b"100 2 360 650000\n100.dat 212 200 11 1024 995 -22131 0 MLII\n", 650000 / 360),
+        (b"# a comment first\nA00001 1 300 9000 2018-01-01\n", 30.0),
+        (b"rec 1 250/1000(0) 2500\n", 10.0),
+        (b"rec 1 360\n", None),  # no length on the record line
+        (b"rec 1 abc 100\n", None),
+        (b"rec 1 0 100\n", None),
+        (b"", None),
+    ],
+)
+def test_a_wfdb_record_length_is_read_from_its_header_line(header: bytes, seconds: float | None) -> None:
+    from prescreen.datasets.files import wfdb_header_duration
+
+    assert wfdb_header_duration(header) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("length", "duration", "border", "takes"),
+    [
+        (RecordLength.LONG, 1800.0, 600.0, True),
+        (RecordLength.LONG, 30.0, 600.0, False),
+        (RecordLength.LONG, None, 600.0, False),  # unknown length counts as short
+        (RecordLength.SHORT, 30.0, 600.0, True),
+        (RecordLength.SHORT, None, 600.0, True),
+        (RecordLength.SHORT, 1800.0, 600.0, False),
+        (RecordLength.SHORT, 1800.0, 3600.0, True),  # the border is a setting
+        (None, 1800.0, 600.0, True),
+    ],
+)
+def test_a_task_declares_the_record_length_it_screens(
+    length: RecordLength | None, duration: float | None, border: float, takes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prescreen.config import get_settings
+
+    monkeypatch.setenv("PRESCREEN_HOLTER_MIN_SECONDS", str(border))
+    get_settings.cache_clear()
+    try:
+        assert Accepts((FileKind.WFDB,), length=length).takes(FileKind.WFDB, None, duration) is takes
+    finally:
+        monkeypatch.delenv("PRESCREEN_HOLTER_MIN_SECONDS")
+        get_settings.cache_clear()
+
+
+def test_a_short_wfdb_strip_goes_to_rhythm_screening() -> None:
+    assert route_task({"a.hea": b"A00001 1 300 9000\nA00001.mat 16 1000 16 0 -127 0 0 ECG\n", "a.mat": b"x"}) == (
+        "ecg-rhythm"
+    )

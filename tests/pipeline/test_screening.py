@@ -3,7 +3,7 @@ studies end unscreenable; a crashing job is deferred, then failed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select, update
@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from prescreen.config import Settings
 from prescreen.domain import Finding, JobState
 from prescreen.pipeline.loop import StepLoop
-from prescreen.pipeline.screening import ScreeningStep
+from prescreen.pipeline.screening import Screen, ScreeningStep
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.ingest import store_files
 from prescreen.store.queue import as_utc, utcnow
@@ -42,7 +42,7 @@ def worker_settings(**changes: Any) -> Settings:
     return Settings(study_quiet_seconds=0, job_max_attempts=2, sr_destinations=["A@h:1"], **changes)
 
 
-def run_worker(sessions: Sessions, blobs: FileBlobStore, screen: Callable[[Mapping[str, bytes]], Finding]) -> StepLoop:
+def run_worker(sessions: Sessions, blobs: FileBlobStore, screen: Screen) -> StepLoop:
     """A loop of the screening step alone, run round by round (no thread)."""
     return StepLoop("screening", [ScreeningStep(sessions, blobs, screen, worker_settings())], poll_seconds=0.1)
 
@@ -51,7 +51,7 @@ def test_worker_screens_a_study(sessions: Sessions, blobs: FileBlobStore) -> Non
     study_id = upload(sessions, blobs)
     seen: list[dict[str, bytes]] = []
 
-    def screen(files: Mapping[str, bytes]) -> Finding:
+    def screen(files: Mapping[str, bytes], progress: Any = None) -> Finding:
         seen.append(dict(files))
         return screen_result()
 
@@ -71,7 +71,7 @@ def test_worker_marks_an_unsupported_study_unscreenable(sessions: Sessions, blob
 
     study_id = upload(sessions, blobs)
 
-    def screen(files: Mapping[str, bytes]) -> Finding:
+    def screen(files: Mapping[str, bytes], progress: Any = None) -> Finding:
         raise UnsupportedStudyError("no model screens this record")
 
     assert run_worker(sessions, blobs, screen).run_round() is True
@@ -85,7 +85,7 @@ def test_worker_defers_a_crashing_job_then_fails_it(sessions: Sessions, blobs: F
     study_id = upload(sessions, blobs)
     calls: list[int] = []
 
-    def screen(files: Mapping[str, bytes]) -> Finding:
+    def screen(files: Mapping[str, bytes], progress: Any = None) -> Finding:
         calls.append(1)
         raise RuntimeError("onnxruntime blew up")
 

@@ -154,7 +154,7 @@ class StartedWithoutModels:
         self.models: dict[str, Any] = {}
         self.store = None
 
-    def screen(self, files: Any, task: Any, max_seconds: Any = None) -> Any:
+    def screen(self, files: Any, task: Any, in_request: bool = False) -> Any:
         raise UnknownTaskError("no model in this test")
 
     def explanation_png(self, name: str) -> bytes:

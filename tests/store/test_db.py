@@ -52,10 +52,10 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
         "studies",
         "users",
         "worklist_items",
-    }  # every table of the schema at revision 0007, and nothing else
+    }  # every table of the schema at revision 0008, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0007"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0008"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:
