@@ -1072,23 +1072,40 @@ def backup_verify(from_: Annotated[Path, typer.Option("--from", help="The backup
 @user_errors
 def restore(
     from_: Annotated[Path, typer.Option("--from", help="The backup folder")],
-    at: Annotated[str | None, typer.Option(help="The newest set at or before this time (ISO 8601)")] = None,
+    at: Annotated[str | None, typer.Option(help="The state at this time (ISO 8601); default: the newest")] = None,
+    replica: Annotated[
+        Path | None,
+        typer.Option(help="The continuous-capture folder (default PRESCREEN_REPLICA_DIR); 'none' to leave it out"),
+    ] = None,
 ) -> None:
-    """Restore the newest backup set (and its chain) into an empty PRESCREEN_HOME; needs the master key."""
+    """Restore into an empty PRESCREEN_HOME: the newest backup set (at or before --at) and its chain,
+    then what the replica captured after it (blobs, keys, and the SQLite database as it was at --at,
+    or at its newest). Needs the master key."""
     import time
     from datetime import datetime
 
     from prescreen.security.keys import audit_public_key
     from prescreen.store.audit import verify
     from prescreen.store.backup import restore as restore_backup
+    from prescreen.store.backup import store_counts
 
     settings = get_settings()
     started = time.monotonic()
-    done = restore_backup(settings, from_, datetime.fromisoformat(at) if at else None)
+    when = datetime.fromisoformat(at) if at else None
+    captured = replica if replica is not None else settings.replica_dir
+    if captured is not None and str(captured) == "none":
+        captured = None
+    done, brought = restore_backup(settings, from_, when, captured)
+    extra = ""
+    if captured is not None:
+        extra = f" + from the replica {captured}: {brought['blobs']} newer blobs" + (
+            ", the database streamed up to " + (at or "its newest state") if brought["database"] else ""
+        )
     store = _store()  # migrations, in case the backup came from an older version
     verdict = verify(store.sessions, audit_public_key(settings))
+    studies = store_counts(store.sessions)["studies"]
     console.print(
-        f"restored {done.name}: {done.detail['studies']} studies in {time.monotonic() - started:.1f} s; "
+        f"restored {done.name}{extra}: {studies} studies in {time.monotonic() - started:.1f} s; "
         f"audit chain {'intact' if verdict.ok else 'BROKEN: ' + verdict.reason} ({verdict.records} records)"
     )
     if not verdict.ok:

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     backup_full_days: float = Field(7, gt=0, description="A full backup set this often (weekly)")
     backup_incremental_hours: float = Field(24, gt=0, description="An incremental set this often (daily)")
     backup_keep: int = Field(4, ge=1, description="Full backup chains kept; older chains are deleted")
+    replica_dir: Path | None = Field(
+        None,
+        description="Continuous capture between backups, on another disk: every blob and the keyring are written "
+        "there before they are acknowledged, and a SQLite database is streamed there by Litestream (none: off)",
+    )
+    replica_sync_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often Litestream ships the SQLite WAL to PRESCREEN_REPLICA_DIR"
+    )
     master_key_file: Path | None = Field(
         None,
         description="The master key (SM4, hex) that wraps every data key; made once if missing. Default "

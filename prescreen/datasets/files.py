@@ -17,6 +17,8 @@ from pydicom.errors import InvalidDicomError
 from prescreen.domain import DicomHeader, FileKind
 from prescreen.errors import InvalidStudyError
 
+#: the sampling rates an ECG can have; a header outside them is refused by the reader
+MIN_RATE_HZ, MAX_RATE_HZ = 25.0, 20_000.0
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 ECG_SOP_CLASSES: dict[str, str] = {
@@ -165,7 +167,7 @@ class StudyFiles(Mapping[str, bytes]):
 
 def wfdb_header_duration(header: bytes) -> float | None:
     """Seconds of a WFDB record from its header's record line (``name nsig fs[/counter] nsamples``);
-    ``None`` when the line lacks the rate or the length."""
+    ``None`` when the line lacks the rate or the length, or gives a rate no ECG has."""
     for raw in header.decode("ascii", errors="replace").splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -178,7 +180,8 @@ def wfdb_header_duration(header: bytes) -> float | None:
             samples = float(fields[3])
         except ValueError:
             return None
-        return samples / rate if rate > 0 and samples > 0 else None
+        plausible = MIN_RATE_HZ <= rate <= MAX_RATE_HZ and samples > 0
+        return samples / rate if plausible else None  # an implausible header: the reader says why
     return None
 
 

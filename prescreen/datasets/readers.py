@@ -19,12 +19,11 @@ import wfdb
 from pydicom.errors import InvalidDicomError
 
 from prescreen.datasets.ecg import EcgRecord
-from prescreen.datasets.files import ECG_SOP_CLASSES, looks_dicom, study_files
+from prescreen.datasets.files import ECG_SOP_CLASSES, MAX_RATE_HZ, MIN_RATE_HZ, looks_dicom, study_files
 from prescreen.errors import InvalidStudyError, PrescreenError, UnsupportedStudyError
 
 _UNIT_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3}
 _SAFE_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
-MIN_RATE_HZ, MAX_RATE_HZ = 25.0, 20_000.0
 
 
 def _check_rate(fs: float) -> None:

@@ -18,6 +18,7 @@ from prescreen.pipeline.backups import BackupStep
 from prescreen.pipeline.loop import Step, StepLoop
 from prescreen.pipeline.monitoring import MonitoringStep
 from prescreen.pipeline.outbox import OutboxStep
+from prescreen.pipeline.replication import ReplicationStep, Replicator, start_replication
 from prescreen.pipeline.screening import Screen, ScreeningStep, ShadowScreens
 from prescreen.pipeline.triage import TriageStep
 from prescreen.security.audit import Actor, AuditEntry, AuditEvent
@@ -34,6 +35,7 @@ from prescreen.triage.rules import RuleSet, load_default_rules, load_rules
 
 log = logging.getLogger(__name__)
 BACKUP_POLL_SECONDS = 300.0
+REPLICATION_POLL_SECONDS = 5.0
 """How often the backup schedule looks whether a set is due."""
 
 
@@ -42,7 +44,8 @@ def open_store(settings: Settings) -> Ingestor:
     SM4-GCM under the keyring of ``settings``)."""
     url = database_url(settings)
     migrate(url)
-    blobs = SealedBlobStore(FileBlobStore(settings.home / "blobs"), keyring_for(settings))
+    mirror = settings.replica_dir / "blobs" if settings.replica_dir is not None else None
+    blobs = SealedBlobStore(FileBlobStore(settings.home / "blobs", mirror), keyring_for(settings))
     return Ingestor(session_factory(make_engine(url)), blobs)
 
 
@@ -69,6 +72,7 @@ class Runtime:
     listener: ThreadedAssociationServer | None = None
     tls_listener: ThreadedAssociationServer | None = None
     settings: Settings | None = None
+    replicator: Replicator | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -85,6 +89,8 @@ class Runtime:
             sign_checkpoint(self.sessions, audit_signer(self.settings or get_settings()))
         except Exception:  # the database may be gone at shutdown; never hide the stop itself
             log.exception("could not record the service stop in the audit trail")
+        if self.replicator is not None:
+            self.replicator.stop()  # after the last record, which it ships before exiting
 
 
 def _shadow_of(screen: Screen | None) -> ShadowScreens | None:
@@ -124,6 +130,9 @@ def start_runtime(
     runtime.loops.append(StepLoop("audit", [AuditStep(runtime.sessions, settings)], settings.audit_checkpoint_seconds))
     if settings.backup_dir is not None:
         runtime.loops.append(StepLoop("backup", [BackupStep(runtime.sessions, settings)], BACKUP_POLL_SECONDS))
+    runtime.replicator = start_replication(settings)
+    if runtime.replicator is not None:
+        runtime.loops.append(StepLoop("replication", [ReplicationStep(runtime.replicator)], REPLICATION_POLL_SECONDS))
     detail = {
         "listener": listen,
         "screening": screen is not None,

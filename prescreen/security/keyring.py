@@ -70,15 +70,20 @@ class Keyring:
     Args:
         folder: where ``keyring.json`` lives (``$PRESCREEN_HOME/keys``).
         master_file: the master key file.
+        mirror: a second folder the keyring is written to, on another disk (continuous capture:
+            ``PRESCREEN_REPLICA_DIR/keys``), so a data key made after the last backup is not lost.
     """
 
-    def __init__(self, folder: Path, master_file: Path) -> None:
+    def __init__(self, folder: Path, master_file: Path, mirror: Path | None = None) -> None:
         self.folder = folder
         self.master_file = master_file
+        self.mirror = mirror
         self._lock = threading.Lock()
         self._kek = _read_master(master_file)
         self._cache: dict[str, bytes] = {}
         self._doc = self._load_or_create()
+        if mirror is not None:
+            self.capture()
 
     # -- the file ---------------------------------------------------------------------------
 
@@ -115,12 +120,15 @@ class Keyring:
         return doc
 
     def _write(self, doc: dict[str, Any]) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".keyring-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(doc, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, self.path)
+        folders = [self.folder] if self.mirror is None else [self.mirror, self.folder]
+        for folder in folders:  # the mirror first: a key is never used before it is captured
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, temp = tempfile.mkstemp(dir=folder, prefix=".keyring-")
+            with os.fdopen(fd, "w") as out:
+                json.dump(doc, out, indent=1, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, folder / KEYRING_FILE)
 
     def _load_or_create(self) -> dict[str, Any]:
         with self._locked():
@@ -221,6 +229,14 @@ class Keyring:
                 self._write(self._doc)
         return self.secret(name)
 
+    def capture(self) -> None:
+        """Write the keyring as it is now to the mirror folder as well (when there is one)."""
+        if self.mirror is None:
+            return
+        with self._locked():
+            self._doc = self._read()
+            self._write(self._doc)
+
     def knows(self, key_id: str) -> bool:
         """Whether ``key_id`` is one of this keyring's data keys (as last read)."""
         return key_id in self._doc["data_keys"]
@@ -279,10 +295,14 @@ def keyring_for(settings: Settings) -> Keyring:
     """The keyring of a home (one per process and home)."""
     folder = (settings.home / "keys").resolve()
     master = master_key_path(settings).resolve()
+    mirror = (settings.replica_dir / "keys").resolve() if settings.replica_dir is not None else None
     with _KEYRINGS_LOCK:
         found = _KEYRINGS.get((folder, master))
         if found is None:
-            found = _KEYRINGS[(folder, master)] = Keyring(folder, master)
+            found = _KEYRINGS[(folder, master)] = Keyring(folder, master, mirror)
+        if mirror is not None and found.mirror != mirror:
+            found.mirror = mirror
+            found.capture()
         return found
 
 

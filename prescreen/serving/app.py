@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -13,12 +13,13 @@ from prescreen.config import get_settings
 from prescreen.errors import InvalidStudyError, ServiceBusyError, StudyTooLargeError
 from prescreen.pipeline.engine import ScreeningEngine
 from prescreen.security.audit import AuditEntry, AuditEvent
+from prescreen.security.clock import clock_status
 from prescreen.serving.auth import Permission, Principal, actor_of, needs, require
 from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
 from prescreen.serving.openapi import install_openapi
 from prescreen.serving.process import release_memory
-from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, StatusOut
+from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, ServiceStatusOut, StatusOut
 from prescreen.store.audit import record_now
 
 screen_router = APIRouter(prefix="/v1", tags=["screen"])
@@ -107,7 +108,24 @@ def healthz() -> StatusOut:
 @health_router.get("/readyz", dependencies=needs(Permission.HEALTH))
 def readyz(request: Request) -> JSONResponse:
     ready = getattr(request.app.state, "engine", None) is not None
-    return JSONResponse(status_code=200 if ready else 503, content={"status": "ready" if ready else "starting"})
+    content = {"status": "ready" if ready else "starting", **_operating_state(request)}
+    return JSONResponse(status_code=200 if ready else 503, content=content)
+
+
+@health_router.get("/v1/status", dependencies=needs(Permission.HEALTH))
+def service_status(request: Request) -> ServiceStatusOut:
+    """Readiness with what an operator and an auditor check: whether the server clock, which dates
+    signatures and audit records, is NTP-synchronized (the kernel's view), and whether continuous
+    capture to ``PRESCREEN_REPLICA_DIR`` is running. (Under BentoML, ``/readyz`` is BentoML's own.)"""
+    ready = getattr(request.app.state, "engine", None) is not None
+    return ServiceStatusOut(status="ready" if ready else "starting", **_operating_state(request))
+
+
+def _operating_state(request: Request) -> dict[str, Any]:
+    runtime = getattr(request.app.state, "runtime", None)
+    replicator = getattr(runtime, "replicator", None)
+    replication = {"configured": replicator is not None, "running": bool(replicator and replicator.alive)}
+    return {"clock": clock_status().as_json(), "replication": replication}
 
 
 class UploadLimit:

@@ -98,6 +98,19 @@ class StatusOut(BaseModel):
     status: str
 
 
+class ServiceStatusOut(BaseModel):
+    """``GET /v1/status``: readiness, the clock's synchronization and continuous capture."""
+
+    status: str
+    clock: dict[str, Any] = Field(
+        description="'synchronized' (NTP keeps the clock in step, as the kernel reports; null: unknown), "
+        "'max_error_ms', 'estimated_error_ms', 'source'"
+    )
+    replication: dict[str, bool] = Field(
+        description="'configured' (PRESCREEN_REPLICA_DIR with SQLite) and 'running' (Litestream is streaming)"
+    )
+
+
 class UserOut(TypedDict):
     """The signed-in user."""
 

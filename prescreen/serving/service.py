@@ -53,6 +53,7 @@ class Prescreen:
         self.monitoring_cards = ModelCards.of_engine(self.engine)
         api.state.engine = self.engine
         api.state.ingestor = self.runtime.ingestor
+        api.state.runtime = self.runtime
 
     def __is_ready__(self) -> bool:
         """Readiness is the app's: models loaded, the study store open, the background loops running

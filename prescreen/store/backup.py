@@ -14,9 +14,10 @@ A backup folder holds sets ``<UTC time>-full`` and ``<UTC time>-incremental``. E
   head; ``manifest.sig``: its SM2 signature (DER) by the service key.
 
 A restore takes the newest set (at or before ``--at``) and its chain back to the full set: the
-database of that set, the blobs of all of them, the keyring. Between two backups, committed changes
-are not captured continuously: what was acknowledged after the last set is lost with the disk
-(schedule incrementals often; see the README).
+database of that set, the blobs of all of them, the keyring; then, with a replica
+(``PRESCREEN_REPLICA_DIR``, :mod:`prescreen.store.replica`), what was captured continuously after it:
+the blobs and keys written there before they were acknowledged, and the SQLite database streamed by
+Litestream, as it was at ``--at`` or at its newest.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from prescreen.security.keys import audit_signer
 from prescreen.security.sm import sm3_hex, verify_sm2
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url
+from prescreen.store.replica import restore_captured
 from prescreen.store.schema import Instance, Study
 from prescreen.store.schema_security import AuditHead
 
@@ -127,7 +129,7 @@ def _snapshot_postgres(url: str, into: Path) -> None:
         raise InvalidRequestError(f"pg_dump failed: {done.stderr.strip()[-300:]}")
 
 
-def _counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
+def store_counts(sessions: sessionmaker[Session]) -> dict[str, Any]:
     with sessions() as session:
         head = session.get(AuditHead, 1)
         return {
@@ -181,7 +183,7 @@ def take_backup(settings: Settings, sessions: sessionmaker[Session], root: Path,
         "parent": parent.name if parent else None,
         "database_url_kind": "sqlite" if url.startswith("sqlite") else "postgresql",
         "files": files,
-        **_counts(sessions),
+        **store_counts(sessions),
     }
     body = json.dumps(doc, indent=1, sort_keys=True).encode()
     (folder / MANIFEST).write_bytes(body)
@@ -233,9 +235,13 @@ def verify_backups(root: Path) -> tuple[int, list[Problem]]:
     return checked, problems
 
 
-def restore(settings: Settings, root: Path, at: datetime | None = None) -> BackupSet:
+def restore(
+    settings: Settings, root: Path, at: datetime | None = None, replica: Path | None = None
+) -> tuple[BackupSet, dict[str, int | bool]]:
     """Bring back the newest set at or before ``at`` into an empty home (and, for PostgreSQL, an
-    empty database). The master key must be at ``PRESCREEN_MASTER_KEY_FILE``.
+    empty database), then what ``replica`` captured after it (:mod:`prescreen.store.replica`): the
+    state at ``at``, or the newest. The master key must be at ``PRESCREEN_MASTER_KEY_FILE``. Returns
+    the set and what came from the replica.
 
     Raises:
         InvalidRequestError: no usable set, a home that is not empty, a set that does not verify.
@@ -270,10 +276,11 @@ def restore(settings: Settings, root: Path, at: datetime | None = None) -> Backu
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         _restore_into(settings, home, url, last, chain)
+        brought = restore_captured(settings, replica, home, at) if replica is not None else {}
     except BaseException:
         shutil.rmtree(home, ignore_errors=True)  # never a half home: the next restore starts clean
         raise
-    return last
+    return last, brought
 
 
 def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, chain: list[BackupSet]) -> None:

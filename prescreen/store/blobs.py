@@ -50,11 +50,15 @@ class FileBlobStore:
 
     Args:
         root: the folder (created if missing).
+        mirror: a second folder, on another disk (``PRESCREEN_REPLICA_DIR/blobs``), written and
+            fsynced with the first before ``put`` returns: the continuous capture of blobs, so a blob
+            acknowledged after the last backup survives the loss of the home's disk.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, mirror: Path | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.mirror = FileBlobStore(mirror) if mirror is not None else None
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key):
@@ -72,6 +76,8 @@ class FileBlobStore:
     def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
         """Store ``data`` durably under ``key`` (an address made elsewhere, e.g. a keyed hash); a file
         already there is kept unless ``replace``."""
+        if self.mirror is not None:
+            self.mirror.put_as(key, data, replace)
         path = self._path(key)
         if path.is_file() and not replace:
             return

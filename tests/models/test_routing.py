@@ -119,6 +119,7 @@ def test_a_dicom_is_parsed_once_for_routing_and_reading() -> None:
         (b"rec 1 360\n", None),  # no length on the record line
         (b"rec 1 abc 100\n", None),
         (b"rec 1 0 100\n", None),
+        (b"r 1 0.0001 10\n", None),  # no ECG has that rate: the reader refuses it
         (b"", None),
     ],
 )

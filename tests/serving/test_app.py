@@ -142,12 +142,16 @@ def test_models_and_health(client: TestClient, tiny_model: StoredModel) -> None:
     models = client.get("/v1/models").json()["models"]
     assert [m["version"] for m in models if m["task"] == "ecg-rhythm"] == [tiny_model.card.version]
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert ready["clock"]["source"] in ("adjtimex", "unavailable") and "synchronized" in ready["clock"]
+    assert ready["replication"] == {"configured": False, "running": False}
+    assert client.get("/v1/status").json() == ready
 
 
 def test_readyz_before_models_loaded() -> None:
     r = TestClient(create_app(None)).get("/readyz")
-    assert (r.status_code, r.json()) == (503, {"status": "starting"})
+    assert (r.status_code, r.json()["status"]) == (503, "starting")
 
 
 def test_route_task() -> None:
