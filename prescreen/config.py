@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     backup_full_days: float = Field(7, gt=0, description="A full backup set this often (weekly)")
     backup_incremental_hours: float = Field(24, gt=0, description="An incremental set this often (daily)")
     backup_keep: int = Field(4, ge=1, description="Full backup chains kept; older chains are deleted")
+    scratch_dir: Path | None = Field(
+        None,
+        description="Where spooled uploads and records being decoded go (plaintext): default /dev/shm (memory) "
+        "when it has room for two of the largest uploads, else the system temporary folder (a warning)",
+    )
     replica_dir: Path | None = Field(
         None,
         description="Continuous capture between backups, on another disk: every blob and the keyring are written "

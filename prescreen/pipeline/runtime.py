@@ -24,6 +24,7 @@ from prescreen.pipeline.triage import TriageStep
 from prescreen.security.audit import Actor, AuditEntry, AuditEvent
 from prescreen.security.keyring import keyring_for
 from prescreen.security.keys import audit_signer
+from prescreen.security.scratch import use_scratch
 from prescreen.store.audit import record_now, sign_checkpoint
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
@@ -111,6 +112,8 @@ def start_runtime(
         RulesError: an invalid routing-rules file (the service must not start with it).
     """
     rules = load_routing_rules(settings) if screen is not None else None
+    if listen:  # a serving process: its uploads and decoded records stay in memory
+        use_scratch(settings)
     runtime = Runtime(open_store(settings), settings=settings)
     released = release_dead_locks(runtime.sessions)
     if released:
