@@ -1071,7 +1071,9 @@ def backup_verify(from_: Annotated[Path, typer.Option("--from", help="The backup
 @app.command()
 @user_errors
 def restore(
-    from_: Annotated[Path, typer.Option("--from", help="The backup folder")],
+    from_: Annotated[
+        Path | None, typer.Option("--from", help="The backup folder (none: from the replica alone)")
+    ] = None,
     at: Annotated[str | None, typer.Option(help="The state at this time (ISO 8601); default: the newest")] = None,
     replica: Annotated[
         Path | None,
@@ -1084,10 +1086,11 @@ def restore(
     import time
     from datetime import datetime
 
+    from prescreen.errors import InvalidRequestError
     from prescreen.security.keys import audit_public_key
     from prescreen.store.audit import verify
     from prescreen.store.backup import restore as restore_backup
-    from prescreen.store.backup import store_counts
+    from prescreen.store.backup import restore_replica_only, store_counts
 
     settings = get_settings()
     started = time.monotonic()
@@ -1095,17 +1098,23 @@ def restore(
     captured = replica if replica is not None else settings.replica_dir
     if captured is not None and str(captured) == "none":
         captured = None
-    done, brought = restore_backup(settings, from_, when, captured)
+    if from_ is None and captured is None:
+        raise InvalidRequestError("say where to restore from: --from BACKUP_DIR and/or --replica DIR")
+    if from_ is None:
+        assert captured is not None
+        brought, name = restore_replica_only(settings, captured, when), f"the replica {captured}"
+    else:
+        done, brought = restore_backup(settings, from_, when, captured)
+        name = done.name + (f" + the replica {captured}" if captured is not None else "")
     extra = ""
     if captured is not None:
-        extra = f" + from the replica {captured}: {brought['blobs']} newer blobs" + (
-            ", the database streamed up to " + (at or "its newest state") if brought["database"] else ""
-        )
+        streamed = f", the database as at {at or 'its newest state'}" if brought["database"] else ""
+        extra = f" ({brought['blobs']} blobs from the replica{streamed})"
     store = _store()  # migrations, in case the backup came from an older version
     verdict = verify(store.sessions, audit_public_key(settings))
     studies = store_counts(store.sessions)["studies"]
     console.print(
-        f"restored {done.name}{extra}: {studies} studies in {time.monotonic() - started:.1f} s; "
+        f"restored {name}{extra}: {studies} studies in {time.monotonic() - started:.1f} s; "
         f"audit chain {'intact' if verdict.ok else 'BROKEN: ' + verdict.reason} ({verdict.records} records)"
     )
     if not verdict.ok:

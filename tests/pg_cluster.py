@@ -72,7 +72,8 @@ class PgCluster:
         self.port = 0
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bin_dir / args[0]), *args[1:]]
+        tool = self.bin_dir / args[0]
+        cmd = [str(tool) if tool.is_file() else shutil.which(args[0]) or args[0], *args[1:]]
         if self.as_user is not None:
             if shutil.which("runuser"):
                 cmd = ["runuser", "-u", self.as_user, "--", *cmd]
@@ -80,16 +81,23 @@ class PgCluster:
                 cmd = ["su", self.as_user, "-s", "/bin/sh", "-c", shlex.join(cmd)]
         return subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=120, check=False)
 
-    def start(self) -> None:
+    def start(self, conf: str = "", durable: bool = False) -> None:
+        """``initdb``, then start the server; ``conf`` is appended to its ``postgresql.conf``;
+        ``durable`` keeps fsync and full-page writes on (a base backup needs them)."""
         done = self._run("initdb", "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{done.stdout}\n{done.stderr}")
+        if conf:
+            with (self.data / "postgresql.conf").open("a") as out:
+                out.write("\n" + conf + "\n")
+        self.launch(durable)
+
+    def launch(self, durable: bool = False) -> None:
+        """Start the server on the data folder as it is (a free port)."""
+        fast = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         for _ in range(3):  # the free port may be taken in between: try another
             self.port = free_port()
-            options = (
-                f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-            )
+            options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 {fast}-c max_connections=100"
             done = self._run(
                 "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
             )

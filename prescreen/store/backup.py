@@ -259,14 +259,7 @@ def restore(
     bad = [p for p in problems if p.set_name in {s.name for s in chain}]
     if bad:
         raise InvalidRequestError(f"backup set {bad[0].set_name}: {bad[0].what}; not restored")
-    home = settings.home
-    if home.exists() and any(home.iterdir()):
-        raise InvalidRequestError(f"{home} is not empty: restore into an empty home")
-    master = master_key_path(settings)
-    if not master.is_file():
-        raise InvalidRequestError(
-            f"no master key at {master}: point PRESCREEN_MASTER_KEY_FILE at the one of the backup"
-        )
+    home = _empty_home_with_master_key(settings)
     url = database_url(settings)
     kind = "sqlite" if url.startswith("sqlite") else "postgresql"
     if last.detail.get("database_url_kind", kind) != kind:
@@ -281,6 +274,37 @@ def restore(
         shutil.rmtree(home, ignore_errors=True)  # never a half home: the next restore starts clean
         raise
     return last, brought
+
+
+def _empty_home_with_master_key(settings: Settings) -> Path:
+    home = settings.home
+    if home.exists() and any(home.iterdir()):
+        raise InvalidRequestError(f"{home} is not empty: restore into an empty home")
+    master = master_key_path(settings)
+    if not master.is_file():
+        raise InvalidRequestError(
+            f"no master key at {master}: point PRESCREEN_MASTER_KEY_FILE at the one of the backup"
+        )
+    return home
+
+
+def restore_replica_only(settings: Settings, replica: Path, at: datetime | None = None) -> dict[str, int | bool]:
+    """Bring back a home from the replica alone (no backup set): its keys and blobs, and a SQLite
+    database as streamed at ``at``. On PostgreSQL the database comes back by the server's own
+    point-in-time recovery first (README); this brings the home that goes with it.
+
+    Raises:
+        InvalidRequestError: a home that is not empty, no master key, no keyring in the replica.
+    """
+    home = _empty_home_with_master_key(settings)
+    if not (replica / "keys" / KEYRING_FILE).is_file():
+        raise InvalidRequestError(f"no keyring in {replica / 'keys'}: not a replica of a prescreen home")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        return restore_captured(settings, replica, home, at)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
 
 
 def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, chain: list[BackupSet]) -> None:
