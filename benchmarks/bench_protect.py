@@ -7,12 +7,17 @@ Measures in-process on this machine, in one run:
 2. Ingest: ``store_instance`` of fresh synthetic CR instances (parse, blob, rows, audit record) into a
    plain and a sealed store; instances/s and the ratio. The C-STORE and STOW-RS paths add the same
    network work to both, so this ratio is the upper bound of what encryption costs them.
-3. Restore drill: ``--studies`` studies of one CR instance each are ingested into a sealed store, a
+3. C-STORE and STOW-RS with and without encryption: the DICOM listener (in this process, on a real
+   port) receiving DCMTK ``storescu`` associations, and ``POST /dicomweb/studies`` through the app
+   (in-process ASGI client), into a plain store, a sealed store, and a sealed store with continuous
+   capture to a replica folder (every blob written twice); instances/s and the ratios, alternating
+   the order of the stores over ``--rounds``.
+4. Restore drill: ``--studies`` studies of one CR instance each are ingested into a sealed store, a
    full backup set is taken, the home is restored into an empty folder; seconds for each, MB/s, and
    the time a restore would take for a store of ``--store-gb`` GB at the measured rate.
 
-Usage: ``python benchmarks/bench_protect.py [--blobs 300] [--instances 300] [--studies 1000]
-[--store-gb 500] [--out BENCHMARKS.md]``
+Usage: ``python benchmarks/bench_protect.py [--blobs 300] [--instances 300] [--network 120] [--rounds 3]
+[--studies 1000] [--store-gb 500] [--out BENCHMARKS.md]``
 """
 
 from __future__ import annotations
@@ -20,22 +25,25 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import write_section
+from common import free_port, lab_env, write_section
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from prescreen.config import Settings, get_settings
+from prescreen.integration.listener import start_listener
 from prescreen.security.keyring import keyring_for
 from prescreen.store.backup import restore, take_backup
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import make_engine, migrate, session_factory
-from prescreen.store.ingest import dicom_meta, store_instance
+from prescreen.store.ingest import Ingestor, dicom_meta, store_instance
 from prescreen.store.sealed import SealedBlobStore
 
 SIZE = 256  # 256 x 256 x 16 bit: ~130 kB, a small CR
@@ -63,10 +71,100 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
+def open_ingestor(root: Path, name: str, sealed: bool, replica: bool) -> Ingestor:
+    url = f"sqlite:///{root / name}.db"
+    migrate(url)
+    files = FileBlobStore(root / f"{name}-blobs", root / f"{name}-replica" if replica else None)
+    blobs = SealedBlobStore(files, keyring_for(get_settings())) if sealed else files
+    return Ingestor(session_factory(make_engine(url)), blobs)  # type: ignore[arg-type]
+
+
+def cstore_seconds(ingestor: Ingestor, folder: Path, files: list[bytes]) -> float:
+    """Seconds for one ``storescu`` association storing ``files`` into a listener on ``ingestor``."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i, data in enumerate(files):
+        path = folder / f"{i:05d}.dcm"
+        path.write_bytes(data)
+        paths.append(str(path))
+    port = free_port()
+    server = start_listener(
+        ingestor, get_settings().model_copy(update={"dicom_port": port, "dicom_ae_title": "PRESCREEN"})
+    )
+    assert server is not None
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["storescu", "-aet", "BENCH", "-aec", "PRESCREEN", "127.0.0.1", str(port), *paths],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        server.shutdown()
+    if done.returncode != 0 or "Failed" in done.stderr:
+        raise SystemExit(f"storescu failed ({done.returncode}): {done.stderr[-300:]}")
+    return seconds
+
+
+def stow_seconds(ingestor: Ingestor, files: list[bytes], batch: int = 10) -> float:
+    """Seconds to POST ``files`` to ``/dicomweb/studies`` in batches, through the app in-process."""
+    from fastapi.testclient import TestClient
+
+    from prescreen.serving.app import create_app
+
+    app = create_app()
+    app.state.ingestor = ingestor
+    client = TestClient(app)
+    bodies = []
+    for i in range(0, len(files), batch):
+        boundary = f"bench-{i}"
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body = b"".join(head + part + b"\r\n" for part in files[i : i + batch]) + f"--{boundary}--\r\n".encode()
+        bodies.append((body, f'multipart/related; type="application/dicom"; boundary={boundary}'))
+    start = time.perf_counter()
+    for body, content_type in bodies:
+        r = client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type})
+        if r.status_code != 200:
+            raise SystemExit(f"STOW-RS answered {r.status_code}: {r.text[:300]}")
+    return time.perf_counter() - start
+
+
+def network_paths(root: Path, count: int, rounds: int) -> dict[str, float]:
+    """C-STORE and STOW-RS instances/s per store kind (median over rounds, order alternated)."""
+    kinds = {"plain": (False, False), "sealed": (True, False), "sealed + replica": (True, True)}
+    measured: dict[str, dict[str, list[float]]] = {"C-STORE": {k: [] for k in kinds}, "STOW-RS": {k: [] for k in kinds}}
+    seed = 50_000
+    for r in range(rounds):
+        order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+        for kind in order:
+            sealed, replica = kinds[kind]
+            name = f"net-{r}-{kind.replace(' + ', '-')}"
+            ingestor = open_ingestor(root, name, sealed, replica)
+            files = [cr(seed + i) for i in range(count)]
+            seed += count
+            measured["C-STORE"][kind].append(rate(count, cstore_seconds(ingestor, root / f"{name}-files", files)))
+            files = [cr(seed + i) for i in range(count)]
+            seed += count
+            measured["STOW-RS"][kind].append(rate(count, stow_seconds(ingestor, files)))
+            ingestor.sessions.kw["bind"].dispose()
+    rows: dict[str, float] = {}
+    for path, by_kind in measured.items():
+        medians = {kind: statistics.median(values) for kind, values in by_kind.items()}
+        for kind, value in medians.items():
+            rows[f"{path}, {kind} store (instances/s)"] = value
+        rows[f"{path} sealed / plain (time ratio)"] = medians["plain"] / medians["sealed"]
+        rows[f"{path} sealed + replica / plain (time ratio)"] = medians["plain"] / medians["sealed + replica"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blobs", type=int, default=300)
     parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--network", type=int, default=120, help="instances per C-STORE / STOW-RS round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--store-gb", type=float, default=500.0)
     parser.add_argument("--out", type=Path)
@@ -74,6 +172,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         os.environ["PRESCREEN_HOME"] = str(root / "home")
+        os.environ.update(lab_env({}))  # a lab network: anonymous ingest, as the other benchmarks
         get_settings.cache_clear()
         settings = get_settings()
         ring = keyring_for(settings)
@@ -103,6 +202,8 @@ def main() -> None:
         plain_ingest = ingest(FileBlobStore(root / "plain-ingest"), "plain", args.instances)
         sealed_ingest = ingest(SealedBlobStore(FileBlobStore(root / "sealed-ingest"), ring), "sealed", args.instances)
 
+        network = network_paths(root, args.network, args.rounds)
+
         # the restore drill: a sealed home of --studies studies, a full backup, a restore into an empty home
         from prescreen.pipeline.runtime import open_store
 
@@ -128,6 +229,7 @@ def main() -> None:
         "ingest, plain store (instances/s)": rate(args.instances, plain_ingest),
         "ingest, sealed store (instances/s)": rate(args.instances, sealed_ingest),
         "ingest sealed / plain (time ratio)": sealed_ingest / plain_ingest,
+        **network,
         f"full backup of {args.studies} studies, {home_mb:.0f} MB (s)": backup_s,
         f"restore of {args.studies} studies into an empty home (s)": restore_s,
         "restore rate (MB/s)": restore_mb_s,
@@ -138,6 +240,10 @@ def main() -> None:
         "instances per store; every write fsynced. The restore figure counts copying and decrypting the "
         "database snapshot and copying the (already sealed) blobs; `prescreen restore` then migrates and "
         "verifies the audit chain, and the service needs its usual start (~20 s) to be ready.",
+        f"- C-STORE: one DCMTK `storescu` association of {args.network} fresh CR instances (TCP_NODELAY=1) into "
+        f"the listener running in this process; STOW-RS: batches of 10 through the app in-process; "
+        f"median of {args.rounds} rounds, store order alternated. 'replica' writes every blob a second "
+        "time, fsynced, to another folder (here the same disk; on another disk the writes overlap less).",
         f"- Goal: restore + ready within 1 hour. At the measured rate that holds for a store of about "
         f"{restore_mb_s * 3600 / 1000 * 0.9:.0f} GB on this disk; a larger store needs a faster disk or "
         "restores its database first and its blobs while serving (not built).",
