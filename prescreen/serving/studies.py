@@ -14,13 +14,14 @@ from prescreen.config import get_settings
 from prescreen.domain import ORDER_PRIORITY_ALIASES, OrderPriority, StudyStatus
 from prescreen.errors import ForbiddenError, InvalidStudyError, NotFoundError
 from prescreen.integration.fhir import diagnostic_report
-from prescreen.security.audit import AuditEvent
+from prescreen.security.audit import AuditEntry, AuditEvent
+from prescreen.security.keys import patient_pseudonym
 from prescreen.security.masking import mask_id, mask_name
 from prescreen.security.roles import Role
 from prescreen.serving.auth import Permission, actor_of, require
 from prescreen.serving.deps import IngestorDep
 from prescreen.serving.errors import error_response
-from prescreen.store.audit import record_study_access
+from prescreen.store.audit import record_now, record_study_access
 from prescreen.store.users import Principal
 from prescreen.store.views import (
     StudyDetail,
@@ -151,24 +152,37 @@ def _redact(session: Session, user: Principal | None, study: StudyT) -> StudyT:
 def search_studies(
     ingestor: IngestorDep,
     user: StudyReader,
+    request: Request,
     study_uid: str | None = None,
     status: StudyStatus | None = None,
     institution: str | None = None,
+    patient_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StudyPage:
-    """Studies, newest first, filtered by Study Instance UID, status and institution (a client or a
-    user of some institutions sees theirs only)."""
+    """Studies, newest first, filtered by Study Instance UID, status, institution (a client or a
+    user of some institutions sees theirs only) and patient id. Patient ids are stored sealed: the
+    lookup goes through their blind index (HMAC-SM3), and every lookup by patient is audited."""
     if user is not None and user.institutions:
         if institution is not None and institution not in user.institutions:
             return {"items": [], "total": 0, "limit": limit, "offset": offset}
         scope = [institution] if institution else list(user.institutions)
     else:
         scope = [institution] if institution else []
-    where = StudyFilter(study_uid=study_uid, status=status, institutions=scope, limit=limit, offset=offset)
+    index = patient_pseudonym(get_settings(), patient_id.strip()) if patient_id else None
+    where = StudyFilter(
+        study_uid=study_uid, status=status, patient_index=index, institutions=scope, limit=limit, offset=offset
+    )
     with ingestor.sessions() as session:
         page = list_studies(session, where)
-        return {**page, "items": [_redact(session, user, item) for item in page["items"]]}
+        items = [_redact(session, user, item) for item in page["items"]]
+    if index is not None:
+        detail = {"as": "search by patient", "found": page["total"]}
+        record_now(
+            ingestor.sessions,
+            AuditEntry(AuditEvent.STUDY_READ, actor_of(request, user), patient_hash=index, detail=detail),
+        )
+    return {**page, "items": items}
 
 
 @studies_router.get("/{study_id}")

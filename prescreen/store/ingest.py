@@ -128,6 +128,7 @@ def _record_instance(
                 study_uid=meta.study_uid,
                 received_at=now,
                 patient_id=meta.patient_id,
+                patient_index=patient_pseudonym(get_settings(), meta.patient_id),
                 patient_name=meta.patient_name,
                 institution=meta.institution,
                 sender=meta.sender,

@@ -38,6 +38,8 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     #: sealed at rest (SM4-GCM envelopes, :class:`~prescreen.store.sealed.SealedText`); plain in Python
     patient_id: Mapped[str | None] = mapped_column(SealedText())
+    #: blind index of the patient id: HMAC-SM3 under the pseudonym key, for lookups by patient id
+    patient_index: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_name: Mapped[str | None] = mapped_column(SealedText())
     institution: Mapped[str | None] = mapped_column(String(128), index=True)
     sender: Mapped[str | None] = mapped_column(String(64))

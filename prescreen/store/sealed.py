@@ -75,6 +75,8 @@ def seal_existing(ingestor: Any) -> tuple[int, int]:
     from sqlalchemy import select
     from sqlalchemy.orm.attributes import flag_modified
 
+    from prescreen.config import get_settings
+    from prescreen.security.keys import patient_pseudonym
     from prescreen.store.schema import Study
 
     files = ingestor.blobs.files if isinstance(ingestor.blobs, SealedBlobStore) else ingestor.blobs
@@ -94,6 +96,8 @@ def seal_existing(ingestor: Any) -> tuple[int, int]:
                     flag_modified(row, "patient_name")
                     flag_modified(row, "patient_id")
                     studies += 1
+                if row.patient_id and row.patient_index is None:  # stored before the blind index
+                    row.patient_index = patient_pseudonym(get_settings(), row.patient_id)
             after = rows[-1].id
 
 

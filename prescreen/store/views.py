@@ -121,6 +121,8 @@ class StudyDetail(StudyRow):
 class StudyFilter:
     study_uid: str | None = None
     status: str | None = None
+    #: the blind index of a patient id (``patient_pseudonym``): that patient's studies
+    patient_index: str | None = None
     #: studies of any of these institutions (empty: all)
     institutions: Sequence[str] = ()
     limit: int = 50
@@ -138,6 +140,8 @@ def list_studies(session: Session, where: StudyFilter) -> StudyPage:
         query = query.where(Study.study_uid == where.study_uid)
     if where.status:
         query = query.where(Study.status == where.status)
+    if where.patient_index:
+        query = query.where(Study.patient_index == where.patient_index)
     if where.institutions:
         query = query.where(Study.institution.in_(list(where.institutions)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0

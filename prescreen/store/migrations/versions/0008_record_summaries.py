@@ -1,5 +1,5 @@
 """record summaries: what a whole-record analysis (Holter) found, kept with its finding; a job's
-progress while a long analysis runs
+progress while a long analysis runs; the blind index of a study's patient id
 
 Revision ID: 0008
 Revises: 0007
@@ -23,9 +23,15 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column('summary', sa.JSON(), nullable=True))
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('progress', sa.Float(), nullable=True))
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('patient_index', sa.String(length=64), nullable=True))
+        batch_op.create_index('ix_studies_patient_index', ['patient_index'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_index('ix_studies_patient_index')
+        batch_op.drop_column('patient_index')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_column('progress')
     for table in ('shadow_results', 'results'):
