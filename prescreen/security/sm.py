@@ -34,6 +34,15 @@ def sm3_hex(data: bytes) -> str:
     return sm3(data).hex()
 
 
+def sm3_file_hex(path: Path, chunk: int = 1 << 20) -> str:
+    """SM3 of a file, read a chunk at a time (a database snapshot need not fit in memory)."""
+    digest = c_hashes.Hash(c_hashes.SM3())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.finalize().hex()
+
+
 def hmac_sm3_hex(key: bytes, data: bytes) -> str:
     """HMAC-SM3 of ``data`` under ``key``, hex: a keyed hash that reveals nothing without the key."""
     from cryptography.hazmat.primitives import hmac as c_hmac

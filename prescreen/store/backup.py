@@ -39,9 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
 from prescreen.errors import InvalidRequestError
-from prescreen.security.keyring import KEYRING_FILE, keyring_for, master_key_path
+from prescreen.security.keyring import KEYRING_FILE, Keyring, keyring_for, master_key_path
 from prescreen.security.keys import audit_signer
-from prescreen.security.sm import sm3_hex, verify_sm2
+from prescreen.security.sm import sm3_file_hex, verify_sm2
 from prescreen.store.blobs import FileBlobStore
 from prescreen.store.db import database_url
 from prescreen.store.replica import restore_captured
@@ -53,6 +53,9 @@ DATABASE = "database.sm4"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 DB_AAD = b"prescreen-backup-database"
+CHUNKED_MAGIC = b"PSC1\n"
+#: the database snapshot is sealed this much at a time (memory stays bounded for any database size)
+CHUNK_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,55 @@ def _chain(sets: list[BackupSet], last: BackupSet) -> list[BackupSet]:
 
 
 def _hash_file(path: Path) -> str:
-    return sm3_hex(path.read_bytes())
+    return sm3_file_hex(path)
+
+
+def seal_chunked(keyring: Keyring, source: Path, target: Path, chunk: int = CHUNK_BYTES) -> None:
+    """Seal ``source`` into ``target`` as a sequence of SM4-GCM envelopes of at most ``chunk`` bytes
+    each, so a database of any size is sealed (and opened) a chunk at a time. Each envelope's
+    associated data names its position and whether it is the last, so no chunk can be dropped,
+    repeated, reordered or cut off unnoticed."""
+    size = source.stat().st_size
+    count = max(1, -(-size // chunk))
+    with source.open("rb") as src, target.open("wb") as out:
+        out.write(CHUNKED_MAGIC)
+        for index in range(count):
+            sealed = keyring.seal(src.read(chunk), _chunk_aad(index, index == count - 1))
+            out.write(len(sealed).to_bytes(8, "big") + sealed)
+
+
+def open_chunked(keyring: Keyring, source: Path, target: Path) -> None:
+    """Open what :func:`seal_chunked` wrote (or a one-envelope snapshot of an earlier version) into
+    ``target``, a chunk at a time.
+
+    Raises:
+        InvalidRequestError: a chunk is missing, cut off or out of place.
+    """
+    with source.open("rb") as src, target.open("wb") as out:
+        if src.read(len(CHUNKED_MAGIC)) != CHUNKED_MAGIC:  # an earlier version's single envelope
+            out.write(keyring.open(source.read_bytes(), DB_AAD))
+            return
+        index, last = 0, False
+        while not last:
+            head = src.read(8)
+            if len(head) != 8:
+                raise InvalidRequestError(f"{source.name} is cut off after chunk {index}")
+            sealed = src.read(int.from_bytes(head, "big"))
+            try:
+                out.write(keyring.open(sealed, _chunk_aad(index, False)))
+            except Exception:  # not a middle chunk: the last one, or a chunk out of place
+                try:
+                    out.write(keyring.open(sealed, _chunk_aad(index, True)))
+                except Exception as exc:
+                    raise InvalidRequestError(f"{source.name}: chunk {index} is damaged or out of place") from exc
+                last = True
+            index += 1
+        if src.read(1):
+            raise InvalidRequestError(f"{source.name} has data after its last chunk")
+
+
+def _chunk_aad(index: int, last: bool) -> bytes:
+    return DB_AAD + f"/{index}/{'last' if last else 'more'}".encode()
 
 
 def _snapshot_sqlite(url: str, into: Path) -> None:
@@ -164,7 +215,7 @@ def take_backup(settings: Settings, sessions: sessionmaker[Session], root: Path,
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         snapshot = Path(scratch) / "snapshot"
         (_snapshot_sqlite if url.startswith("sqlite") else _snapshot_postgres)(url, snapshot)
-        (folder / DATABASE).write_bytes(keyring.seal(snapshot.read_bytes(), DB_AAD))
+        seal_chunked(keyring, snapshot, folder / DATABASE)
     files[DATABASE] = _hash_file(folder / DATABASE)
     blobs = FileBlobStore(settings.home / "blobs")
     (folder / "blobs").mkdir()
@@ -312,14 +363,12 @@ def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, cha
     keys.mkdir(mode=0o700)
     shutil.copyfile(last.path / "keys" / KEYRING_FILE, keys / KEYRING_FILE)
     keyring = keyring_for(settings)
-    snapshot = keyring.open((last.path / DATABASE).read_bytes(), DB_AAD)
     if url.startswith("sqlite"):
         target = Path(make_url(url).database or home / "prescreen.db")
-        target.write_bytes(snapshot)
+        open_chunked(keyring, last.path / DATABASE, target)
     else:
         with tempfile.NamedTemporaryFile(dir=home, suffix=".dump") as dump:
-            dump.write(snapshot)
-            dump.flush()
+            open_chunked(keyring, last.path / DATABASE, Path(dump.name))
             plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             done = subprocess.run(
                 ["pg_restore", "--no-owner", "--dbname", plain, dump.name], capture_output=True, text=True

@@ -34,6 +34,7 @@ from prescreen.security.sm import sm3_hex
 from prescreen.store import users as users_module
 from prescreen.store.audit import sign_checkpoint, verify
 from prescreen.store.backup import (
+    CHUNKED_MAGIC,
     DATABASE,
     MANIFEST,
     Problem,
@@ -263,7 +264,7 @@ def test_backups_verify_and_incrementals_hold_only_new_blobs(drill: Drill) -> No
     assert incremental.detail["audit_hash"] == drill.incremental_state["audit"][2]
     for item in (full, incremental):
         sealed = (item.path / DATABASE).read_bytes()
-        assert envelope.is_sealed(sealed)
+        assert sealed.startswith(CHUNKED_MAGIC) and envelope.is_sealed(sealed[len(CHUNKED_MAGIC) + 8 :])
         assert b"SQLite format 3" not in sealed and "张三丰".encode() not in sealed
         for name in item.files:
             if name.startswith("blobs/"):
@@ -470,3 +471,48 @@ def test_a_postgresql_set_restored_into_sqlite_is_refused(
     with pytest.raises(InvalidRequestError):
         restore(use_home(monkeypatch, home, drill.master), drill.backups)
     assert not home.exists() or list(home.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the sealed snapshot, in chunks
+
+
+def test_a_database_snapshot_is_sealed_and_opened_a_chunk_at_a_time(tmp_path: Path) -> None:
+    from prescreen.store.backup import open_chunked, seal_chunked
+
+    ring = keyring_for(Settings(home=tmp_path / "home", master_key_file=tmp_path / "vault" / "master.key"))
+    for size in (0, 1, 999, 1000, 1001, 4500):  # empty, one partial chunk, exact multiples, several
+        source, sealed, back = tmp_path / f"db-{size}", tmp_path / f"db-{size}.sm4", tmp_path / f"db-{size}.out"
+        source.write_bytes(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+        seal_chunked(ring, source, sealed, chunk=1000)
+        assert sealed.read_bytes().startswith(CHUNKED_MAGIC)
+        assert size < 64 or source.read_bytes()[:64] not in sealed.read_bytes()
+        open_chunked(ring, sealed, back)
+        assert back.read_bytes() == source.read_bytes()
+
+    sealed = tmp_path / "db-4500.sm4"
+    whole = sealed.read_bytes()
+    chunks, at = [], len(CHUNKED_MAGIC)
+    while at < len(whole):
+        length = int.from_bytes(whole[at : at + 8], "big")
+        chunks.append(whole[at : at + 8 + length])
+        at += 8 + length
+    assert len(chunks) == 5
+    for name, body in {
+        "dropped last": chunks[:-1],
+        "swapped": [chunks[1], chunks[0], *chunks[2:]],
+        "repeated": [chunks[0], *chunks],
+        "extra": [*chunks, chunks[0]],
+    }.items():
+        broken = tmp_path / f"broken-{name.replace(' ', '-')}"
+        broken.write_bytes(CHUNKED_MAGIC + b"".join(body))
+        with pytest.raises(InvalidRequestError):
+            open_chunked(ring, broken, tmp_path / "out")
+
+
+def test_a_snapshot_sealed_whole_by_an_earlier_version_still_opens(tmp_path: Path) -> None:
+    from prescreen.store.backup import DB_AAD, open_chunked
+
+    ring = keyring_for(Settings(home=tmp_path / "home", master_key_file=tmp_path / "vault" / "master.key"))
+    (tmp_path / "old.sm4").write_bytes(ring.seal(b"SQLite format 3\x00 ...", DB_AAD))
+    open_chunked(ring, tmp_path / "old.sm4", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"SQLite format 3\x00 ..."
