@@ -38,6 +38,7 @@ DICOM_UID = "urn:dicom:uid"
 # task -> (v2-0074 diagnostic service section, its display, whether it is an imaging task)
 SECTION_BY_TASK: dict[str, tuple[str, str, bool]] = {
     "ecg-rhythm": ("EC", "Electrocardiac (e.g., EKG, EEC, Holter)", False),
+    "holter": ("EC", "Electrocardiac (e.g., EKG, EEC, Holter)", False),
     "chest-xray": ("RAD", "Radiology", True),
     "breast-us": ("RUS", "Radiology Ultrasound", True),
 }

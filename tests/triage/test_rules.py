@@ -61,6 +61,9 @@ def test_default_rules_ship_inside_the_package_and_load() -> None:
         "ecg-flagged",
         "ecg-safety",
         "ecg",
+        "holter-ventricular-run-or-pause",
+        "holter-flagged",
+        "holter",
         "breast-us-flagged",
         "breast-us-safety",
         "breast-us",
@@ -130,6 +133,22 @@ def test_flag_conditions_by_operating_point() -> None:
             Routing("thoracic-radiology", "urgent", "chest-xray-flagged"),
         ),
         (CHEST, Routing("thoracic-radiology", "routine", "chest-xray")),
+        (
+            SeriesFacts(task="holter", modality="ECG", label="nsvt", flagged=True, score=1.0),
+            Routing("cardiology", "urgent", "holter-ventricular-run-or-pause"),
+        ),
+        (
+            SeriesFacts(task="holter", modality="ECG", label="pause", flagged=True, score=1.0),
+            Routing("cardiology", "urgent", "holter-ventricular-run-or-pause"),
+        ),
+        (
+            SeriesFacts(task="holter", modality="ECG", label="af", flagged=True, score=1.0),
+            Routing("cardiology", "urgent", "holter-flagged"),
+        ),
+        (
+            SeriesFacts(task="holter", modality="ECG", label="normal", flagged=False, score=0.3),
+            Routing("cardiology", "routine", "holter"),
+        ),
         (CT, Routing("general-radiology", "routine", "not-screened")),
         (SeriesFacts(), Routing("general-radiology", "routine", "not-screened")),
         (SeriesFacts(modality="ecg"), Routing("cardiology", "routine", "ecg-not-screened")),
@@ -555,7 +574,7 @@ def test_cli_rules_check(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["rules", "check", str(default_rules_path())])
     assert result.exit_code == 0, result.output
-    assert "14 rules" in result.output
+    assert "17 rules" in result.output
     bad = tmp_path / "rules.yaml"
     bad.write_text(rule_text(rule("noisy-ecg", "{task: ecg-rhythm}", "ecg-repeat", "asap")), encoding="utf-8")
     result = runner.invoke(app, ["rules", "check", str(bad)])
