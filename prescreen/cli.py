@@ -464,8 +464,17 @@ def _print_gate(assessment: Any) -> None:
         console.print(table)
     missing = a.candidate.card.missing_for_release()
     console.print("card: complete" if not missing else f"card: incomplete, lacks {', '.join(missing)}")
+    safety = a.verdict.figures.get("safety")
+    if safety is not None:
+        card_sens = "n/a" if safety["card"] is None else f"{safety['card']:.3f}"
+        measured = "n/a" if safety["measured"] is None else f"{safety['measured']:.3f}"
+        console.print(
+            f"safety point (threshold {a.thresholds['candidate safety']:.4f}): sensitivity {card_sens} on its "
+            f"validation, {measured} on these records ({safety['positives']} to be flagged); "
+            f"floor {safety['floor']:.2f}"
+        )
     console.print(
-        "verdict: PASS, non-inferior and complete"
+        "verdict: PASS, non-inferior, complete and safe"
         if a.passed
         else f"verdict: REFUSED ({len(a.verdict.reasons)} reason{'s' if len(a.verdict.reasons) > 1 else ''})"
     )

@@ -23,6 +23,8 @@ from prescreen.evaluation.metrics import BoolArray, FloatArray, IntArray
 ACCURACY_MARGIN = -0.01
 SENSITIVITY_MARGIN = -0.02
 MARGINS: dict[str, float] = {"accuracy": ACCURACY_MARGIN, "sensitivity": SENSITIVITY_MARGIN}
+#: no model ships whose safety point misses more than one in ten of the flagged class
+SAFETY_MIN_SENSITIVITY = 0.90
 #: the metrics shown side by side (specificity is shown, not gated)
 COMPARED = ("accuracy", "sensitivity", "specificity")
 MIN_RESAMPLES = 1000
@@ -223,18 +225,61 @@ def compare_flags(
     )
 
 
+@dataclass(frozen=True)
+class SafetyCheck:
+    """The candidate's safety-point sensitivity for the flagged class: as its card states it (on the
+    validation data the point was chosen on) and as measured on the gate's records.
+
+    Attributes:
+        card: the card's safety sensitivity (``None``: the card has none).
+        measured: the sensitivity on the gate's records (``None``: they hold no flagged-class record).
+        positives: how many flagged-class records ``measured`` rests on.
+    """
+
+    card: float | None
+    measured: float | None
+    positives: int
+
+    def refusals(self) -> list[str]:
+        floor = SAFETY_MIN_SENSITIVITY
+        out = []
+        if self.card is not None and self.card < floor:
+            out.append(f"the card's safety-point sensitivity {self.card:.3f} is below {floor:.2f}")
+        if self.measured is None:
+            out.append("the safety-point sensitivity cannot be measured: the records hold no flagged-class record")
+        elif self.measured < floor:
+            out.append(
+                f"the safety-point sensitivity on these records is {self.measured:.3f} "
+                f"({self.positives} flagged-class records), below {floor:.2f}"
+            )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "card": self.card,
+            "measured": self.measured,
+            "positives": self.positives,
+            "floor": SAFETY_MIN_SENSITIVITY,
+        }
+
+
 def gate(
     comparison: Comparison | None,
     card_missing: list[str],
     margins: dict[str, float] | None = None,
+    safety: SafetyCheck | None = None,
 ) -> GateVerdict:
-    """Decide a promotion: non-inferior on every gated metric and a complete card.
+    """Decide a promotion: non-inferior on every gated metric, a complete card, and a safety point
+    that keeps its sensitivity (at least :data:`SAFETY_MIN_SENSITIVITY` on its own validation and on
+    the gate's records).
 
     Args:
         comparison: candidate vs active; ``None`` when the task has no active model (then only the
             card decides).
         card_missing: what the candidate's card lacks (``ModelCard.missing_for_release()``).
         margins: metric → lowest allowed lower bound of Δ (default :data:`MARGINS`).
+        safety: the candidate's safety-point sensitivity on its card and on the gate's records
+            (``None``: not checked).
 
     Returns:
         the verdict; a Δ that cannot be measured (e.g. no flagged record, so no sensitivity)
@@ -253,9 +298,12 @@ def gate(
                 )
     if card_missing:
         reasons.append(f"the candidate's model card is incomplete: it lacks {', '.join(card_missing)}")
+    if safety is not None:
+        reasons.extend(safety.refusals())
     figures: dict[str, Any] = {
         "comparison": comparison.as_dict() if comparison is not None else None,
         "margins": dict(margins),
         "card_missing": list(card_missing),
+        "safety": safety.as_dict() if safety is not None else None,
     }
     return GateVerdict(passed=not reasons, reasons=reasons, figures=figures)

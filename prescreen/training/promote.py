@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prescreen.datasets.collections import LabelledSet
 from prescreen.errors import DatasetError, ModelError
-from prescreen.evaluation.compare import MIN_RESAMPLES, Comparison, GateVerdict, compare_flags, gate
+from prescreen.evaluation.compare import MIN_RESAMPLES, Comparison, GateVerdict, SafetyCheck, compare_flags, gate
 from prescreen.evaluation.evaluate import flag_truth
 from prescreen.models.model_store import SHIPPED_DIR, ModelStore, StoredModel
 from prescreen.models.onnx_model import FloatArray
@@ -79,6 +80,15 @@ class Assessment:
 def balanced_threshold(model: StoredModel) -> float:
     """The threshold of the model's balanced operating point (its one threshold on older cards)."""
     return model.card.thresholds()["balanced"]
+
+
+def safety_check(candidate: StoredModel, truth: npt.NDArray[np.bool_], scores: FloatArray) -> SafetyCheck:
+    """The candidate's safety-point sensitivity: its card's, and measured on these records."""
+    point = candidate.card.operating_points.get("safety")
+    positives = int(truth.sum())
+    flagged = scores >= candidate.card.thresholds()["safety"]
+    measured = float(flagged[truth].mean()) if positives else None
+    return SafetyCheck(point.sensitivity if point is not None else None, measured, positives)
 
 
 def active_or_none(store: ModelStore, task: str) -> StoredModel | None:
@@ -193,7 +203,9 @@ def assess_promotion(
         comparison = compare_flags(truth, cand_flags, act_flags, resamples, seed)
     else:
         notes.append(f"{task.name} has no active model: nothing to compare with, so only the card decides")
-    verdict = gate(comparison, candidate.card.missing_for_release())
+    safety = safety_check(candidate, truth, task.flag_scores(cand_probs))
+    thresholds["candidate safety"] = candidate.card.thresholds()["safety"]
+    verdict = gate(comparison, candidate.card.missing_for_release(), safety=safety)
     return Assessment(
         task=task.name,
         candidate=candidate,

@@ -225,3 +225,27 @@ def test_figures_are_json_safe() -> None:
     c = compare_flags(truth, np.zeros(20, dtype=bool), np.zeros(20, dtype=bool))
     text = json.dumps(gate(c, []).figures, allow_nan=False)
     assert '"sensitivity": {"value": null' in text
+
+
+@pytest.mark.parametrize(
+    ("card", "measured", "positives", "refused"),
+    [
+        (0.97, 0.95, 40, []),
+        (0.97, 0.90, 40, []),  # at the floor: kept
+        (0.97, 0.875, 40, ["on these records is 0.875 (40 flagged-class records), below 0.90"]),
+        (0.85, 0.95, 40, ["the card's safety-point sensitivity 0.850 is below 0.90"]),
+        (None, 0.95, 40, []),  # an older card without the point: measured only
+        (0.97, None, 0, ["cannot be measured"]),
+    ],
+)
+def test_the_gate_refuses_a_safety_point_that_misses_the_flagged_class(
+    card: float | None, measured: float | None, positives: int, refused: list[str]
+) -> None:
+    from prescreen.evaluation.compare import SafetyCheck
+
+    verdict = gate(None, [], safety=SafetyCheck(card, measured, positives))
+    assert verdict.passed is (not refused)
+    assert len(verdict.reasons) == len(refused)
+    for reason, expected in zip(verdict.reasons, refused, strict=True):
+        assert expected in reason
+    assert verdict.figures["safety"] == {"card": card, "measured": measured, "positives": positives, "floor": 0.9}
