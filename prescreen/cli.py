@@ -151,7 +151,17 @@ def _train_holter(folder: Path, out: Path, *, seed: int, epochs: int | None, fol
     from prescreen.training.holter import train_holter
 
     result = train_holter(folder, out, seed=seed, epochs=epochs, folds=folds, progress=True)
-    console.print(f"trained holter: {result.summary_line()} → {out}")
+    m = result.oof["metrics"]
+
+    def fig(key: str) -> str:
+        v = m.get(key) or {}
+        return "n/a" if v.get("value") is None else f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+
+    console.print(
+        f"trained holter: {result.folds}-fold cross-validation by record, out of fold: beat accuracy "
+        f"{fig('accuracy')}, V sensitivity {fig('sensitivity_V')}, S sensitivity {fig('sensitivity_S')}; "
+        f"{result.seconds / 60:.1f} min → {out}"
+    )
     console.print(f"next: prescreen evaluate holter --model {out} --data <records it was not trained on>")
 
 
