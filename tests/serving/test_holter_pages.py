@@ -15,8 +15,12 @@ from prescreen.serving.holter_pages import event_strip_window, holter_pages_rout
 from prescreen.serving.holter_report import holter_draft
 from prescreen.serving.i18n import Locale, use_locale
 from prescreen.store.schema import Job, Result
-from tests.serving.test_pages import Site, add_item, png_of
-from tests.serving.test_pages import site as site_fixture  # noqa: F401  (registers the fixture "site")
+from tests.serving.test_pages import (
+    Site,
+    add_item,
+    png_of,
+    site,  # noqa: F401  (the fixture)
+)
 
 pytestmark = pytest.mark.data
 
@@ -66,7 +70,7 @@ SUMMARY: dict[str, Any] = {
 }
 
 
-def holter_item(site: Site, mitdb: Path) -> tuple[str, str]:
+def holter_item(site: Site, mitdb: Path) -> tuple[str, str]:  # noqa: F811
     """MIT-BIH record 101 stored as an upload, with a holter result carrying :data:`SUMMARY`."""
     files = {name: (mitdb / name).read_bytes() for name in ("101.hea", "101.dat")}
     received = site.ingestor.store_upload(files, patient_name="张三丰")
@@ -96,7 +100,7 @@ def holter_item(site: Site, mitdb: Path) -> tuple[str, str]:
     return item, received[0].series_uid
 
 
-def test_the_item_page_shows_the_summary_the_events_and_a_draft(site: Site, shared_data: Path) -> None:
+def test_the_item_page_shows_the_summary_the_events_and_a_draft(site: Site, shared_data: Path) -> None:  # noqa: F811
     site.app.include_router(holter_pages_router)
     item, series = holter_item(site, shared_data / "mitdb")
     client = site.signed_in("liwei")
