@@ -206,9 +206,4 @@ def unregister(name: str) -> None:
 
 
 def _load_builtin_tasks() -> None:
-    from prescreen.models import ecg_rhythm, imaging  # noqa: F401  (register themselves)
-
-    try:  # TEMPORARY while the holter module is being written
-        from prescreen.models import holter  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
-    except ImportError:
-        pass
+    from prescreen.models import ecg_rhythm, holter, imaging  # noqa: F401  (register themselves)
