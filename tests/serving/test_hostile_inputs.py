@@ -201,12 +201,14 @@ def test_a_record_longer_than_the_request_limit_is_413_naming_the_queue(
     from prescreen.config import get_settings
 
     monkeypatch.setenv("PRESCREEN_MAX_SCREEN_RECORD_SECONDS", "120")
+    monkeypatch.setenv("PRESCREEN_MAX_SCREEN_HOLTER_SECONDS", "900")
     get_settings.cache_clear()
     client = TestClient(create_app(engine))
     assert client.post("/v1/screen", files=wfdb_record(tmp_path, 60)).status_code == 200
-    r = client.post("/v1/screen", files=wfdb_record(tmp_path, 600))
-    assert r.status_code == 413, r.text
-    assert r.json()["error"] == "too_large" and "/v1/studies" in r.json()["detail"]
+    for seconds in (300, 1200):  # a strip over its limit; an ambulatory record over its own
+        r = client.post("/v1/screen", files=wfdb_record(tmp_path, seconds))
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == "too_large" and "/v1/studies" in r.json()["detail"]
 
 
 def test_a_request_finding_every_slot_busy_gets_503_with_retry_after(
