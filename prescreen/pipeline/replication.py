@@ -27,18 +27,35 @@ def stop_stray(pid_file: Path, config: Path, timeout: float = 10.0) -> bool:
     naming ``config``). ``True`` when there was one."""
     try:
         pid = int(pid_file.read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return False
+    command: list[bytes] = []
+    deadline = time.monotonic() + 2.0
+    while not any(command) and time.monotonic() < deadline:  # empty while a process is being set up
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if not any(command):
+            time.sleep(0.05)
     if str(config).encode() not in command or not any(part.endswith(b"litestream") for part in command):
         return False  # the pid was reused by something else
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.05)
-    if Path(f"/proc/{pid}").exists():
+    if _running(pid):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (an exited child not yet reaped is a zombie: ``Z``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class Replicator:

@@ -132,6 +132,7 @@ def test_a_died_replicator_is_restarted_and_a_stray_one_stopped(tmp_path: Path) 
     first = Replicator(settings, database).start()
     second = Replicator(settings, database)
     try:
+        assert first.alive
         assert stop_stray(second.pid_file, second.config) is True  # as a new service start would
         assert first.process is not None and first.process.wait(10) is not None
         step = ReplicationStep(second)
