@@ -99,6 +99,8 @@ def main() -> None:
         f"{args.hours}-hour record: peak memory (MB)": long["peak_kb"] / 1024,
         f"{args.hours}-hour record: beats classified": long["beats"],
         "memory of the process with the models loaded, before screening (MB)": long["loaded_kb"] / 1024,
+        f"{args.hours}-hour record: added by reading and analysing it (MB)": (long["peak_kb"] - long["loaded_kb"])
+        / 1024,
         f"{args.hours}-hour record: screening speed (x real time)": long["duration_s"] / long["seconds"],
     }
     extra = [
@@ -107,7 +109,9 @@ def main() -> None:
         "`ScreeningEngine.screen` from its files in memory, as an upload is; peak memory is that process's "
         "maximum resident set, Python, ONNX Runtime, every active model and the upload's bytes included.",
         "- Goal: a 24-hour 2-lead 360 Hz record within 500 MB; "
-        + ("met." if long["peak_kb"] / 1024 <= 500 else "NOT met."),
+        + ("met." if long["peak_kb"] / 1024 <= 500 else "NOT met as a whole process")
+        + f" (the record itself adds {(long['peak_kb'] - long['loaded_kb']) / 1024:.0f} MB, its upload's bytes "
+        "included; the rest is the process with all four tasks' models, ONNX Runtime and the libraries).",
     ]
     write_section("Holter: time and memory to screen long records", "One run.", rows, extra, args.out)
 
