@@ -28,10 +28,9 @@ from prescreen.datasets.ecg import EcgRecord
 from prescreen.datasets.files import looks_dicom, study_files
 from prescreen.datasets.readers import (
     _UNIT_TO_MV,
-    _check_rate,
-    _check_record_line,
     _check_signal_file_sizes,
     read_dicom_ecg,
+    read_wfdb_header,
 )
 from prescreen.errors import DatasetError, InvalidStudyError, StudyTooLargeError
 
@@ -488,20 +487,7 @@ def _check_size(size: int, limit: int) -> None:
 def _checked_header(path: Path) -> Any:
     """The parsed header of a single-segment record with known formats, rate, length and files."""
     header = path.with_name(path.name + ".hea")
-    if not header.is_file():
-        raise InvalidStudyError(f"WFDB header {header.name} not found")
-    try:
-        head = wfdb.rdheader(str(path))
-    except Exception as exc:  # wfdb raises bare ValueError/IndexError on bad headers
-        raise InvalidStudyError(f"WFDB header {header.name} cannot be parsed ({type(exc).__name__})") from exc
-    _check_record_line(header)
-    if isinstance(head, wfdb.MultiRecord) or not hasattr(head, "file_name"):
-        raise InvalidStudyError(f"WFDB header {header.name} is a multi-segment record; send a single-segment record")
-    if not head.fs or float(head.fs) <= 0:
-        raise InvalidStudyError(f"WFDB header {header.name}: sampling rate must be > 0, got {head.fs}")
-    _check_rate(float(head.fs))
-    if not head.n_sig:
-        raise InvalidStudyError(f"WFDB header {header.name} declares no signals")
+    head = read_wfdb_header(path)
     if not head.sig_len:
         raise InvalidStudyError(f"WFDB header {header.name} must declare the number of samples of an ambulatory record")
     unknown = sorted({str(f) for f in head.fmt or []} - KNOWN_FORMATS)

@@ -59,20 +59,13 @@ def _check_record_line(header: Path) -> None:
             raise InvalidStudyError(f"WFDB header {header.name}: the {field} must be a non-negative number")
 
 
-def read_wfdb(record_path: str | Path, start_s: float = 0.0, seconds: float | None = None) -> EcgRecord:
-    """Read a WFDB record given its path without extension, whole or a window of it.
-
-    Args:
-        record_path: path to the record, e.g. ``data/cinc2017/A00001``.
-        start_s: where the window starts (seconds from the record's start).
-        seconds: how long the window is (``None``: to the end); only the window is decoded, so a
-            strip of a 24-hour record costs what the strip does.
+def read_wfdb_header(path: Path) -> Any:
+    """The parsed header of the single-segment WFDB record at ``path`` (without extension), with a
+    plausible sampling rate and at least one signal.
 
     Raises:
-        InvalidStudyError: the header or its signal files are missing, truncated, disagree
-            with each other, or hold no usable samples.
+        InvalidStudyError: the header is missing, unparseable, multi-segment, or declares no rate or signal.
     """
-    path = Path(record_path)
     header = path.with_name(path.name + ".hea")
     if not header.is_file():
         raise InvalidStudyError(f"WFDB header {header.name} not found")
@@ -88,6 +81,25 @@ def read_wfdb(record_path: str | Path, start_s: float = 0.0, seconds: float | No
     _check_rate(float(head.fs))
     if not head.n_sig:
         raise InvalidStudyError(f"WFDB header {header.name} declares no signals")
+    return head
+
+
+def read_wfdb(record_path: str | Path, start_s: float = 0.0, seconds: float | None = None) -> EcgRecord:
+    """Read a WFDB record given its path without extension, whole or a window of it.
+
+    Args:
+        record_path: path to the record, e.g. ``data/cinc2017/A00001``.
+        start_s: where the window starts (seconds from the record's start).
+        seconds: how long the window is (``None``: to the end); only the window is decoded, so a
+            strip of a 24-hour record costs what the strip does.
+
+    Raises:
+        InvalidStudyError: the header or its signal files are missing, truncated, disagree
+            with each other, or hold no usable samples.
+    """
+    path = Path(record_path)
+    header = path.with_name(path.name + ".hea")
+    head = read_wfdb_header(path)
     for fname in sorted(set(head.file_name or [])):
         if not (path.parent / fname).is_file():
             raise InvalidStudyError(f"WFDB header {header.name} refers to {fname}, which is missing")
