@@ -47,7 +47,8 @@ def archiving_cluster() -> Iterator[tuple[PgCluster, Path]]:
         os.chown(archive, entry.pw_uid, entry.pw_gid)
     conf = (  # the README's settings
         "wal_level = replica\narchive_mode = on\n"
-        f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\narchive_timeout = 60\n"
+        f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f.part && mv {archive}/%f.part {archive}/%f'\n"
+        "archive_timeout = 60\n"
     )
     cluster.start(conf, durable=True)
     try:
@@ -88,11 +89,13 @@ def test_point_in_time_recovery_brings_back_the_database_as_it_was(
         target = datetime.now(UTC)
         time.sleep(1.1)
         _add_study(ingestor, ann, cy, 2)  # after the target: must not come back
-        _sql(cluster, "SELECT pg_switch_wal()")
-        deadline = time.monotonic() + 30
-        archived = "SELECT archived_count FROM pg_stat_archiver"
-        while time.monotonic() < deadline and int(str(_sql(cluster, archived))) < 2:
+        # the segment holding the last commit is closed; wait until the archiver has that very one
+        closed = str(_sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())"))
+        deadline = time.monotonic() + 60
+        archived = "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"
+        while time.monotonic() < deadline and str(_sql(cluster, archived)) < closed:
             time.sleep(0.2)
+        assert str(_sql(cluster, archived)) >= closed, f"{closed} was not archived within 60 s"
     finally:
         dispose(ingestor)
     assert len(at_moment["studies"]) == 2
