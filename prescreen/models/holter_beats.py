@@ -20,16 +20,17 @@ Each beat becomes one network input of shape ``(3, 128)`` (float32):
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal as sps
 from wfdb import processing
 
 from prescreen.datasets.holter import Chunk, HolterRecord
+from prescreen.models.holter_events import rolling_irregularity
 from prescreen.models.holter_signal import bandpass, intervals_s, usable_mask, usable_runs
 from prescreen.models.task import FloatArray, Progress
 
@@ -52,6 +53,10 @@ MIN_TYPICAL = 8
 CHANNELS = 3
 CHUNK_S = 300.0
 OVERLAP_S = 10.0
+GC_EVERY_CHUNKS = 6
+"""A full garbage collection (about 0.1 s) after this many chunks keeps the memory of long records flat."""
+MAX_BEATS_PER_S = 3.5
+"""The beat windows are preallocated for this rate (210 bpm on average); a faster record grows them."""
 MIN_RUN_S = 5.0
 """Analysable stretches shorter than this are not searched for beats."""
 SEARCH_GAP_S = 1.5
@@ -301,8 +306,7 @@ def local_irregularity(rr: npt.NDArray[np.float64], valid: BoolArray) -> npt.NDA
     if len(x) < 4:
         return out
     w = min(IRREGULARITY_BEATS, len(x))
-    windows = sliding_window_view(x, w)
-    score = np.median(np.abs(np.diff(windows, axis=1)), axis=1) / np.median(windows, axis=1)
+    score = rolling_irregularity(x, w)
     centre = np.clip(np.searchsorted(idx, np.arange(n)) - w // 2, 0, len(score) - 1)
     out = score[centre]
     return np.clip(out, 0, 2)
@@ -413,16 +417,38 @@ def merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, f
     return out
 
 
-def dedupe(samples: IntArray, fs: float) -> BoolArray:
-    """Keep-mask of beats: a detection within :data:`MIN_RR_S` after the previous kept one is a duplicate."""
+def dedupe(samples: IntArray, fs: float, last: float = -np.inf) -> BoolArray:
+    """Keep-mask of beats: a detection within :data:`MIN_RR_S` after the previous kept one (at first
+    ``last``, the last beat kept before these) is a duplicate."""
     keep = np.ones(len(samples), dtype=bool)
-    last = -np.inf
     for i, s in enumerate(samples.tolist()):
         if s - last < MIN_RR_S * fs:
             keep[i] = False
         else:
             last = s
     return keep
+
+
+class _WindowStore:
+    """The beat windows of a record in one preallocated array (untouched pages cost no memory), so that
+    a 24-hour record's ~100,000 windows are neither kept in pieces nor copied whole to join them."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buffer = np.empty((max(1, capacity), WINDOW), dtype=np.float32)
+        self._filled = 0
+
+    def add(self, windows: FloatArray) -> None:
+        end = self._filled + len(windows)
+        if end > len(self._buffer):
+            grown = np.empty((max(end, 2 * len(self._buffer)), WINDOW), dtype=np.float32)
+            grown[: self._filled] = self._buffer[: self._filled]
+            self._buffer = grown
+        self._buffer[self._filled : end] = windows
+        self._filled = end
+
+    @property
+    def windows(self) -> FloatArray:
+        return self._buffer[: self._filled]
 
 
 def extract_beats(record: HolterRecord, progress: Progress | None = None, share: float = 1.0) -> ExtractedBeats:
@@ -435,32 +461,31 @@ def extract_beats(record: HolterRecord, progress: Progress | None = None, share:
     """
     lead = record.primary_lead
     fs = record.fs
+    store = _WindowStore(int(record.duration_s * MAX_BEATS_PER_S) + 1024)
     samples: list[IntArray] = []
-    windows: list[FloatArray] = []
     chunk_of: list[IntArray] = []
     unusable: list[int] = []
     lost: list[tuple[float, float]] = []
     owned: set[int] = set()
+    last = -np.inf
     leads = [lead, *[i for i in range(record.n_leads) if i != lead][:1]]
     for k, chunk in enumerate(record.chunks(CHUNK_S, OVERLAP_S, leads)):
         part = _chunk_beats(chunk, fs, owned)
-        samples.append(part.samples)
-        windows.append(part.windows)
-        chunk_of.append(np.full(len(part.samples), k, dtype=np.int64))
+        keep = dedupe(part.samples, fs, last)
+        samples.append(part.samples[keep])
+        store.add(part.windows[keep])
+        chunk_of.append(np.full(int(keep.sum()), k, dtype=np.int64))
+        last = float(samples[-1][-1]) if len(samples[-1]) else last
         unusable.extend(part.unusable)
         lost.extend(part.lost)
+        if k % GC_EVERY_CHUNKS == GC_EVERY_CHUNKS - 1:
+            gc.collect()  # GQRS keeps its peaks in a ring (a reference cycle): free them while going
         if progress is not None:
             progress(share * chunk.keep_stop / record.n_samples)
     all_samples = np.concatenate(samples)
-    keep = dedupe(all_samples, fs)
     excluded = merge_intervals(intervals_s(unusable, fs, record.n_samples) + lost)
-    all_samples = all_samples[keep]
     rr = rr_features(all_samples / fs, excluded)
-    morph = np.concatenate(windows)
-    windows.clear()  # a 24-hour record holds about 100,000 beats: keep one copy of their windows
-    if not keep.all():
-        morph = morph[keep]
-    template_of = np.concatenate(chunk_of)[keep]
+    morph, template_of = store.windows, np.concatenate(chunk_of)
     templates = normalise_chunks(morph, template_of, rr, len(samples))
     return ExtractedBeats(
         fs=fs,

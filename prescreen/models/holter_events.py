@@ -224,6 +224,17 @@ def pause_events(seq: BeatSequence, limits: Limits = LIMITS) -> list[Event]:
     return events
 
 
+def rolling_irregularity(x: F64, size: int, block: int = 8192) -> F64:
+    """median |successive difference| / median of every window of ``size`` consecutive values of ``x``
+    (``len(x) - size + 1`` windows), computed ``block`` windows at a time to bound the memory."""
+    views = sliding_window_view(np.asarray(x, dtype=np.float64), size)
+    out = np.empty(len(views))
+    for start in range(0, len(views), block):
+        part = views[start : start + block]
+        out[start : start + len(part)] = np.median(np.abs(np.diff(part, axis=1)), axis=1) / np.median(part, axis=1)
+    return out
+
+
 def rr_irregularity(seq: BeatSequence, limits: Limits = LIMITS) -> tuple[F64, F64]:
     """RR irregularity per interval between two N beats: median |successive difference| /
     median RR over a centred window of ``af_window`` such intervals.
@@ -238,8 +249,7 @@ def rr_irregularity(seq: BeatSequence, limits: Limits = LIMITS) -> tuple[F64, F6
     w = limits.af_window
     if len(x) < w + 1:
         return ends, np.zeros(len(x))
-    windows = sliding_window_view(x, w + 1)
-    score = np.median(np.abs(np.diff(windows, axis=1)), axis=1) / np.median(windows, axis=1)
+    score = rolling_irregularity(x, w + 1)
     half = w // 2
     full = np.concatenate([np.full(half, score[0]), score, np.full(len(x) - len(score) - half, score[-1])])
     return ends, full

@@ -7,6 +7,8 @@
 2. Group k-fold by record (folds balanced in S and V beats): a network per fold, trained on the other
    folds' records, classifies the held-out records; the whole analysis (events, flag) of these
    out-of-fold predictions gives the honest by-record figures of the card.
+   Each held-out record is also analysed again under noise, baseline wander and a gain change (the
+   card's perturbation table).
 3. The final network is trained on all records with the same settings, exported to ONNX (parity
    checked) and described by ``card.json``.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ from torch import nn
 
 from prescreen.config import get_settings
 from prescreen.datasets.collections import digest_files
+from prescreen.datasets.ecg import EcgRecord
 from prescreen.datasets.holter import (
     DS1_RECORDS,
     PACED_RECORDS,
@@ -48,6 +51,7 @@ from prescreen.evaluation.holter import (
     GOALS,
     TOLERANCE_S,
     RecordOutcome,
+    gross,
     match_beats,
     outcomes_document,
     outside,
@@ -56,7 +60,7 @@ from prescreen.evaluation.holter import (
 )
 from prescreen.evaluation.operating import point_spec, prevalence_table, score_reference
 from prescreen.models.calibration import apply_temperature
-from prescreen.models.card import Calibration, Evaluation, MetricValue, ModelCard, Target
+from prescreen.models.card import Calibration, Evaluation, MetricValue, ModelCard, OperatingPointSpec, Target
 from prescreen.models.holter import CAVEATS, CLASSES, decide
 from prescreen.models.holter_beats import INPUT_SPEC, SHAPE_FEATURES, ExtractedBeats, extract_beats, shape_features
 from prescreen.models.holter_events import FLAG_RULE
@@ -66,6 +70,7 @@ from prescreen.training.export import MeanSoftmax, export_onnx, onnx_entry, pari
 from prescreen.training.trainer import seed_everything
 
 IntArray = npt.NDArray[np.int64]
+Perturbation = Callable[[FloatArray, np.random.Generator], FloatArray]
 
 MODEL_NAME = "holter-beats"
 MODEL_VERSION = "1.0.0"
@@ -83,7 +88,11 @@ SAFETY_THRESHOLD = 0.5
 Q_ = CLASSES.index("Q")
 S_ = CLASSES.index("S")
 ABERRANT_CORRELATION = 0.7
-SPLIT_TEXT = "5-fold cross-validation by record on DS1 (out-of-fold)"
+
+
+def split_text(folds: int) -> str:
+    """How the card's figures were measured: ``5-fold cross-validation by record on DS1 (out-of-fold)``."""
+    return f"{folds}-fold cross-validation by record on DS1 (out-of-fold)"
 
 
 @dataclass
@@ -94,6 +103,7 @@ class RecordBeats:
     beats: ExtractedBeats
     labels: IntArray
     reference: Reference
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -211,7 +221,7 @@ def build_beat_set(paths: Sequence[Path], cache_dir: Path | None, progress: bool
             if reference.paced:
                 raise DatasetError(f"record {path.name} holds paced beats; paced records are excluded from training")
             beats = beats_of(path, cache_dir)
-            out.append(RecordBeats(path.name, beats, label_beats(beats, reference), reference))
+            out.append(RecordBeats(path.name, beats, label_beats(beats, reference), reference, path))
             bar.update(job, advance=1, description=f"holter beat set ({path.name})")
     return out
 
@@ -354,6 +364,44 @@ def _outcome(r: RecordBeats, probs: FloatArray) -> tuple[RecordOutcome, float]:
     return record_outcome(r.reference, r.beats.samples, classes, found), found.verdict.score
 
 
+def _noise(sigma_mv: float) -> Perturbation:
+    return lambda x, rng: (x + rng.normal(0.0, sigma_mv, x.shape)).astype(np.float32)
+
+
+def _wander(amplitude_mv: float, hz: float, fs: float) -> Perturbation:
+    def apply(x: FloatArray, rng: np.random.Generator) -> FloatArray:
+        t = np.arange(x.shape[-1]) / fs
+        return (x + amplitude_mv * np.sin(2 * np.pi * hz * t + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+
+    return apply
+
+
+def _gain(k: float) -> Perturbation:
+    return lambda x, rng: (x * k).astype(np.float32)
+
+
+def perturbations(fs: float) -> list[tuple[str, Perturbation]]:
+    """What a new site may bring, applied to the record (mV) before the whole analysis."""
+    return [
+        ("gaussian noise 0.1 mV", _noise(0.1)),
+        ("baseline wander 0.5 mV at 0.3 Hz", _wander(0.5, 0.3, fs)),
+        ("gain x0.5", _gain(0.5)),
+    ]
+
+
+def perturbed_outcomes(net: nn.Module, r: RecordBeats, seed: int) -> dict[str, RecordOutcome]:
+    """A held-out record analysed again, under each perturbation, with the network of its fold."""
+    with HolterRecord.from_path(r.path) as record:
+        signal, fs, names = record.read(0, record.n_samples), record.fs, record.lead_names
+    out: dict[str, RecordOutcome] = {}
+    for name, perturb in perturbations(fs):
+        ecg = EcgRecord(perturb(signal, np.random.default_rng(seed)), fs, names)
+        beats = extract_beats(HolterRecord.from_ecg(ecg))
+        classes, found = decide(beats, predict_beats(net, beats))
+        out[name] = record_outcome(r.reference, beats.samples, classes, found)
+    return out
+
+
 @dataclass
 class _CrossValidation:
     probs: list[FloatArray]
@@ -361,14 +409,23 @@ class _CrossValidation:
     scores: list[float]
     history: list[dict[str, Any]]
     fold_of: IntArray
+    perturbed: list[dict[str, RecordOutcome]]
 
 
 def cross_validate(
-    records: list[RecordBeats], folds: int, seed: int, epochs: int, bar: Progress, n_per_record: int
+    records: list[RecordBeats],
+    folds: int,
+    seed: int,
+    epochs: int,
+    bar: Progress,
+    n_per_record: int,
+    perturb: bool = False,
 ) -> _CrossValidation:
-    """Out-of-fold probabilities, record outcomes and scores of a group k-fold by record."""
+    """Out-of-fold probabilities, record outcomes and scores of a group k-fold by record (and, with
+    ``perturb``, the out-of-fold outcomes under each perturbation)."""
     fold_of = assign_folds(records, folds, seed)
     probs: list[FloatArray] = [np.zeros((0, len(CLASSES)), dtype=np.float32)] * len(records)
+    perturbed: list[dict[str, RecordOutcome]] = [{} for _ in records]
     history: list[dict[str, Any]] = []
     for f in range(folds):
         train = [r for r, k in zip(records, fold_of, strict=True) if k != f]
@@ -378,17 +435,51 @@ def cross_validate(
         history += hist
         for i in np.flatnonzero(fold_of == f):
             probs[i] = predict_beats(net, records[i].beats)
+            if perturb:
+                perturbed[i] = perturbed_outcomes(net, records[i], seed)
     results = [_outcome(r, p) for r, p in zip(records, probs, strict=True)]
-    return _CrossValidation(probs, [o for o, _ in results], [s for _, s in results], history, fold_of)
+    return _CrossValidation(probs, [o for o, _ in results], [s for _, s in results], history, fold_of, perturbed)
+
+
+def perturbation_rows(cv: _CrossValidation) -> list[dict[str, Any]]:
+    """Out-of-fold figures as they are and under each perturbation: beat accuracy, V and S sensitivity,
+    QRS sensitivity, and the record flag's sensitivity and specificity (balanced point, the rule)."""
+    names = ["none", *(cv.perturbed[0] if cv.perturbed and cv.perturbed[0] else {})]
+    rows: list[dict[str, Any]] = []
+    base = float("nan")
+    for name in names:
+        outcomes = cv.outcomes if name == "none" else [p[name] for p in cv.perturbed]
+        g = gross(outcomes)
+        truth = np.array([o.flag_ref for o in outcomes])
+        flagged = np.array([o.flag_pred for o in outcomes])
+        base = g["accuracy"] if name == "none" else base
+        rows.append(
+            {
+                "perturbation": name,
+                "operating_point": "balanced",
+                "accuracy": _round(g["accuracy"]),
+                "sensitivity_V": _round(g["sensitivity_V"]),
+                "sensitivity_S": _round(g["sensitivity_S"]),
+                "qrs_sensitivity": _round(g["qrs_sensitivity"]),
+                "sensitivity": _round(float(np.mean(flagged[truth])) if truth.any() else float("nan")),
+                "specificity": _round(float(np.mean(~flagged[~truth])) if (~truth).any() else float("nan")),
+                "delta_accuracy": _round(g["accuracy"] - base),
+            }
+        )
+    return rows
+
+
+def _round(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
 
 
 # --------------------------------------------------------------------------- the card
 
 
-def _validation(doc: dict[str, Any], data: Path, digest: str) -> Evaluation:
+def _validation(doc: dict[str, Any], data: Path, digest: str, split: str) -> Evaluation:
     goals = ", ".join(f"{k} {'met' if g['met'] else 'NOT met'}" for k, g in doc["goals"].items())
     return Evaluation(
-        split=SPLIT_TEXT,
+        split=split,
         dataset_path=str(data),
         dataset_digest=digest,
         n=doc["dataset"]["n"],
@@ -419,6 +510,18 @@ def _calibration(cv: _CrossValidation, records: list[RecordBeats]) -> Calibratio
     )
 
 
+def _shift(
+    cv: _CrossValidation, points: dict[str, OperatingPointSpec], truth: npt.NDArray[np.bool_], n: int
+) -> dict[str, Any]:
+    shift: dict[str, Any] = {"prevalence": prevalence_table(points, float(truth.mean()) if len(truth) else 0.0)}
+    if any(cv.perturbed):
+        shift["perturbations"] = perturbation_rows(cv)
+        shift["perturbations_measured_on"] = (
+            f"out-of-fold: each of the {n} DS1 records perturbed, re-analysed whole by the network of its fold"
+        )
+    return shift
+
+
 def build_card(
     *,
     doc: dict[str, Any],
@@ -432,7 +535,8 @@ def build_card(
     """The card of the final network with the out-of-fold figures."""
     truth = np.array([o.flag_ref for o in cv.outcomes], dtype=bool)
     scores = np.array(cv.scores, dtype=np.float64)
-    chosen_on = f"the flag rule itself; figures from {SPLIT_TEXT} (n={len(records)} records)"
+    split = split_text(int(cv.fold_of.max()) + 1)
+    chosen_on = f"the flag rule itself; figures from {split} (n={len(records)} records)"
     points = {
         "balanced": point_spec(truth, scores, 1.0, "flag rule (score 1.0 = a rule limit met)", chosen_on),
         "safety": point_spec(truth, scores, SAFETY_THRESHOLD, "half of any rule limit", chosen_on),
@@ -450,12 +554,12 @@ def build_card(
         threshold_chosen_on="fixed by the flag rule (not tuned on data): 1.0 = a rule limit is met",
         training=training,
         onnx=onnx,
-        validation=_validation(doc, data, digest),
+        validation=_validation(doc, data, digest, split),
         caveats=list(CAVEATS),
         operating_points=points,
         calibration=_calibration(cv, records),
-        score_reference=score_reference(scores, f"{SPLIT_TEXT}: record scores (n={len(records)})"),
-        shift={"prevalence": prevalence_table(points, float(truth.mean()) if len(truth) else 0.0)},
+        score_reference=score_reference(scores, f"{split}: record scores (n={len(records)})"),
+        shift=_shift(cv, points, truth, len(records)),
         validation_scheme=(
             f"group k-fold by record ({int(cv.fold_of.max()) + 1} folds, folds balanced in S and V beats): no "
             "record (patient) in the training and the held-out part of a fold; the final model is trained on all "
@@ -487,6 +591,7 @@ def train_holter(
     records: Sequence[str] | None = None,
     n_per_record: int = N_PER_RECORD,
     resamples: int = 1000,
+    perturb: bool = True,
 ) -> HolterTrainResult:
     """Train the holter beat network with group k-fold by record, then on all records; export and card.
 
@@ -500,6 +605,8 @@ def train_holter(
         records: train on these record names instead of all DS1 records present.
         n_per_record: at most this many N beats of each record are trained on.
         resamples: bootstrap resamples of the out-of-fold CIs.
+        perturb: also analyse each held-out record under noise, baseline wander and gain (the card's
+            perturbation table; about 8 s per record).
 
     Raises:
         DatasetError: no DS1 record in ``data``, a paced record named, fewer than 2 records.
@@ -514,7 +621,7 @@ def train_holter(
     digest = digest_files([f for p in paths for f in record_files(p)])
     beat_set = build_beat_set(paths, get_settings().cache_dir, progress)
     with _bar(progress) as bar:
-        cv = cross_validate(beat_set, folds, seed, epochs, bar, n_per_record)
+        cv = cross_validate(beat_set, folds, seed, epochs, bar, n_per_record, perturb)
         x, y = training_arrays(beat_set, np.random.default_rng(seed + 1000), n_per_record)
         job = bar.add_task("final", total=epochs * max(1, len(y) // BATCH_SIZE))
         net, history = fit_network(x, y, seed=seed + 1000, epochs=epochs, bar=bar, job=job, name="final")
@@ -526,7 +633,7 @@ def train_holter(
         "excluded": list(PACED_RECORDS),
     }
     doc = outcomes_document(cv.outcomes, dataset, resamples, seed)
-    doc["model"] = {"name": MODEL_NAME, "version": MODEL_VERSION, "split": SPLIT_TEXT}
+    doc["model"] = {"name": MODEL_NAME, "version": MODEL_VERSION, "split": split_text(folds)}
     onnx = _export(net, beat_set, out)
     seconds = time.monotonic() - start
     training = {
@@ -547,6 +654,8 @@ def train_holter(
         "threads": get_settings().onnx_threads,
         "train_seconds": round(seconds, 1),
         "extraction": EXTRACTION_VERSION,
+        "aberrant_s_correlation": ABERRANT_CORRELATION,
+        "perturbations": perturb,
         "goals": {k: v for k, v in GOALS.items()},
     }
     card = build_card(doc=doc, cv=cv, records=beat_set, data=data, digest=digest, training=training, onnx=onnx)

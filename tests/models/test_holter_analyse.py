@@ -173,6 +173,8 @@ def test_shipped_card_is_complete_and_small(shipped: OnnxModel) -> None:
     assert card.validation is not None and "by record" in card.validation.split
     assert card.flag_rule.startswith("Flagged when any of")
     assert (SHIPPED / "model.onnx").stat().st_size < 3_000_000
+    assert card.missing_for_release() == []  # operating points, calibration, score reference, shift tables
+    assert card.validation.metrics["qrs_sensitivity"].value is not None
 
 
 @pytest.mark.data
