@@ -79,8 +79,22 @@ class Settings(BaseSettings):
         description="Continuous capture between backups, on another disk: every blob and the keyring are written "
         "there before they are acknowledged, and a SQLite database is streamed there by Litestream (none: off)",
     )
+    blob_url: str | None = Field(
+        None,
+        description="Where received files go: none is the folder home/blobs; s3://BUCKET/PREFIX is an S3-compatible "
+        "object store (SeaweedFS, MinIO, Ceph RGW, a cloud's S3) shared by every replica of the service",
+    )
+    s3_endpoint: str | None = Field(None, description="The object store's S3 endpoint, e.g. http://seaweed:8333")
+    s3_access_key: str | None = Field(None, description="The object store's access key id")
+    s3_secret_key: SecretStr | None = Field(None, description="The object store's secret key")
+    s3_region: str = Field("us-east-1", description="The object store's region (most S3-compatible stores ignore it)")
     replica_sync_seconds: float = Field(
         1.0, gt=0, le=60, description="How often Litestream ships the SQLite WAL to PRESCREEN_REPLICA_DIR"
+    )
+    keyring_store: Literal["home", "database"] = Field(
+        "home",
+        description="Where the keyring (data keys wrapped by the master key) lives: 'home' (home/keys/keyring.json) "
+        "or 'database' (one row of the shared database: replicas of the service on several machines)",
     )
     master_key_file: Path | None = Field(
         None,

@@ -70,6 +70,11 @@ class ServiceBusyError(ServiceUnavailableError):
     ``Retry-After``)."""
 
 
+class BlobStoreUnavailableError(ServiceUnavailableError):
+    """The object store did not confirm a write or a read (unreachable, refused, timed out): nothing
+    that depends on it is acknowledged."""
+
+
 class BlobNotFoundError(PrescreenError):
     """No blob with that key."""
 

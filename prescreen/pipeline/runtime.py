@@ -26,7 +26,7 @@ from prescreen.security.keyring import keyring_for
 from prescreen.security.keys import audit_signer
 from prescreen.security.scratch import use_scratch
 from prescreen.store.audit import record_now, sign_checkpoint
-from prescreen.store.blobs import FileBlobStore
+from prescreen.store.blobs import raw_blob_store
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import release_dead_locks
@@ -41,12 +41,11 @@ REPLICATION_POLL_SECONDS = 5.0
 
 
 def open_store(settings: Settings) -> Ingestor:
-    """Migrate the database to the newest schema and open it with the blob store (sealed at rest,
-    SM4-GCM under the keyring of ``settings``)."""
+    """Migrate the database to the newest schema and open it with the blob store (the home's folder or
+    the object store of ``PRESCREEN_BLOB_URL``; sealed at rest, SM4-GCM under the keyring of ``settings``)."""
     url = database_url(settings)
     migrate(url)
-    mirror = settings.replica_dir / "blobs" if settings.replica_dir is not None else None
-    blobs = SealedBlobStore(FileBlobStore(settings.home / "blobs", mirror), keyring_for(settings))
+    blobs = SealedBlobStore(raw_blob_store(settings, capture=True), keyring_for(settings))
     return Ingestor(session_factory(make_engine(url)), blobs)
 
 

@@ -10,7 +10,12 @@
 * A **MAC key** for content addresses and blind indexes (HMAC-SM3), and **secrets** other parts keep
   here wrapped (the service's SM2 key, physicians' SM2 keys): stored the same way.
 
-The keyring file is changed under an exclusive lock, so the service and a command line may both use it.
+The keyring document is changed under an exclusive lock, so the service and a command line may both
+use it. Where it lives is a :class:`KeyringStorage`: the file ``keys/keyring.json`` of the home
+(:class:`FolderStorage`, the default), or, for replicas of the service on several machines, one row
+of the shared database (``PRESCREEN_KEYRING_STORE=database``,
+:class:`prescreen.store.keyring_store.DatabaseStorage`), so that every replica seals and opens with
+the same data keys, MAC key and physicians' keys.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prescreen.config import Settings
 from prescreen.errors import KeyFileError
@@ -64,21 +70,83 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode())
 
 
+class KeyringStorage(Protocol):
+    """Where the keyring document lives (it holds only keys wrapped by the master key)."""
+
+    where: str
+    """Where it is, for messages (a path, or the database)."""
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Exclusive access across processes and machines while the document is read and changed."""
+        ...
+
+    def load(self) -> dict[str, Any] | None:
+        """The document, or ``None`` when there is none yet."""
+        ...
+
+    def save(self, doc: dict[str, Any]) -> None:
+        """Replace the document durably (called under :meth:`locked`)."""
+        ...
+
+
+def write_document(folder: Path, doc: dict[str, Any]) -> None:
+    """Write ``keyring.json`` into ``folder`` atomically and durably."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=".keyring-")
+    with os.fdopen(fd, "w") as out:
+        json.dump(doc, out, indent=1, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, folder / KEYRING_FILE)
+
+
+class FolderStorage:
+    """The keyring as ``<folder>/keyring.json``, locked with ``flock`` (one machine)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.where = str(folder / KEYRING_FILE)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, open(self.folder / ".keyring.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def load(self) -> dict[str, Any] | None:
+        path = self.folder / KEYRING_FILE
+        if not path.exists():
+            return None
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        write_document(self.folder, doc)
+
+
 class Keyring:
-    """Keys of one home under one master key.
+    """Keys of one home (or of all replicas of a service) under one master key.
 
     Args:
-        folder: where ``keyring.json`` lives (``$PRESCREEN_HOME/keys``).
+        folder: where ``keyring.json`` lives (``$PRESCREEN_HOME/keys``) when no ``storage`` is given.
         master_file: the master key file.
         mirror: a second folder the keyring is written to, on another disk (continuous capture:
             ``PRESCREEN_REPLICA_DIR/keys``), so a data key made after the last backup is not lost.
+        storage: where the document lives (default: :class:`FolderStorage` of ``folder``).
     """
 
-    def __init__(self, folder: Path, master_file: Path, mirror: Path | None = None) -> None:
+    def __init__(
+        self, folder: Path, master_file: Path, mirror: Path | None = None, storage: KeyringStorage | None = None
+    ) -> None:
         self.folder = folder
         self.master_file = master_file
         self.mirror = mirror
-        self._lock = threading.Lock()
+        self.storage: KeyringStorage = storage or FolderStorage(folder)
         self._kek = _read_master(master_file)
         self._cache: dict[str, bytes] = {}
         self._doc = self._load_or_create()
@@ -88,21 +156,18 @@ class Keyring:
     # -- the file ---------------------------------------------------------------------------
 
     @property
-    def path(self) -> Path:
-        return self.folder / KEYRING_FILE
+    def where(self) -> str:
+        """Where the keyring document lives (for messages)."""
+        return self.storage.where
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock, open(self.folder / ".keyring.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[None]:
+        return self.storage.locked()
 
     def _read(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.path.read_text())
+        found = self.storage.load()
+        if found is None:
+            raise KeyFileError(f"no keyring in {self.where}")
+        doc = found
         if doc.get("kek_id") != _kek_id(self._kek):  # rotated by another process since: read the new key
             self._kek = _read_master(self.master_file)
         pending = self.master_file.with_name(self.master_file.name + ".new")
@@ -114,25 +179,25 @@ class Keyring:
                 self._kek = candidate
         if doc.get("kek_id") != _kek_id(self._kek):
             raise KeyFileError(
-                f"the master key {self.master_file} is not the one that wrapped {self.path} "
+                f"the master key {self.master_file} is not the one that wrapped {self.where} "
                 "(restore or point PRESCREEN_MASTER_KEY_FILE at the right key)"
             )
         return doc
 
     def _write(self, doc: dict[str, Any]) -> None:
-        folders = [self.folder] if self.mirror is None else [self.mirror, self.folder]
-        for folder in folders:  # the mirror first: a key is never used before it is captured
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, temp = tempfile.mkstemp(dir=folder, prefix=".keyring-")
-            with os.fdopen(fd, "w") as out:
-                json.dump(doc, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, folder / KEYRING_FILE)
+        if self.mirror is not None:  # the mirror first: a key is never used before it is captured
+            write_document(self.mirror, doc)
+        self.storage.save(doc)
+
+    def document(self) -> dict[str, Any]:
+        """The keyring document as it is now (wrapped keys only), e.g. for a backup set."""
+        with self._locked():
+            self._doc = self._read()
+            return json.loads(json.dumps(self._doc))  # type: ignore[no-any-return]
 
     def _load_or_create(self) -> dict[str, Any]:
         with self._locked():
-            if self.path.exists():
+            if self.storage.load() is not None:
                 return self._read()
             doc: dict[str, Any] = {
                 "kek_id": _kek_id(self._kek),
@@ -163,7 +228,7 @@ class Keyring:
                 self._doc = self._read()  # made by another process since
             wrapped = self._doc["data_keys"].get(key_id)
         if wrapped is None:
-            raise KeyFileError(f"no data key {key_id!r} in {self.path}")
+            raise KeyFileError(f"no data key {key_id!r} in {self.where}")
         key = self._unwrap(wrapped, f"dek:{key_id}")
         self._cache[key_id] = key
         return key
@@ -205,7 +270,7 @@ class Keyring:
                 self._doc = self._read()
             wrapped = self._doc["secrets"].get(name)
         if wrapped is None:
-            raise KeyFileError(f"no secret {name!r} in {self.path}")
+            raise KeyFileError(f"no secret {name!r} in {self.where}")
         value = self._unwrap(wrapped, name)
         self._cache[name] = value
         return value
@@ -287,19 +352,33 @@ class Keyring:
         }
 
 
-_KEYRINGS: dict[tuple[Path, Path], Keyring] = {}
+StorageFactory = Callable[[Settings], KeyringStorage]
+STORAGES: dict[str, StorageFactory] = {"home": lambda settings: FolderStorage((settings.home / "keys").resolve())}
+"""Keyring storages by the name ``PRESCREEN_KEYRING_STORE`` gives; ``database`` is registered by
+:mod:`prescreen.store.keyring_store` (imported with the store)."""
+
+_KEYRINGS: dict[tuple[str, Path, Path], Keyring] = {}
 _KEYRINGS_LOCK = threading.Lock()
 
 
 def keyring_for(settings: Settings) -> Keyring:
-    """The keyring of a home (one per process and home)."""
+    """The keyring of a home, or of the shared database (one per process, storage and master key).
+
+    Raises:
+        KeyFileError: ``PRESCREEN_KEYRING_STORE`` names a storage this process does not have.
+    """
     folder = (settings.home / "keys").resolve()
     master = master_key_path(settings).resolve()
     mirror = (settings.replica_dir / "keys").resolve() if settings.replica_dir is not None else None
+    kind = settings.keyring_store
+    where = f"{kind}:{settings.database_url or ''}" if kind != "home" else kind
     with _KEYRINGS_LOCK:
-        found = _KEYRINGS.get((folder, master))
+        found = _KEYRINGS.get((where, folder, master))
         if found is None:
-            found = _KEYRINGS[(folder, master)] = Keyring(folder, master, mirror)
+            make = STORAGES.get(kind)
+            if make is None:
+                raise KeyFileError(f"keyring store {kind!r} is not available here (expected one of {sorted(STORAGES)})")
+            found = _KEYRINGS[(where, folder, master)] = Keyring(folder, master, mirror, make(settings))
         if mirror is not None and found.mirror != mirror:
             found.mirror = mirror
             found.capture()

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from prescreen.errors import InvalidStudyError
+from prescreen.errors import InvalidStudyError, ServiceUnavailableError
 from prescreen.integration.stow import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -112,7 +112,7 @@ def store_parts(
         except InvalidStudyError:
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, CANNOT_UNDERSTAND))
             continue
-        except (OSError, SQLAlchemyError) as exc:
+        except (OSError, SQLAlchemyError, ServiceUnavailableError) as exc:
             log.error("STOW-RS part %d of %d could not be stored: %s", index, len(parts), type(exc).__name__)
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, OUT_OF_RESOURCES))
             continue

@@ -39,11 +39,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prescreen.config import Settings
 from prescreen.errors import InvalidRequestError
-from prescreen.security.keyring import KEYRING_FILE, Keyring, keyring_for, master_key_path
+from prescreen.security.keyring import KEYRING_FILE, Keyring, keyring_for, master_key_path, write_document
 from prescreen.security.keys import audit_signer
 from prescreen.security.sm import sm3_file_hex, verify_sm2
-from prescreen.store.blobs import FileBlobStore
+from prescreen.store.blobs import raw_blob_store
 from prescreen.store.db import database_url
+from prescreen.store.keyring_store import replace_document
 from prescreen.store.replica import restore_captured
 from prescreen.store.schema import Instance, Study
 from prescreen.store.schema_security import AuditHead
@@ -217,16 +218,16 @@ def take_backup(settings: Settings, sessions: sessionmaker[Session], root: Path,
         (_snapshot_sqlite if url.startswith("sqlite") else _snapshot_postgres)(url, snapshot)
         seal_chunked(keyring, snapshot, folder / DATABASE)
     files[DATABASE] = _hash_file(folder / DATABASE)
-    blobs = FileBlobStore(settings.home / "blobs")
+    blobs = raw_blob_store(settings)
     (folder / "blobs").mkdir()
     for key in blobs.stored_keys():
         if key in have:
             continue
-        shutil.copyfile(blobs.root / key[:2] / key[2:4] / key, folder / "blobs" / key)
+        (folder / "blobs" / key).write_bytes(blobs.get(key))
         files[f"blobs/{key}"] = _hash_file(folder / "blobs" / key)
     signer = audit_signer(settings)  # made (into the keyring) before the keyring is copied
     (folder / "keys").mkdir()
-    shutil.copyfile(keyring.path, folder / "keys" / KEYRING_FILE)
+    write_document(folder / "keys", keyring.document())
     files[f"keys/{KEYRING_FILE}"] = _hash_file(folder / "keys" / KEYRING_FILE)
     doc = {
         "kind": kind,
@@ -362,7 +363,7 @@ def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, cha
     keys = home / "keys"
     keys.mkdir(mode=0o700)
     shutil.copyfile(last.path / "keys" / KEYRING_FILE, keys / KEYRING_FILE)
-    keyring = keyring_for(settings)
+    keyring = Keyring(keys, master_key_path(settings))  # the set's own, whatever the service keeps its keys in
     if url.startswith("sqlite"):
         target = Path(make_url(url).database or home / "prescreen.db")
         open_chunked(keyring, last.path / DATABASE, target)
@@ -375,7 +376,9 @@ def _restore_into(settings: Settings, home: Path, url: str, last: BackupSet, cha
             )
             if done.returncode != 0:
                 raise InvalidRequestError(f"pg_restore failed: {done.stderr.strip()[-300:]}")
-    blobs = FileBlobStore(home / "blobs")
+    if settings.keyring_store == "database":  # the set's keyring is newer than the snapshot's row
+        replace_document(settings, keyring.document())
+    blobs = raw_blob_store(settings, home)
     for member in chain:
         for name in member.files:
             if name.startswith("blobs/"):

@@ -1,10 +1,13 @@
 """Content-addressed blob store: received files, keyed by their SHA-256 (or, sealed, by a keyed hash:
 :mod:`prescreen.store.sealed`).
 
-One small interface (:class:`BlobStore`) so that encryption at rest wraps it without touching callers.
-:class:`FileBlobStore` writes to a temporary file, fsyncs it, renames it into place and fsyncs the
-folder: once ``put`` returns, the bytes survive a crash or power loss, so a study may be acknowledged
-to its sender.
+One small interface (:class:`BlobStore`) so that encryption at rest wraps it without touching callers,
+and one below it (:class:`RawBlobStore`: bytes under a given address) with two implementations:
+:class:`FileBlobStore`, the home's folder, and :class:`~prescreen.store.object_store.S3BlobStore`, an
+S3-compatible object store shared by replicas (``PRESCREEN_BLOB_URL``); :func:`raw_blob_store` picks
+one from the settings. :class:`FileBlobStore` writes to a temporary file, fsyncs it, renames it into
+place and fsyncs the folder: once ``put`` returns, the bytes survive a crash or power loss, so a
+study may be acknowledged to its sender.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prescreen.errors import BlobNotFoundError
+
+if TYPE_CHECKING:
+    from prescreen.config import Settings
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -35,6 +41,39 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+
+class RawBlobStore(BlobStore, Protocol):
+    """A blob store that also stores bytes under an address made elsewhere (a keyed hash) and lists
+    its addresses: what sealing, backups and restores need."""
+
+    def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
+        """Store ``data`` durably under ``key``; a blob already there is kept unless ``replace``."""
+        ...
+
+    def stored_keys(self) -> list[str]:
+        """Every stored key."""
+        ...
+
+
+def raw_blob_store(settings: Settings, home: Path | None = None, capture: bool = False) -> RawBlobStore:
+    """The blob store of ``settings``: the object store of ``PRESCREEN_BLOB_URL`` when set, else the
+    folder ``blobs`` of ``home`` (default: the settings' home).
+
+    Args:
+        capture: mirror every write into ``PRESCREEN_REPLICA_DIR/blobs`` (the folder store only: an
+            object store keeps its own copies).
+
+    Raises:
+        InvalidRequestError: a malformed ``PRESCREEN_BLOB_URL``.
+        BlobStoreUnavailableError: the object store cannot be reached.
+    """
+    if settings.blob_url:
+        from prescreen.store.object_store import BlobUrl, S3BlobStore, s3_client
+
+        return S3BlobStore(BlobUrl.parse(settings.blob_url), s3_client(settings))
+    mirror = settings.replica_dir / "blobs" if capture and settings.replica_dir is not None else None
+    return FileBlobStore((home or settings.home) / "blobs", mirror)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from prescreen.config import Settings
 from prescreen.errors import InvalidRequestError
 from prescreen.security.keyring import KEYRING_FILE
-from prescreen.store.blobs import FileBlobStore
+from prescreen.store.blobs import FileBlobStore, raw_blob_store
 from prescreen.store.db import database_url
 
 DB_FOLDER = "db"
@@ -105,7 +105,7 @@ def restore_captured(settings: Settings, replica: Path, home: Path, at: datetime
     if keyring.is_file():
         (home / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copyfile(keyring, home / "keys" / KEYRING_FILE)
-    blobs = FileBlobStore(home / "blobs")
+    blobs = raw_blob_store(settings, home)
     mirrored = FileBlobStore(replica / BLOBS_FOLDER) if (replica / BLOBS_FOLDER).is_dir() else None
     added = 0
     for key in mirrored.stored_keys() if mirrored is not None else []:

@@ -116,3 +116,15 @@ class SigningKey(Base):
     public_pem: Mapped[str] = mapped_column(Text)
     sealed_private: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class KeyringDocument(Base):
+    """The keyring shared by the replicas of a service (``PRESCREEN_KEYRING_STORE=database``): one
+    row, the JSON document of :class:`prescreen.security.keyring.Keyring` (keys wrapped by the master
+    key, which never reaches the database)."""
+
+    __tablename__ = "keyring_documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

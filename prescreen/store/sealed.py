@@ -1,12 +1,12 @@
 """Encryption at rest for the store: a blob store whose files are SM4-GCM envelopes, and a column
 type whose values are.
 
-* :class:`SealedBlobStore` wraps :class:`~prescreen.store.blobs.FileBlobStore`. A blob's address is
-  the HMAC-SM3 of its plaintext under the keyring's MAC key (the same bytes give the same address,
-  so duplicates are still stored once, and the address reveals nothing about the content); the file
-  holds the envelope, with the address as associated data (a file moved to another address does not
-  open). Files written by an earlier version, in plain text, are read as they are until
-  ``prescreen encrypt-existing`` converts them.
+* :class:`SealedBlobStore` wraps a :class:`~prescreen.store.blobs.RawBlobStore` (a folder or an object
+  store). A blob's address is the HMAC-SM3 of its plaintext under the keyring's MAC key (the same
+  bytes give the same address, so duplicates are still stored once, and the address reveals nothing
+  about the content); the file holds the envelope, with the address as associated data (a file
+  moved to another address does not open). Files written by an earlier version, in plain text, are
+  read as they are until ``prescreen encrypt-existing`` converts them.
 * :class:`SealedText` is a column whose values are stored as ``sm4:`` + base64 of an envelope,
   opened on read; plain values of an earlier version are read as they are.
 
@@ -20,7 +20,7 @@ from typing import Any
 from prescreen.config import get_settings
 from prescreen.security import envelope
 from prescreen.security.keyring import Keyring, keyring_for
-from prescreen.store.blobs import FileBlobStore
+from prescreen.store.blobs import RawBlobStore
 from prescreen.store.sealed_type import is_sealed_value
 
 
@@ -31,9 +31,8 @@ def _keyring() -> Keyring:
 class SealedBlobStore:
     """Blobs sealed with SM4-GCM (see the module docstring)."""
 
-    def __init__(self, files: FileBlobStore, keyring: Keyring | None = None) -> None:
+    def __init__(self, files: RawBlobStore, keyring: Keyring | None = None) -> None:
         self.files = files
-        self.root = files.root
         self._keyring = keyring
 
     @property

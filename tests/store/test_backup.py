@@ -43,7 +43,6 @@ from prescreen.store.backup import (
     take_backup,
     verify_backups,
 )
-from prescreen.store.blobs import FileBlobStore
 from prescreen.store.ingest import Ingestor
 from prescreen.store.schema import Instance, Study
 from prescreen.store.schema_security import AuditCheckpoint, AuditHead, SigningKey
@@ -165,7 +164,6 @@ def state_of(ingestor: Ingestor) -> dict[str, Any]:
             last.hash if last else None,
             int(s.scalar(select(func.count()).select_from(AuditCheckpoint)) or 0),
         )
-    assert isinstance(ingestor.blobs.files, FileBlobStore)  # type: ignore[attr-defined]
     stored = ingestor.blobs.files.stored_keys()  # type: ignore[attr-defined]
     return {
         "studies": studies,
