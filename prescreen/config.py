@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")
     worker_poll_seconds: float = Field(0.5, description="How often an idle worker looks for work")
     job_lease_seconds: float = Field(300.0, description="A running job whose worker is silent this long is retaken")
+    delivery_lease_seconds: float = Field(
+        600.0, gt=0, description="A delivery being sent by a process that died is retaken after this long"
+    )
     job_max_attempts: int = Field(3, description="Attempts before a job that keeps failing is marked failed")
     sr_destinations: CommaList = Field(
         default_factory=list, description="Where DICOM SR results go by C-STORE, each 'AE@host:port'"

@@ -79,7 +79,7 @@ class OutboxStep:
         """``True`` when a delivery was tried."""
         if self.settings.forward_to:
             complete_studies(self.sessions, self.settings.study_quiet_seconds, forward_to=self.settings.forward_to)
-        delivery = claim_delivery(self.sessions, self.name)
+        delivery = claim_delivery(self.sessions, self.name, self.settings.delivery_lease_seconds)
         if delivery is None:
             return False
         error: str | None = None

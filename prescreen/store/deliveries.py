@@ -32,10 +32,13 @@ class ClaimedDelivery:
     attempts: int
 
 
-def claim_delivery(sessions: sessionmaker[Session], worker: str) -> ClaimedDelivery | None:
-    """Take the next delivery that is due (oldest first), or one whose sender's lease expired."""
+def claim_delivery(
+    sessions: sessionmaker[Session], worker: str, lease_seconds: float = SENDING_LEASE_SECONDS
+) -> ClaimedDelivery | None:
+    """Take the next delivery that is due (oldest first), or one whose sender's lease (``lease_seconds``
+    since it was taken) expired: a sender that died, on this machine or another replica."""
     now = utcnow()
-    stale = now - timedelta(seconds=SENDING_LEASE_SECONDS)
+    stale = now - timedelta(seconds=lease_seconds)
     with sessions.begin() as session:
         query = (
             select(Delivery)
