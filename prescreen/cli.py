@@ -656,23 +656,28 @@ def serve(
 @user_errors
 def edge(
     forward_to: Annotated[
-        str, typer.Option(help="Central service URL (STOW-RS), e.g. http://central:3000, or AE@host:port (C-STORE)")
-    ],
+        list[str] | None,
+        typer.Option(
+            metavar="URL|AE@HOST:PORT",
+            help="Where complete studies go: a central service URL (STOW-RS), e.g. http://central:3000, or "
+            "AE@host:port (C-STORE). Repeat for standby uplinks, in order of preference: each is health-checked "
+            "and a study goes to the first that answers (default: PRESCREEN_FORWARD_TO, comma-separated)",
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Address the DICOM listener binds (default from settings)")] = None,
     dicom_port: Annotated[int | None, typer.Option(help="DICOM listener port (default from settings: 11112)")] = None,
 ) -> None:
     """Run an edge node: receive studies over DICOM, keep them durably, forward each complete study
-    to the central service with retry and backoff (until stopped with Ctrl-C / SIGTERM)."""
+    to the central service with retry and backoff (until stopped with Ctrl-C / SIGTERM); with several
+    uplinks, to the first that answers, failing over to the next within seconds and back when it returns."""
     import signal
     import threading
 
-    from prescreen.integration.dicom_send import DicomDestination
     from prescreen.pipeline.runtime import start_runtime
+    from prescreen.pipeline.uplinks import check_uplinks
 
     settings = get_settings()
-    if not forward_to.startswith(("http://", "https://")):
-        DicomDestination.parse(forward_to)  # a bad AE@host:port fails here, with one line
-    settings.forward_to = forward_to.rstrip("/")
+    settings.forward_to = check_uplinks(forward_to or settings.forward_to)  # a bad one fails here, with one line
     if host:
         settings.host = host
     if dicom_port is not None:
@@ -680,9 +685,11 @@ def edge(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     runtime = start_runtime(settings, None)
+    primary, *standby = settings.forward_to
     console.print(
         f"edge node: DICOM {settings.dicom_ae_title} on {settings.host}:{settings.dicom_port}, "
-        f"forwarding complete studies to {settings.forward_to}"
+        f"forwarding complete studies to {primary}" + (f" (standby: {', '.join(standby)})" if standby else ""),
+        highlight=False,
     )
     try:
         stop.wait()

@@ -59,7 +59,17 @@ class Settings(BaseSettings):
     )
     delivery_max_attempts: int = Field(8, description="Attempts of one delivery before it is given up")
     delivery_backoff_seconds: float = Field(2.0, description="First retry delay; doubles per attempt, capped at 5 min")
-    forward_to: str | None = Field(None, description="Edge node: central service URL that complete studies go to")
+    forward_to: CommaList = Field(
+        default_factory=list,
+        description="Edge node: where complete studies go, in order of preference: central service URLs "
+        "(STOW-RS) or AE@host:port (C-STORE), comma-separated; the first that answers its health check is used",
+    )
+    uplink_probe_seconds: float = Field(
+        0.5, gt=0, le=60, description="Edge node with several uplinks: how often each is health-checked"
+    )
+    uplink_probe_timeout_seconds: float = Field(
+        0.8, gt=0, le=60, description="An uplink's health check (GET /readyz or C-ECHO) fails after this long"
+    )
     secret_key: SecretStr | None = Field(None, description="Token signing key; default: made once in home/secret.key")
     tls_cert: Path | None = Field(
         None, description="HTTPS certificate (PEM); with PRESCREEN_TLS_KEY the API is HTTPS only"
@@ -197,7 +207,7 @@ class Settings(BaseSettings):
     bootstrap_resamples: int = 1000
     onnx_threads: int = 2
 
-    @field_validator("dicom_allowed_aes", "sr_destinations", "anonymous_permissions", mode="before")
+    @field_validator("dicom_allowed_aes", "sr_destinations", "anonymous_permissions", "forward_to", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """``A,B`` in the environment is the list ``[A, B]``."""

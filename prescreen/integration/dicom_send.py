@@ -13,6 +13,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from prescreen.config import get_settings
 from prescreen.errors import DeliveryError, InvalidDestinationError
@@ -166,6 +167,52 @@ def c_store(
         _send(contexts, [ds for key in batch for ds in groups[key]], destination, calling, timeout)
     if datasets:
         logger.info("C-STORE of %d instance(s) to %s done", len(datasets), destination)
+
+
+def c_echo(destination: DicomDestination, *, calling_ae: str = "PRESCREEN", timeout: float = 1.0) -> None:
+    """Verify that the destination answers (C-ECHO): association, echo and release within ``timeout``
+    seconds per step.
+
+    Args:
+        destination: the SCP to verify.
+        calling_ae: our AE title.
+        timeout: seconds to wait for the connection, for each association step and for the answer.
+
+    Raises:
+        DeliveryError: no association (nothing listening, unreachable, rejected, no answer in time),
+            or the echo did not succeed.
+        InvalidDestinationError: when calling_ae is not a valid AE title.
+        ValueError: when timeout is not positive.
+    """
+    calling = check_ae_title(calling_ae, "calling AE title")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout}")
+    ae = AE(ae_title=calling)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    tls_args = (client_tls_context(), destination.host) if destination.tls else None
+    try:
+        try:
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DeliveryError(f"cannot associate with {destination}: {exc}") from exc
+        if not assoc.is_established:
+            raise DeliveryError(f"cannot associate with {destination}: {_why_not(assoc, timeout)}")
+        try:
+            status = assoc.send_c_echo()
+        except (ValueError, AttributeError, RuntimeError) as exc:
+            raise DeliveryError(f"C-ECHO to {destination} failed: {exc}") from exc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        code = status.get("Status") if status else None
+        if code is None or int(code) != 0x0000:
+            raise DeliveryError(f"C-ECHO to {destination} failed: no success status")
+    finally:
+        ae.shutdown()
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:

@@ -12,6 +12,18 @@ from dicomweb_client.api import DICOMwebClient
 from prescreen.errors import DeliveryError
 
 FAILED_SOP_SEQUENCE = "FailedSOPSequence"
+READY_PATH = "/readyz"
+
+
+def service_ready(base_url: str, *, timeout: float = 1.0) -> bool:
+    """Whether the central service at ``base_url`` answers ``GET /readyz`` with 200 within ``timeout``
+    seconds (models loaded, store open: it can take a study now). A refused or silent connection, an
+    error answer or 503 "starting" is ``False``; nothing is raised."""
+    try:
+        response = requests.get(base_url.rstrip("/") + READY_PATH, timeout=timeout, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
 
 
 def stow_instances(base_url: str, instances: Sequence[bytes], *, timeout: float = 60.0) -> int:

@@ -21,6 +21,7 @@ from prescreen.pipeline.outbox import OutboxStep
 from prescreen.pipeline.replication import ReplicationStep, Replicator, start_replication
 from prescreen.pipeline.screening import Screen, ScreeningStep, ShadowScreens
 from prescreen.pipeline.triage import TriageStep
+from prescreen.pipeline.uplinks import Uplinks
 from prescreen.security.audit import Actor, AuditEntry, AuditEvent
 from prescreen.security.keyring import keyring_for
 from prescreen.security.keys import audit_signer
@@ -73,6 +74,7 @@ class Runtime:
     tls_listener: ThreadedAssociationServer | None = None
     settings: Settings | None = None
     replicator: Replicator | None = None
+    uplinks: Uplinks | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -84,6 +86,8 @@ class Runtime:
                 server.shutdown()
         for loop in self.loops:
             loop.stop()
+        if self.uplinks is not None:
+            self.uplinks.stop()  # the edge's health checks
         try:
             record_now(self.sessions, AuditEntry(AuditEvent.SERVICE_STOP, Actor.system()))
             sign_checkpoint(self.sessions, audit_signer(self.settings or get_settings()))
@@ -126,9 +130,9 @@ def start_runtime(
             runtime.loops.append(StepLoop(f"screening-{index}", steps, settings.worker_poll_seconds))
         monitoring = MonitoringStep.of(runtime.sessions, settings, screen)
         runtime.loops.append(StepLoop("monitoring", [monitoring], settings.monitoring_interval_seconds))
-    runtime.loops.append(
-        StepLoop("outbox", [OutboxStep(runtime.sessions, blobs, settings)], settings.worker_poll_seconds)
-    )
+    outbox = OutboxStep(runtime.sessions, blobs, settings)
+    runtime.uplinks = outbox.uplinks
+    runtime.loops.append(StepLoop("outbox", [outbox], settings.worker_poll_seconds))
     runtime.loops.append(StepLoop("audit", [AuditStep(runtime.sessions, settings)], settings.audit_checkpoint_seconds))
     if settings.backup_dir is not None:
         runtime.loops.append(StepLoop("backup", [BackupStep(runtime.sessions, settings)], BACKUP_POLL_SECONDS))

@@ -70,11 +70,13 @@ def claim_delivery(
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """How one attempt ended: ``delivered``, back to ``pending`` until ``next_attempt_at``, or ``failed``."""
+    """How one attempt ended: ``delivered``, back to ``pending`` until ``next_attempt_at``, or ``failed``;
+    ``destination``: where it went, when not where it was queued for (an edge's standby uplink)."""
 
     state: DeliveryState
     error: str | None = None
     next_attempt_at: datetime | None = None
+    destination: str | None = None
 
 
 def finish_delivery(
@@ -87,6 +89,9 @@ def finish_delivery(
         values["delivered_at"] = utcnow()
     if outcome.next_attempt_at is not None:
         values["next_attempt_at"] = outcome.next_attempt_at
+    destination = outcome.destination or delivery.destination
+    if destination != delivery.destination:
+        values["destination"] = destination
     with sessions.begin() as session:
         mine = update(Delivery).where(Delivery.id == delivery.id)
         if worker is not None:  # only the holder of the lease records the outcome
@@ -99,12 +104,28 @@ def finish_delivery(
             record_study_access(
                 session,
                 AuditEvent.INSTANCE_SENT,
-                Actor(ActorKind.SYSTEM, "prescreen", delivery.destination[:128]),
+                Actor(ActorKind.SYSTEM, "prescreen", destination[:128]),
                 delivery.study_id,
                 delivery.id,
                 {"kind": str(delivery.kind), "attempts": delivery.attempts},
             )
     return str(outcome.state)
+
+
+def retry_forwards_now(sessions: sessionmaker[Session]) -> int:
+    """Make every forwarding delivery that waits for its backoff due now (an uplink answers again);
+    returns how many."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.kind == DeliveryKind.FORWARD,
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at.is_not(None),
+            )
+            .values(next_attempt_at=None)
+        )
+        return changed(result)
 
 
 def keep_delivery_blob(sessions: sessionmaker[Session], delivery_id: str, blob_key: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,13 +136,20 @@ def release_dead_locks(sessions: sessionmaker[Session]) -> int:
 
 
 def complete_studies(
-    sessions: sessionmaker[Session], quiet_seconds: float, *, forward_to: str | None = None, now: datetime | None = None
+    sessions: sessionmaker[Session],
+    quiet_seconds: float,
+    *,
+    forward_to: str | Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
     """Move studies quiet for ``quiet_seconds`` from ``received`` on; returns their ids.
 
     A service makes one screening job per series (status ``screening``); an edge node
-    (``forward_to`` set) instead queues one forwarding delivery (status ``forwarding``).
+    (``forward_to``: its uplink, or uplinks in order of preference) instead queues one forwarding
+    delivery for the first uplink (status ``forwarding``); the outbox picks the uplink at send time.
     """
+    uplinks = [forward_to] if isinstance(forward_to, str) else list(forward_to or [])
+    destination = uplinks[0] if uplinks else None
     now = now or utcnow()
     cutoff = now - timedelta(seconds=quiet_seconds)
     with sessions.begin() as session:
@@ -164,12 +171,12 @@ def complete_studies(
                     Study.status == StudyStatus.RECEIVED,
                     Study.last_instance_at == last_instance_at,
                 )
-                .values(status=StudyStatus.FORWARDING if forward_to else StudyStatus.SCREENING, status_reason=None)
+                .values(status=StudyStatus.FORWARDING if destination else StudyStatus.SCREENING, status_reason=None)
             )
             if changed(claimed) != 1:
                 continue  # a late instance arrived, or another worker moved it
-            if forward_to:
-                session.add(Delivery(study_id=study_id, kind=DeliveryKind.FORWARD, destination=forward_to))
+            if destination:
+                session.add(Delivery(study_id=study_id, kind=DeliveryKind.FORWARD, destination=destination))
             else:
                 for series_id in session.scalars(select(Series.id).where(Series.study_id == study_id)):
                     session.add(Job(series_id=series_id, state=JobState.PENDING))
