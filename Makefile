@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_memory.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_protect.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_failover.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/bench_replicas.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_holter.py --out BENCHMARKS.md
 
 # the pages' message catalogues: extract every marked string (babel.cfg) and merge it into each .po;
