@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     dicom_max_associations_per_address: int = Field(
         16, ge=1, description="Concurrent connections from one address; more are closed, so one host cannot take all"
     )
+    group_commit: bool = Field(
+        True,
+        description="DICOM instances arriving together (several associations, one STOW-RS request) are made durable "
+        "together: one sync of the blobs, one transaction; each is still acknowledged only once durable",
+    )
     study_quiet_seconds: float = Field(10.0, description="A study is complete after this long with no new instance")
     worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")
     worker_poll_seconds: float = Field(0.5, description="How often an idle worker looks for work")

@@ -29,6 +29,7 @@ from prescreen.security.scratch import use_scratch
 from prescreen.store.audit import record_now, sign_checkpoint
 from prescreen.store.blobs import raw_blob_store
 from prescreen.store.db import database_url, make_engine, migrate, session_factory
+from prescreen.store.group_commit import GroupCommit
 from prescreen.store.ingest import Ingestor
 from prescreen.store.queue import release_dead_locks
 from prescreen.store.sealed import SealedBlobStore
@@ -47,7 +48,8 @@ def open_store(settings: Settings) -> Ingestor:
     url = database_url(settings)
     migrate(url)
     blobs = SealedBlobStore(raw_blob_store(settings, capture=True), keyring_for(settings))
-    return Ingestor(session_factory(make_engine(url)), blobs)
+    sessions = session_factory(make_engine(url))
+    return Ingestor(sessions, blobs, GroupCommit(sessions, blobs) if settings.group_commit else None)
 
 
 def load_routing_rules(settings: Settings) -> RuleSet:

@@ -34,7 +34,7 @@ from prescreen.integration.stow import (
 from prescreen.security.audit import Actor
 from prescreen.serving.auth import Permission, Principal, actor_of, require
 from prescreen.serving.deps import IngestorDep
-from prescreen.store.ingest import Ingestor, dicom_meta
+from prescreen.store.ingest import Ingestor, InstanceMeta, dicom_meta
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def store_parts(
     actor: Actor | None = None,
     institution: str | None = None,
 ) -> tuple[list[StoredRef], list[FailedRef]]:
-    """Store each part on its own; a failing part does not stop the others.
+    """Store the parts together (one group commit), each with its own outcome: a failing part does
+    not stop the others. Each header is parsed once.
 
     Args:
         ingestor: where the instances go.
@@ -95,10 +96,11 @@ def store_parts(
     """
     stored: list[StoredRef] = []
     failed: list[FailedRef] = []
+    accepted: list[tuple[int, bytes, InstanceMeta]] = []
     for index, sent in enumerate(parts, start=1):
         part = as_part10(sent)
         try:
-            meta = dicom_meta(part, sender=SENDER)
+            meta = dicom_meta(part, sender=SENDER, institution=institution)
         except InvalidStudyError:
             log.info("STOW-RS part %d of %d is not a readable DICOM instance", index, len(parts))
             failed.append(FailedRef(None, None, CANNOT_UNDERSTAND))
@@ -107,16 +109,19 @@ def store_parts(
             log.info("STOW-RS part %d of %d belongs to another study than the URL's", index, len(parts))
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, DATASET_DOES_NOT_MATCH))
             continue
-        try:
-            received = ingestor.store_dicom(part, sender=SENDER, institution=institution, actor=actor)
-        except InvalidStudyError:
+        accepted.append((index, part, meta))
+    outcomes = ingestor.store_dicoms([(part, meta) for _, part, meta in accepted], actor=actor)
+    for (index, _, meta), outcome in zip(accepted, outcomes, strict=True):
+        if isinstance(outcome, InvalidStudyError):
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, CANNOT_UNDERSTAND))
-            continue
-        except (OSError, SQLAlchemyError, ServiceUnavailableError) as exc:
-            log.error("STOW-RS part %d of %d could not be stored: %s", index, len(parts), type(exc).__name__)
+        elif isinstance(outcome, OSError | SQLAlchemyError | ServiceUnavailableError):
+            log.error("STOW-RS part %d of %d could not be stored: %s", index, len(parts), type(outcome).__name__)
             failed.append(FailedRef(meta.sop_class_uid, meta.sop_instance_uid, OUT_OF_RESOURCES))
-            continue
-        stored.append(StoredRef(meta.sop_class_uid, received.sop_instance_uid, received.study_uid, received.series_uid))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            ref = StoredRef(meta.sop_class_uid, outcome.sop_instance_uid, outcome.study_uid, outcome.series_uid)
+            stored.append(ref)
     return stored, failed
 
 

@@ -12,10 +12,13 @@ study may be acknowledged to its sender.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,8 +31,13 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BlobStore(Protocol):
-    def put(self, data: bytes) -> str:
-        """Store ``data`` durably; returns its key (idempotent: same bytes, same key)."""
+    def put(self, data: bytes, durable: bool = True) -> str:
+        """Store ``data``; returns its key (idempotent: same bytes, same key). Durable on return,
+        unless ``durable`` is false: then only after the next :meth:`sync` (group commit)."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write made with ``durable=False`` so far durable."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -47,8 +55,9 @@ class RawBlobStore(BlobStore, Protocol):
     """A blob store that also stores bytes under an address made elsewhere (a keyed hash) and lists
     its addresses: what sealing, backups and restores need."""
 
-    def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
-        """Store ``data`` durably under ``key``; a blob already there is kept unless ``replace``."""
+    def put_as(self, key: str, data: bytes, replace: bool = False, durable: bool = True) -> None:
+        """Store ``data`` under ``key`` (durably, or at the next :meth:`sync`); a blob already there
+        is kept unless ``replace``."""
         ...
 
     def stored_keys(self) -> list[str]:
@@ -84,6 +93,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux ``syncfs(2)``: every dirty file and directory of one file system made durable in one
+    call (the group commit of many blobs); ``None`` where the C library has none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        found: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return found
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_file_system(folder: Path, written: list[Path]) -> None:
+    """Make ``written`` (files just renamed into place under ``folder``) and their folders durable:
+    one ``syncfs`` of ``folder``'s file system, or, without it, an fsync of each file and folder."""
+    if not written:
+        return
+    if _SYNCFS is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for path in written:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    for parent in {path.parent for path in written}:
+        _fsync_dir(parent)
+
+
 class FileBlobStore:
     """Blobs as files ``<root>/<k[:2]>/<k[2:4]>/<k>``.
 
@@ -98,25 +140,28 @@ class FileBlobStore:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.mirror = FileBlobStore(mirror) if mirror is not None else None
+        self._unsynced: list[Path] = []
+        self._unsynced_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key):
             raise BlobNotFoundError(f"not a blob key: {key!r}")
         return self.root / key[:2] / key[2:4] / key
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, durable: bool = True) -> str:
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
         if path.is_file() and path.stat().st_size == len(data):
             return key
-        self.put_as(key, data, replace=True)  # absent, or cut short by a crash of an older writer
+        self.put_as(key, data, replace=True, durable=durable)  # absent, or cut short by an older writer's crash
         return key
 
-    def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
-        """Store ``data`` durably under ``key`` (an address made elsewhere, e.g. a keyed hash); a file
-        already there is kept unless ``replace``."""
+    def put_as(self, key: str, data: bytes, replace: bool = False, durable: bool = True) -> None:
+        """Store ``data`` under ``key`` (an address made elsewhere, e.g. a keyed hash); a file
+        already there is kept unless ``replace``. Durable on return, or, with ``durable=False``,
+        once :meth:`sync` returned (the mirror's copy too)."""
         if self.mirror is not None:
-            self.mirror.put_as(key, data, replace)
+            self.mirror.put_as(key, data, replace, durable)
         path = self._path(key)
         if path.is_file() and not replace:
             return
@@ -126,12 +171,25 @@ class FileBlobStore:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
+        else:
+            with self._unsynced_lock:
+                self._unsynced.append(path)
+
+    def sync(self) -> None:
+        """Make the writes made with ``durable=False`` durable (the mirror's first)."""
+        if self.mirror is not None:
+            self.mirror.sync()
+        with self._unsynced_lock:
+            written, self._unsynced = self._unsynced, []
+        sync_file_system(self.root, written)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

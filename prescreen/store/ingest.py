@@ -8,9 +8,10 @@ late instance re-opens its study (``status`` back to ``received``, quiet period 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -27,6 +28,9 @@ from prescreen.security.keys import patient_pseudonym
 from prescreen.store import audit
 from prescreen.store.blobs import BlobStore
 from prescreen.store.schema import Instance, Series, Study
+
+if TYPE_CHECKING:
+    from prescreen.store.group_commit import GroupCommit
 
 
 @dataclass(frozen=True)
@@ -120,59 +124,73 @@ def store_instance(
 def _record_instance(
     sessions: sessionmaker[Session], key: str, size: int, meta: InstanceMeta, actor: Actor | None
 ) -> Received:
-    now = datetime.now(UTC)
     with sessions.begin() as session:
-        study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
-        if study is None:
-            study = Study(
-                study_uid=meta.study_uid,
-                received_at=now,
-                patient_id=meta.patient_id,
-                patient_index=patient_pseudonym(get_settings(), meta.patient_id),
-                patient_name=meta.patient_name,
-                institution=meta.institution,
-                sender=meta.sender,
-                order_priority=meta.order_priority,
+        return record_in(session, key, size, meta, actor)
+
+
+def record_in(
+    session: Session, key: str, size: int, meta: InstanceMeta, actor: Actor | None, now: datetime | None = None
+) -> Received:
+    """Record one instance whose blob is stored under ``key`` in the open transaction ``session``:
+    its study and series (made when new), the instance (unless its SOP Instance UID is known: a
+    duplicate) and the audit record of its receipt.
+
+    Raises:
+        MissingIdentifierError: the Series Instance UID belongs to another study.
+        IntegrityError: another transaction created the same study, series or instance meanwhile.
+    """
+    now = now or datetime.now(UTC)
+    study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
+    if study is None:
+        study = Study(
+            study_uid=meta.study_uid,
+            received_at=now,
+            patient_id=meta.patient_id,
+            patient_index=patient_pseudonym(get_settings(), meta.patient_id),
+            patient_name=meta.patient_name,
+            institution=meta.institution,
+            sender=meta.sender,
+            order_priority=meta.order_priority,
+        )
+        session.add(study)
+        session.flush()
+    series = session.scalars(select(Series).where(Series.series_uid == meta.series_uid)).one_or_none()
+    if series is None:
+        series = Series(
+            study_id=study.id, series_uid=meta.series_uid, modality=meta.modality, body_part=meta.body_part
+        )
+        session.add(series)
+        session.flush()
+    elif series.study_id != study.id:  # rolls the whole transaction back: nothing half-stored
+        raise MissingIdentifierError("the Series Instance UID belongs to another study")
+    exists = session.scalars(
+        select(Instance.id).where(Instance.sop_instance_uid == meta.sop_instance_uid)
+    ).one_or_none()
+    if exists is None:
+        session.add(
+            Instance(
+                series_id=series.id,
+                sop_instance_uid=meta.sop_instance_uid,
+                sop_class_uid=meta.sop_class_uid,
+                file_name=meta.file_name,
+                blob_key=key,
+                size_bytes=size,
             )
-            session.add(study)
-            session.flush()
-        series = session.scalars(select(Series).where(Series.series_uid == meta.series_uid)).one_or_none()
-        if series is None:
-            series = Series(
-                study_id=study.id, series_uid=meta.series_uid, modality=meta.modality, body_part=meta.body_part
-            )
-            session.add(series)
-            session.flush()
-        elif series.study_id != study.id:  # rolls the whole transaction back: nothing half-stored
-            raise MissingIdentifierError("the Series Instance UID belongs to another study")
-        exists = session.scalars(
-            select(Instance.id).where(Instance.sop_instance_uid == meta.sop_instance_uid)
-        ).one_or_none()
-        if exists is None:
-            session.add(
-                Instance(
-                    series_id=series.id,
-                    sop_instance_uid=meta.sop_instance_uid,
-                    sop_class_uid=meta.sop_class_uid,
-                    file_name=meta.file_name,
-                    blob_key=key,
-                    size_bytes=size,
-                )
-            )
-            study.status = StudyStatus.RECEIVED  # a late instance re-opens a screened study
-            study.last_instance_at = now
-            audit.record(
-                session,
-                AuditEntry(
-                    AuditEvent.INSTANCE_RECEIVED,
-                    actor or Actor(ActorKind.ANONYMOUS, meta.sender or "unknown"),
-                    study_uid=study.study_uid,
-                    patient_hash=patient_pseudonym(get_settings(), study.patient_id),
-                    object_id=meta.sop_instance_uid,
-                    detail={"sop_class": meta.sop_class_uid, "bytes": size, "via": meta.sender},
-                ),
-            )
-        return Received(study.id, study.study_uid, series.series_uid, meta.sop_instance_uid, exists is not None)
+        )
+        study.status = StudyStatus.RECEIVED  # a late instance re-opens a screened study
+        study.last_instance_at = now
+        audit.record(
+            session,
+            AuditEntry(
+                AuditEvent.INSTANCE_RECEIVED,
+                actor or Actor(ActorKind.ANONYMOUS, meta.sender or "unknown"),
+                study_uid=study.study_uid,
+                patient_hash=patient_pseudonym(get_settings(), study.patient_id),
+                object_id=meta.sop_instance_uid,
+                detail={"sop_class": meta.sop_class_uid, "bytes": size, "via": meta.sender},
+            ),
+        )
+    return Received(study.id, study.study_uid, series.series_uid, meta.sop_instance_uid, exists is not None)
 
 
 def store_files(
@@ -228,18 +246,38 @@ class Ingestor:
     Args:
         sessions: session factory of the migrated database.
         blobs: where the received bytes go.
+        group: DICOM instances from concurrent senders are made durable together through it
+            (:mod:`prescreen.store.group_commit`); none: each on its own.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore, group: GroupCommit | None = None) -> None:
         self.sessions = sessions
         self.blobs = blobs
+        self.group = group
 
     def store_dicom(
         self, data: bytes, *, sender: str | None = None, institution: str | None = None, actor: Actor | None = None
     ) -> Received:
         """Store one DICOM Part 10 file (raises ``InvalidStudyError`` when it does not parse)."""
         meta = dicom_meta(data, sender=sender, institution=institution)
+        if self.group is not None:
+            return self.group.store(data, meta, actor)
         return store_instance(self.sessions, self.blobs, data, meta, actor)
+
+    def store_dicoms(
+        self, items: Sequence[tuple[bytes, InstanceMeta]], actor: Actor | None = None
+    ) -> list[Received | BaseException]:
+        """Store several parsed DICOM files (one STOW-RS request) together; in order, each one's
+        :class:`Received` or the error that refused it (the others are stored all the same)."""
+        if self.group is not None:
+            return self.group.store_many([(data, meta, actor) for data, meta in items])
+        out: list[Received | BaseException] = []
+        for data, meta in items:
+            try:
+                out.append(store_instance(self.sessions, self.blobs, data, meta, actor))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def store_upload(
         self, files: Mapping[str, bytes], actor: Actor | None = None, **context: str | None

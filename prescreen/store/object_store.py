@@ -115,13 +115,17 @@ class S3BlobStore:
             raise BlobNotFoundError(f"not a blob key: {key!r}")
         return f"{self.url.prefix}{key[:2]}/{key[2:4]}/{key}"
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, durable: bool = True) -> str:
         key = hashlib.sha256(data).hexdigest()
         self.put_as(key, data)
         return key
 
-    def put_as(self, key: str, data: bytes, replace: bool = False) -> None:
-        """Store ``data`` under ``key``; returns once the store confirmed the bytes (their MD5 checked)."""
+    def sync(self) -> None:
+        """Nothing to do: every write returns once the store confirmed it."""
+
+    def put_as(self, key: str, data: bytes, replace: bool = False, durable: bool = True) -> None:
+        """Store ``data`` under ``key``; returns once the store confirmed the bytes (their MD5 checked),
+        whatever ``durable`` says."""
         if not replace and self.exists(key):
             return
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()

@@ -39,12 +39,15 @@ class SealedBlobStore:
     def keyring(self) -> Keyring:
         return self._keyring or _keyring()
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, durable: bool = True) -> str:
         key = self.keyring.mac_hex(data)
         if self.files.exists(key):
             return key
-        self.files.put_as(key, self.keyring.seal(data, key.encode()))
+        self.files.put_as(key, self.keyring.seal(data, key.encode()), durable=durable)
         return key
+
+    def sync(self) -> None:
+        self.files.sync()
 
     def get(self, key: str) -> bytes:
         stored = self.files.get(key)

@@ -346,7 +346,7 @@ def test_garbage_dataset_over_network_is_refused(
 
 
 class BrokenDiskBlobs(FileBlobStore):
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, durable: bool = True) -> str:
         raise OSError(28, "No space left on device")
 
 

@@ -41,6 +41,7 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
         "instances",
         "item_events",
         "jobs",
+        "keyring_documents",
         "model_events",
         "reports",
         "results",
@@ -55,7 +56,7 @@ def test_migration_creates_every_table_and_is_repeatable(engine_url: str) -> Non
     }  # every table of the schema at revision 0008, and nothing else
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0008"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0009"
 
 
 def test_study_round_trip_and_uniqueness(engine_url: str) -> None:
