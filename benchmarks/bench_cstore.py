@@ -75,7 +75,16 @@ def send_parallel(ae: str, port: int, paths: list[Path], associations: int, node
 
 @contextmanager
 def orthanc(folder: Path) -> Iterator[tuple[str, int]]:
-    process, server = start_orthanc(folder)
+    """Orthanc with ``TCP_NODELAY=1`` (its DCMTK reads it): its best, as storescp gets."""
+    saved = os.environ.get("TCP_NODELAY")
+    os.environ["TCP_NODELAY"] = "1"
+    try:
+        process, server = start_orthanc(folder)
+    finally:
+        if saved is None:
+            os.environ.pop("TCP_NODELAY", None)
+        else:
+            os.environ["TCP_NODELAY"] = saved
     try:
         yield server.ae_title, server.dicom_port
     finally:
@@ -135,7 +144,8 @@ def main() -> None:
         f"mode and round; {args.rounds} rounds, medians; the receivers' order rotates between rounds. Four "
         "associations: four `storescu` processes at once, each a quarter of the files.",
         "- storescp: plain DCMTK, writes each file, no fsync. Orthanc: default storage and SQLite index, as "
-        "packaged. prescreen: `prescreen serve` (BentoML + pynetdicom listener, SQLite, SM4-GCM at rest), no "
+        "packaged. Both receive with `TCP_NODELAY=1` (their best); the flag in each row is the senders'. "
+        "prescreen: `prescreen serve` (BentoML + pynetdicom listener, SQLite, SM4-GCM at rest), no "
         "screening, each instance acknowledged only once its blob is synced and its row committed; with group "
         "commit, what arrives while a group is being made durable goes into the next group (one `syncfs`, one "
         "transaction).",
