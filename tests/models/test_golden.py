@@ -53,17 +53,18 @@ GOLDEN = {
         "chest-xray",
         False,
         "normal",
-        0.001194,
-        {"normal": 0.998806, "pneumonia": 0.001194},
-        (0.788436, 0.788436),
+        0.003901,
+        {"normal": 0.996099, "pneumonia": 0.003901},
+        (0.46506, 0.46506),
     ),
 }
 
 #: the uncalibrated outputs (temperature 1) recorded before the cards gained calibration and
-#: operating points (2026-11-29): the ONNX path itself has not changed for these models
+#: operating points (2026-11-29): the ONNX path itself has not changed for these models. chest-xray
+#: was retrained with site augmentation on 2026-11-30 and both its rows re-recorded then
 RAW = {
     "cinc-normal": {"normal": 0.931949, "af": 0.025759, "other": 0.01631, "noisy": 0.025982},
-    "chest-cr": {"normal": 0.96623, "pneumonia": 0.03377},
+    "chest-cr": {"normal": 0.961366, "pneumonia": 0.038634},
 }
 
 
