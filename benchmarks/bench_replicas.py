@@ -26,14 +26,12 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psycopg
 from common import free_port, write_section
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: throwaway servers
 
+from tests.e2e.test_ingest_served import instance
 from tests.pg_cluster import PG_USER, PgCluster
 from tests.seaweed import SeaweedServer
 
@@ -42,29 +40,8 @@ START_TIMEOUT_S = 300.0
 
 
 def make_study(folder: Path, seed: int) -> Path:
-    ds = Dataset()
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.BodyPartExamined = "CHEST"
-    ds.PatientID = f"BENCH-{seed}"
-    ds.SeriesNumber = ds.InstanceNumber = 1
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    path = folder / f"cr-{seed}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A new chest CR study of one 64x64 instance (the replica test's own)."""
+    return instance("CR", folder, size=64, seed=seed)[0]
 
 
 def storescu() -> str:
