@@ -147,7 +147,7 @@ def main() -> None:
         "packaged. Both receive with `TCP_NODELAY=1` (their best); the flag in each row is the senders'. "
         "prescreen: `prescreen serve` (BentoML + pynetdicom listener, SQLite, SM4-GCM at rest), no "
         "screening, each instance acknowledged only once its blob is synced and its row committed; with group "
-        "commit, what arrives while a group is being made durable goes into the next group (one `syncfs`, one "
+        "commit, what arrives while a group is being made durable goes into the next group (blobs synced together, one "
         "transaction).",
         "- All on this 2-core machine: the receivers and the senders share the cores.",
     ]

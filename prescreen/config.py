@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     group_commit: bool = Field(
         True,
         description="DICOM instances arriving together (several associations, one STOW-RS request) are made durable "
-        "together: one sync of the blobs, one transaction; each is still acknowledged only once durable",
+        "together: the blobs synced together, one transaction; each is still acknowledged only once durable",
     )
     study_quiet_seconds: float = Field(10.0, description="A study is complete after this long with no new instance")
     worker_threads: int = Field(1, description="Screening workers in each service process; 0 runs none")

@@ -12,13 +12,11 @@ study may be acknowledged to its sender.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -93,36 +91,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """Linux ``syncfs(2)``: every dirty file and directory of one file system made durable in one
-    call (the group commit of many blobs); ``None`` where the C library has none."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        found: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return found
+def sync_file_system(written: list[Path]) -> None:
+    """Make ``written`` (files just renamed into place) and their folders durable: an fsync of each
+    file, then one of each folder they are in (a folder shared by several files is synced once).
 
-
-_SYNCFS = _load_syncfs()
-
-
-def sync_file_system(folder: Path, written: list[Path]) -> None:
-    """Make ``written`` (files just renamed into place under ``folder``) and their folders durable:
-    one ``syncfs`` of ``folder``'s file system, or, without it, an fsync of each file and folder."""
-    if not written:
-        return
-    if _SYNCFS is not None:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
-                return
-        finally:
-            os.close(fd)
+    Not ``syncfs(2)``: it would also flush every other process's dirty data on the file system, so
+    its cost would depend on the neighbours, not on the group."""
     for path in written:
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    for parent in {path.parent for path in written}:
+    for parent in sorted({path.parent for path in written}):
         _fsync_dir(parent)
 
 
@@ -189,7 +167,7 @@ class FileBlobStore:
             self.mirror.sync()
         with self._unsynced_lock:
             written, self._unsynced = self._unsynced, []
-        sync_file_system(self.root, written)
+        sync_file_system(written)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

@@ -2,12 +2,12 @@
 while the previous group is being made durable is made durable together.
 
 Each sender's thread hands its instance to :meth:`GroupCommit.store` and waits. One committer
-thread takes everything waiting, writes the blobs without syncing each, makes them durable with one
-``syncfs`` of the blob folder's file system (:func:`prescreen.store.blobs.sync_file_system`), then
+thread takes everything waiting, writes the blobs, makes them durable together
+(:func:`prescreen.store.blobs.sync_file_system`: the files, then each folder once), then
 records all instances in one transaction (one commit, one fsync of the database's log), and only then
 answers the waiting senders. So each instance is still acknowledged only once it is durable, but the
 cost of durability is shared: a single sender waits for its own instance alone (no added delay), and
-many senders share one sync and one commit.
+many senders share one commit (and the folders their blobs are in, one fsync each).
 
 When anything in a group fails (a unique key hit by another replica creating the same study, a
 series that belongs to another study, a database error), the group's transaction is rolled back and
