@@ -73,15 +73,41 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/", timeout=2)
+            if self._answers() and self._stores():
                 return self
-            except urllib.error.HTTPError:
-                return self  # an S3 error answer (anonymous listing refused) is an answer
-            except OSError:
-                time.sleep(0.3)
+            time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"SeaweedFS did not start:\n{self.log.read_text()[-3000:]}")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.endpoint}/", timeout=2)
+        except urllib.error.HTTPError:
+            return True  # an S3 error answer (anonymous listing refused) is an answer
+        except OSError:
+            return False
+        return True
+
+    def _stores(self) -> bool:
+        """Whether a write and a read go through (the gateway answers before its volume server has
+        joined the master, above all after a restart)."""
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id="probe", aws_secret_access_key="probe",
+            region_name="us-east-1",
+        )  # fmt: skip
+        try:
+            try:
+                client.create_bucket(Bucket="seaweed-probe")
+            except ClientError as exc:
+                if "BucketAlready" not in str(exc.response.get("Error", {}).get("Code", "")):
+                    return False
+            client.put_object(Bucket="seaweed-probe", Key="probe", Body=b"probe")
+            return bool(client.get_object(Bucket="seaweed-probe", Key="probe")["Body"].read() == b"probe")
+        except (BotoCoreError, ClientError):
+            return False
 
     def kill(self) -> None:
         """Stop it at once (SIGKILL), keeping its data: :meth:`start` brings the same store back."""
@@ -99,7 +125,8 @@ class SeaweedServer:
                 self.process.wait(timeout=20)
 
     def remove(self) -> None:
-        self.stop()
+        """Kill it (its data goes too: no graceful shutdown to wait for) and delete its folder."""
+        self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> SeaweedServer:

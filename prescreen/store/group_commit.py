@@ -9,8 +9,9 @@ answers the waiting senders. So each instance is still acknowledged only once it
 cost of durability is shared: a single sender waits for its own instance alone (no added delay), and
 many senders share one commit (and the folders their blobs are in, one fsync each).
 
-When anything in a group fails (a unique key hit by another replica creating the same study, a
-series that belongs to another study, a database error), the group's transaction is rolled back and
+When the blob store fails (a full disk, an object store that is down), every sender of the group
+gets that error. When recording fails (a unique key hit by another replica creating the same study,
+a series that belongs to another study, a database error), the group's transaction is rolled back and
 each of its instances is stored again on its own (:func:`prescreen.store.ingest.store_instance`), so
 every sender gets its own answer and one bad instance never refuses another.
 """
@@ -119,9 +120,14 @@ class GroupCommit:
         self.stats.groups += 1
         self.stats.instances += len(group)
         self.stats.largest = max(self.stats.largest, len(group))
-        try:
+        try:  # the blob store failing (a full disk, an object store down) fails every sender alike
             keys = [self.blobs.put(item.data, durable=False) for item in group]
             self.blobs.sync()
+        except Exception as exc:
+            for item in group:
+                item.error = exc
+            return
+        try:
             now = datetime.now(UTC)
             with self.sessions.begin() as session:
                 results = [

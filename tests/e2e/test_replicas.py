@@ -224,7 +224,7 @@ def test_three_replicas_lose_nothing_and_double_nothing_when_one_is_killed(share
         final = wait_until(settled, 240, 1.0, lambda: f"not settled: {counts(shared.database)}")
     finally:
         for replica in replicas:
-            stop_process(replica.proc)
+            stop_process(replica.proc, signal.SIGKILL)  # disposable: no graceful stop to wait for
 
     assert final["studies"] == STUDIES and final["instances"] == STUDIES, final  # nothing lost, nothing doubled
     assert final["series_with_two_results"] == 0 and final["results"] == STUDIES, final  # screened once
