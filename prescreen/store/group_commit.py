@@ -33,6 +33,8 @@ from prescreen.store.ingest import InstanceMeta, Received, record_in, store_inst
 log = logging.getLogger(__name__)
 MAX_GROUP = 64
 """Instances made durable together at most (bounds one transaction and the memory held)."""
+IDLE_SECONDS = 5.0
+"""The committer thread ends after this long without work (the next instance starts another)."""
 
 
 @dataclass
@@ -102,8 +104,11 @@ class GroupCommit:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting:
-                    self._cond.wait()
+                if not self._waiting:
+                    self._cond.wait(timeout=IDLE_SECONDS)
+                if not self._waiting:  # idle: end, so that an unused store is not kept alive by its thread
+                    self._thread = None
+                    return
                 group = self._waiting[: self.max_group]
                 del self._waiting[: self.max_group]
             try:

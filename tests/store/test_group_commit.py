@@ -144,3 +144,19 @@ def test_an_unwritable_blob_store_fails_every_sender_of_the_group(
 def _keys(sessions: sessionmaker[Session]) -> list[str]:
     with sessions() as session:
         return list(session.scalars(select(Instance.blob_key)))
+
+
+def test_an_idle_committer_ends_and_the_next_instance_starts_another(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prescreen.store import group_commit
+
+    monkeypatch.setattr(group_commit, "IDLE_SECONDS", 0.05)
+    group = GroupCommit(sessions, FileBlobStore(tmp_path / "blobs"))
+    (first, meta_1), (second, meta_2) = instances(2)
+    group.store(first, meta_1)
+    thread = group._thread
+    assert thread is not None
+    thread.join(timeout=5)
+    assert not thread.is_alive() and group._thread is None  # nothing holds the store alive
+    assert not group.store(second, meta_2).duplicate and count(sessions, Instance) == 2
