@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +48,42 @@ def replica_env(monkeypatch: pytest.MonkeyPatch, replica: Path | None) -> None:
     monkeypatch.setenv("PRESCREEN_REPLICA_SYNC_SECONDS", str(SYNC))
 
 
-def wait_shipped(replicator: Replicator) -> None:
-    """Litestream ships every ``SYNC`` seconds: wait a few intervals, as a disaster would not."""
-    time.sleep(SYNC * 8)
-    assert replicator.alive
+COUNTED = ("studies", "instances", "reports", "signatures", "audit_events", "audit_checkpoints")
+
+
+def counts(database: Path) -> tuple[int, ...]:
+    with sqlite3.connect(database) as conn:
+        return tuple(int(conn.execute(f"select count(*) from {table}").fetchone()[0]) for table in COUNTED)
+
+
+def shipped_counts(replica: Path, scratch: Path) -> tuple[int, ...] | None:
+    """The row counts of the newest state streamed to ``replica``; None before the first sync."""
+    if not has_database(replica):
+        return None
+    target = scratch / "probe.db"
+    try:
+        restore_database(replica, target)
+    except InvalidRequestError:
+        return None  # nothing complete shipped yet
+    return counts(target)
+
+
+def wait_shipped(replicator: Replicator, replica: Path, scratch: Path, live: Path) -> None:
+    """Wait until the replica's newest state holds as many rows as the live database: Litestream
+    ships every ``SYNC`` seconds, later on a loaded machine, and a disaster would not wait for it."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 60
+    while (found := shipped_counts(replica, scratch)) != (expected := counts(live)):
+        assert replicator.alive
+        assert time.monotonic() < deadline, f"after 60 s the replica holds {found} rows of {COUNTED}, not {expected}"
+        time.sleep(SYNC)
+
+
+def next_whole_second() -> datetime:
+    """Sleep into the next second and return it: ``restore --at`` has second resolution, so a moment
+    between two shipped states must be a whole second after the first one."""
+    time.sleep(1.05 - (time.time() % 1.0))
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def test_nothing_acknowledged_after_the_last_backup_is_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,19 +95,20 @@ def test_nothing_acknowledged_after_the_last_backup_is_lost(tmp_path: Path, monk
     ingestor = open_store(settings)
     replicator = start_replication(settings)
     assert replicator is not None and replicator.alive
+    live = replicator.database
     try:
         ann = reader(ingestor.sessions, "ann.attending", "attending")
         cy = reader(ingestor.sessions, "cy.assoc", "associate_chief")
         _add_study(ingestor, ann, cy, 0)
         take_backup(settings, ingestor.sessions, tmp_path / "backups", "full")
         _add_study(ingestor, ann, cy, 1)  # after the backup: only the replica has it
-        wait_shipped(replicator)
-        between = datetime.now(UTC)
-        time.sleep(1.1)  # Litestream's timestamps have second resolution
+        wait_shipped(replicator, replica, tmp_path / "probe", live)
+        between = next_whole_second()
+        time.sleep(1.1)  # the third study is shipped in a later second than ``between``
         _add_study(ingestor, ann, cy, 2)
         ingestor.store_upload({"rec.hea": b"rec 1 500 5000\n", "rec.dat": b"\x00\x01" * 64}, patient_name="赵六")
         assert sign_checkpoint(ingestor.sessions, audit_signer(settings)) is not None
-        wait_shipped(replicator)
+        wait_shipped(replicator, replica, tmp_path / "probe", live)
         before = state_of(ingestor)
     finally:
         dispose(ingestor)
@@ -124,8 +158,6 @@ def test_a_died_replicator_is_restarted_and_a_stray_one_stopped(tmp_path: Path) 
     settings = Settings(home=tmp_path / "home", replica_dir=tmp_path / "replica", replica_sync_seconds=SYNC)
     database = tmp_path / "home" / "app.db"
     database.parent.mkdir(parents=True)
-    import sqlite3
-
     with sqlite3.connect(database) as conn:
         conn.execute("pragma journal_mode=wal")
         conn.execute("create table t (x)")
