@@ -51,11 +51,27 @@ def start_process(
             stop_process(proc)
             raise AssertionError("server not ready in time")
         try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
+            if httpx.get(ready_url, timeout=2).status_code == 200 and listens(proc, ready_url):
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
+
+
+def listens(proc: subprocess.Popen[bytes], url: str) -> bool:
+    """Whether ``proc`` or a descendant holds the listening socket of ``url``'s port. A free port
+    picked by :func:`free_port` is released before the server binds it, so a server of a test on
+    another xdist worker may take it meanwhile and answer in its place."""
+    port = httpx.URL(url).port
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in member.net_connections("tcp")):
+                return True
+    return False
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from prescreen.cli import app
 from prescreen.config import get_settings
 from prescreen.integration.dicom_send import DicomDestination, c_store
-from tests.e2e.conftest import CLI, free_port, serve_command, start_process, stop_process
+from tests.e2e.conftest import CLI, free_port, listens, serve_command, start_process, stop_process
 from tests.fixtures_dicom import make_instance
 from tests.waiting import port_open, wait_until
 
@@ -51,7 +51,8 @@ class Central:
 
     def ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            answered = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return answered and self.proc is not None and listens(self.proc, self.url)
         except httpx.HTTPError:
             return False
 
