@@ -171,6 +171,7 @@ class Task:
 
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}
+_MADE: dict[str, tuple[Callable[[], Task], Task]] = {}  # a task is frozen: made once per factory
 
 
 def register(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
@@ -197,12 +198,18 @@ def get_task(name: str) -> Task:
     _load_builtin_tasks()
     if name not in _REGISTRY:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
+    factory = _REGISTRY[name]
+    made = _MADE.get(name)
+    if made is None or made[0] is not factory:  # first use, or registered anew since
+        made = (factory, factory())
+        _MADE[name] = made
+    return made[1]
 
 
 def unregister(name: str) -> None:
     """Remove a registered task (tests that register a toy task clean up with it)."""
     _REGISTRY.pop(name, None)
+    _MADE.pop(name, None)
 
 
 def _load_builtin_tasks() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
@@ -18,7 +19,7 @@ from prescreen.serving.auth import Permission, Principal, actor_of, needs, requi
 from prescreen.serving.deps import EngineDep
 from prescreen.serving.errors import CatchAll, error_response, install_error_handlers
 from prescreen.serving.openapi import install_openapi
-from prescreen.serving.process import release_memory
+from prescreen.serving.process import IdleTrim
 from prescreen.serving.schemas import FindingOut, ModelOut, ModelsOut, ServiceStatusOut, StatusOut
 from prescreen.store.audit import record_now
 
@@ -41,7 +42,9 @@ def screen(
     """Screen one study sent as multipart files (field name ``file``, repeated). At most
     ``PRESCREEN_MAX_CONCURRENT_SCREENS`` are screened at once; a request that finds no slot within
     ``PRESCREEN_SCREEN_WAIT_SECONDS`` gets 503 with ``Retry-After``. Nothing is stored but the
-    audit record of who sent what (file count and bytes, the result; no patient field)."""
+    audit record of who sent what (file count and bytes, the task asked for; no patient field). It
+    is committed while the study is screened, and every answer, a finding or an error, waits for it:
+    no screening is answered unaudited, and the commit adds no latency of its own."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}
     for upload in file or []:
@@ -57,21 +60,29 @@ def screen(
     slots: threading.BoundedSemaphore = request.app.state.screen_slots
     if not slots.acquire(timeout=settings.screen_wait_seconds):
         raise ServiceBusyError(f"all {settings.max_concurrent_screens} screening slots are busy; try again shortly")
+    audited = _audit_screening(request, user, files, task)
     try:
         finding = engine.screen(files, task, in_request=True)
     finally:
         slots.release()
-        release_memory()
-    ingestor = getattr(request.app.state, "ingestor", None)
-    if ingestor is not None:
-        detail = {
-            "files": len(files),
-            "bytes": sum(len(v) for v in files.values()),
-            "task": finding.task,
-            "flagged": finding.flagged,
-        }
-        record_now(ingestor.sessions, AuditEntry(AuditEvent.SCREENED, actor_of(request, user), detail=detail))
+        request.app.state.idle_trim.touch()
+        if audited is not None:
+            audited.result()  # raises when the record could not be written: no answer without it
     return FindingOut.of(finding)
+
+
+def _audit_screening(
+    request: Request, user: Principal | None, files: dict[str, bytes], task: str | None
+) -> Future[object] | None:
+    """Start committing the audit record of a screening request on the audit pool; ``None`` when
+    the app has no store (an engine alone, in tests)."""
+    ingestor = getattr(request.app.state, "ingestor", None)
+    if ingestor is None:
+        return None
+    detail = {"files": len(files), "bytes": sum(len(v) for v in files.values()), "task": task}
+    entry = AuditEntry(AuditEvent.SCREENED, actor_of(request, user), detail=detail)
+    pool: ThreadPoolExecutor = request.app.state.audit_pool
+    return pool.submit(record_now, ingestor.sessions, entry)
 
 
 @screen_router.get("/explanations/{name}.png", dependencies=needs(Permission.SCREEN))
@@ -165,6 +176,8 @@ def create_app(engine: ScreeningEngine | None = None) -> FastAPI:
     app.state.engine = engine
     # at most this many studies are decoded and screened at once: memory and CPU stay bounded
     app.state.screen_slots = threading.BoundedSemaphore(get_settings().max_concurrent_screens)
+    app.state.audit_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit")  # screening's records
+    app.state.idle_trim = IdleTrim()  # a decoded image's memory goes back to the system after a burst
     install_error_handlers(app)
     install_openapi(app)
     from prescreen.serving.account import auth_router

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -203,3 +205,36 @@ def test_dot_file_names_are_refused(client: TestClient) -> None:
         400,
         {"error": "invalid_study", "detail": "file name '..' is not a plain WFDB file name"},
     )
+
+
+def test_every_screening_answer_waits_for_its_audit_record(
+    tiny_model: StoredModel, synthetic_cinc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is committed beside the screening: a finding and an error each come with one
+    (who sent how many files and bytes, the task asked for), and an answer whose record could not
+    be written is an error, not a finding."""
+    from prescreen.pipeline.runtime import open_store
+    from prescreen.store import audit as store_audit
+
+    app = create_app(ScreeningEngine(ModelStore()))
+    app.state.ingestor = open_store(get_settings())
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def screened() -> list[Any]:
+        with app.state.ingestor.sessions() as session:
+            return [json.loads(r.detail) for r in store_audit.iter_records(session) if r.event == "screened"]
+
+    files = record_files(synthetic_cinc, "S00000")
+    assert client.post("/v1/screen", files=files).status_code == 200
+    size = sum(len(data) for _, (_, data) in files)
+    assert screened() == [{"files": 2, "bytes": size, "task": None}]
+    bad = client.post("/v1/screen", files=[("file", ("x.dcm", b"not a dicom"))], data={"task": "breast-us"})
+    assert bad.is_client_error
+    assert screened()[-1] == {"files": 1, "bytes": 11, "task": "breast-us"}
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the audit database is gone")
+
+    monkeypatch.setattr("prescreen.serving.app.record_now", broken)
+    assert client.post("/v1/screen", files=files).status_code == 500
+    assert len(screened()) == 2

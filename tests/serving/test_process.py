@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prescreen.config import get_settings
 from prescreen.pipeline.runtime import open_store
 from prescreen.serving.app import create_app
-from prescreen.serving.process import restrict_to_owner
+from prescreen.serving.process import IdleTrim, restrict_to_owner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,3 +91,23 @@ def test_a_huge_offset_is_422_not_500(tmp_path: Path) -> None:
     assert client.get("/v1/studies", params={"offset": 2**31 - 1}).status_code == 200
     r = client.get("/v1/studies", params={"offset": "9223372036854775808"})
     assert r.status_code == 422, r.text
+
+
+def test_memory_is_released_once_after_a_burst_not_after_each_request() -> None:
+    released: list[float] = []
+    trim = IdleTrim(delay=0.3, release=lambda: released.append(time.monotonic()))
+    last = 0.0
+    for _ in range(5):  # a burst: each request ends within the delay of the previous one
+        trim.touch()
+        last = time.monotonic()
+        time.sleep(0.05)
+    assert released == []  # not during the burst
+    deadline = time.monotonic() + 5
+    while not released and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(released) == 1 and released[0] >= last + 0.3  # once, a delay after the last one
+    trim.touch()  # a later request: released again
+    deadline = time.monotonic() + 5
+    while len(released) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(released) == 2
