@@ -173,12 +173,22 @@ def _handle_user_id(
 
 
 def _handle_store(
-    event: Any, ingestor: Ingestor, limit: int, verified: MutableMapping[Any, Principal], anonymous: bool
+    event: Any,
+    ingestor: Ingestor,
+    limit: int,
+    verified: MutableMapping[Any, Principal],
+    anonymous: bool,
+    senders: MutableMapping[Any, Sender],
 ) -> Dataset:
     """The instance arrives in a temporary Part 10 file (pynetdicom writes it as the PDUs come in,
-    so a large instance does not sit in memory); over ``limit`` bytes it is refused unread."""
+    so a large instance does not sit in memory); over ``limit`` bytes it is refused unread. The
+    sender is identified once per association (its AE title, address and key do not change)."""
     sender = str(event.assoc.requestor.ae_title).strip() or None
-    sent_by = identify(event, ingestor, verified, anonymous)
+    sent_by = senders.get(event.assoc)
+    if sent_by is None:
+        sent_by = identify(event, ingestor, verified, anonymous)
+        if sent_by is not None:
+            senders[event.assoc] = sent_by
     if sent_by is None:
         log.warning("C-STORE refused: the calling AE title is no registered client and anonymous ingest is off")
         where = f"{sender or ''}@{_peer_host(event.assoc)}"
@@ -262,9 +272,10 @@ def start_listener(
     ae = make_ae(settings)
     limit = settings.max_upload_bytes
     verified: MutableMapping[Any, Principal] = weakref.WeakKeyDictionary()
+    senders: MutableMapping[Any, Sender] = weakref.WeakKeyDictionary()
     anonymous = "ingest" in settings.anonymous_permissions
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, _handle_store, [ingestor, limit, verified, anonymous]),
+        (evt.EVT_C_STORE, _handle_store, [ingestor, limit, verified, anonymous, senders]),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_USER_ID, _handle_user_id, [ingestor, verified]),
     ]

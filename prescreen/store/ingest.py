@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from prescreen.config import get_settings
 from prescreen.domain import StudyStatus
@@ -140,7 +140,9 @@ def record_in(
         IntegrityError: another transaction created the same study, series or instance meanwhile.
     """
     now = now or datetime.now(UTC)
-    study = session.scalars(select(Study).where(Study.study_uid == meta.study_uid)).one_or_none()
+    # the sealed patient fields stay unread (not decrypted): an instance needs only the pseudonym
+    unsealed = defer(Study.patient_id), defer(Study.patient_name)
+    study = session.scalars(select(Study).options(*unsealed).where(Study.study_uid == meta.study_uid)).one_or_none()
     if study is None:
         study = Study(
             study_uid=meta.study_uid,
@@ -156,9 +158,7 @@ def record_in(
         session.flush()
     series = session.scalars(select(Series).where(Series.series_uid == meta.series_uid)).one_or_none()
     if series is None:
-        series = Series(
-            study_id=study.id, series_uid=meta.series_uid, modality=meta.modality, body_part=meta.body_part
-        )
+        series = Series(study_id=study.id, series_uid=meta.series_uid, modality=meta.modality, body_part=meta.body_part)
         session.add(series)
         session.flush()
     elif series.study_id != study.id:  # rolls the whole transaction back: nothing half-stored
@@ -185,7 +185,7 @@ def record_in(
                 AuditEvent.INSTANCE_RECEIVED,
                 actor or Actor(ActorKind.ANONYMOUS, meta.sender or "unknown"),
                 study_uid=study.study_uid,
-                patient_hash=patient_pseudonym(get_settings(), study.patient_id),
+                patient_hash=study.patient_index or patient_pseudonym(get_settings(), study.patient_id),
                 object_id=meta.sop_instance_uid,
                 detail={"sop_class": meta.sop_class_uid, "bytes": size, "via": meta.sender},
             ),
