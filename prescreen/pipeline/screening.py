@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: how often a long analysis' progress is written to its job
 PROGRESS_SECONDS = 2.0
 
+
 class Screen(Protocol):
     """Screens one series' files (``ScreeningEngine.screen``), telling ``progress`` how much of a
     long analysis is done."""

@@ -82,9 +82,7 @@ class GroupCommit:
             raise outcome
         return outcome
 
-    def store_many(
-        self, items: Sequence[tuple[bytes, InstanceMeta, Actor | None]]
-    ) -> list[Received | BaseException]:
+    def store_many(self, items: Sequence[tuple[bytes, InstanceMeta, Actor | None]]) -> list[Received | BaseException]:
         """Store several instances (e.g. the parts of one STOW-RS request) in the same group(s);
         returns, in order, each one's :class:`Received` or the error that refused it."""
         waiting = [_Waiting(data, meta, actor) for data, meta, actor in items]
