@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ecg.py --out BENCHMARKS.md --run runs/ecg-ship
 	$(BIN)/python benchmarks/bench_imaging.py --out BENCHMARKS.md --runs runs/cxr-ship runs/bus-ship
 	$(BIN)/python benchmarks/bench_ingest.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/bench_cstore.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_worklist.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_memory.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_protect.py --out BENCHMARKS.md

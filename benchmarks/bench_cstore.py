@@ -33,9 +33,10 @@ from bench_ingest import (
     cr_dataset,
     prescreen_serve,
     storescp,
+    wait_for_echo,
     write_instances,
 )
-from common import write_section
+from common import free_port, write_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers: a throwaway Orthanc
 
@@ -91,6 +92,33 @@ def orthanc(folder: Path) -> Iterator[tuple[str, int]]:
         stop_orthanc(process)
 
 
+BARE_AE = "BAREPYNET"
+BARE_SCP = """
+import sys
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+ae = AE(sys.argv[1])
+ae.supported_contexts = AllStoragePresentationContexts
+ae.add_supported_context(Verification)
+ae.maximum_pdu_size = 0
+ae.start_server(("127.0.0.1", int(sys.argv[2])), evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+"""
+
+
+@contextmanager
+def bare_pynetdicom() -> Iterator[tuple[str, int]]:
+    """pynetdicom alone, as prescreen's listener uses it, acknowledging every instance without
+    reading or storing it: the ceiling of the DICOM library itself on this machine."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SCP, BARE_AE, str(port)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_echo(BARE_AE, port)
+        yield BARE_AE, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=200)
@@ -103,12 +131,14 @@ def main() -> None:
     with (
         storescp(tmp / "storescp") as scp_port,
         orthanc(tmp / "orthanc") as (orthanc_ae, orthanc_port),
+        bare_pynetdicom() as (bare_ae, bare_port),
         prescreen_serve(tmp / "home-group", worker_threads="0", group_commit="true") as grouped,
         prescreen_serve(tmp / "home-single", worker_threads="0", group_commit="false") as single,
     ):
         receivers = {
             "storescp": (STORESCP_AE, scp_port),
             "Orthanc": (orthanc_ae, orthanc_port),
+            "pynetdicom alone, nothing stored": (bare_ae, bare_port),
             "prescreen, group commit": (PRESCREEN_AE, grouped.dicom_port),
             "prescreen, one commit per instance": (PRESCREEN_AE, single.dicom_port),
         }
@@ -139,6 +169,9 @@ def main() -> None:
             rows[f"{flag}, {associations} assoc.: prescreen (per instance) / Orthanc"] = (
                 med[("prescreen, one commit per instance", associations, nodelay)] / base
             )
+            rows[f"{flag}, {associations} assoc.: pynetdicom alone / Orthanc"] = (
+                med[("pynetdicom alone, nothing stored", associations, nodelay)] / base
+            )
     notes = [
         f"- {args.instances} fresh 256x256 16-bit CR instances (~132 kB) of one study in 4 series per receiver, "
         f"mode and round; {args.rounds} rounds, medians; the receivers' order rotates between rounds. Four "
@@ -149,6 +182,8 @@ def main() -> None:
         "screening, each instance acknowledged only once its blob is synced and its row committed; with group "
         "commit, what arrives while a group is being made durable goes into the next group (blobs synced together, one "
         "transaction).",
+        "- pynetdicom alone: the DICOM library prescreen listens with, acknowledging each instance unread "
+        "(nothing parsed, stored or synced): the ceiling of any receiver built on it here.",
         "- All on this 2-core machine: the receivers and the senders share the cores.",
     ]
     write_section(
