@@ -40,7 +40,8 @@ def main() -> None:
     stored = ModelStore().active("ecg-rhythm")
     model = OnnxModel(stored.onnx_path, stored.card)
     records = load_records(get_settings().data_dir / "cinc2017", args.records)
-    rows = compare_served(time_calls(model.screen_files, records), records, args.clients, args.seconds)
+    local = time_calls(model.screen_files, records)
+    rows = compare_served(local, records, args.clients, args.seconds, screen=model.screen_files)
     extra = [measure_training("ecg-rhythm", args.train_epochs)] if args.train_epochs else []
     intro = f"Model {stored.tag}; {len(records)} CinC 2017 records (WFDB FLAC), same files in both paths."
     write_section("ECG screening", intro, rows, extra + run_summary(args.run), args.out)

@@ -78,7 +78,7 @@ def main() -> None:
         rows = stage_rows(model, folder, names, args.repeat)
         records = [{names[0]: (folder / names[0]).read_bytes()}] * args.repeat
         local = time_calls(model.screen_files, records)
-        rows.update(compare_served(local, records, args.clients, args.seconds))
+        rows.update(compare_served(local, records, args.clients, args.seconds, screen=model.screen_files))
         extra = [measure_training(task, args.train_epochs)] if args.train_epochs else []
         extra += [line for run in args.runs for line in run_summary(run) if f"`{task}`" in line]
         intro = f"Model {stored.tag}; served and in-process rows screen `{names[0]}` (read + preprocess + infer)."

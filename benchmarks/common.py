@@ -169,25 +169,57 @@ def compare_served(
     clients: int,
     seconds: float,
     form: dict[str, str] | None = None,
+    screen: Callable[[dict[str, bytes]], object] | None = None,
 ) -> dict[str, float]:
-    """Start ``prescreen serve``; served p50/p95 (one client), throughput (``clients``), vs ``local``."""
+    """Start ``prescreen serve``; served p50/p95 (one client), throughput (``clients``), vs ``local``
+    (in-process calls back to back). With ``screen`` (the in-process call), also both measured
+    interleaved: one in-process call, then one served request, and so on, so that each in-process
+    call also follows a pause as a served one does and drift over the run hits both alike."""
     port = free_port()
     proc = start_server(port)
     base = f"http://127.0.0.1:{port}"
     try:
         served = served_sequential(base, records, form)
+        mixed = interleaved(base, records, screen, form) if screen is not None else None
         ok, errors = served_concurrent(base, records, clients, seconds, form)
     finally:
         stop_server(proc)
-    return {
+    rows = {
         "in-process p50 ms": statistics.median(local),
         "in-process p95 ms": percentile(local, 95),
         "served p50 ms (1 client)": statistics.median(served),
         "served p95 ms (1 client)": percentile(served, 95),
         "served/in-process p50 ratio": statistics.median(served) / statistics.median(local),
-        f"served throughput req/s ({clients} clients, {seconds:.0f} s)": ok / seconds,
-        "errors under load": float(errors),
     }
+    if mixed is not None:
+        inside, outside = mixed
+        rows["interleaved: in-process p50 ms"] = statistics.median(inside)
+        rows["interleaved: served p50 ms"] = statistics.median(outside)
+        rows["interleaved: served/in-process p50 ratio"] = statistics.median(outside) / statistics.median(inside)
+    rows[f"served throughput req/s ({clients} clients, {seconds:.0f} s)"] = ok / seconds
+    rows["errors under load"] = float(errors)
+    return rows
+
+
+def interleaved(
+    base: str,
+    records: list[dict[str, bytes]],
+    screen: Callable[[dict[str, bytes]], object],
+    form: dict[str, str] | None = None,
+) -> tuple[list[float], list[float]]:
+    """In-process and served times (ms) of the same records, one of each in turn."""
+    inside: list[float] = []
+    outside: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        for files in records:
+            start = time.perf_counter()
+            screen(files)
+            inside.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            r = client.post(f"{base}/v1/screen", files=multipart(files), data=form)
+            outside.append((time.perf_counter() - start) * 1000)
+            r.raise_for_status()
+    return inside, outside
 
 
 def run_summary(run: Path | None) -> list[str]:
