@@ -44,7 +44,7 @@ def screen(
     ``PRESCREEN_SCREEN_WAIT_SECONDS`` gets 503 with ``Retry-After``. Nothing is stored but the
     audit record of who sent what (file count and bytes, the task asked for; no patient field). It
     is committed while the study is screened, and every answer, a finding or an error, waits for it:
-    no screening is answered unaudited, and the commit adds no latency of its own."""
+    no screening is answered unaudited, and the commit overlaps the screening instead of following it."""
     limit = get_settings().max_upload_bytes
     files: dict[str, bytes] = {}
     for upload in file or []:

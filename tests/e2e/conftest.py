@@ -50,12 +50,18 @@ def start_process(
         if time.monotonic() > deadline:
             stop_process(proc)
             raise AssertionError("server not ready in time")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200 and listens(proc, ready_url):
-                return proc
-        except httpx.HTTPError:
-            pass
+        if answers_ready(proc, ready_url):
+            return proc
         time.sleep(0.5)
+
+
+def answers_ready(proc: subprocess.Popen[bytes], url: str) -> bool:
+    """Whether ``url`` (a base URL or its ``/readyz``) answers /readyz with 200 from ``proc``."""
+    base = url.removesuffix("/readyz")
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200 and listens(proc, base)
+    except httpx.HTTPError:
+        return False
 
 
 def listens(proc: subprocess.Popen[bytes], url: str) -> bool:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.e2e.conftest import free_port, listens, run_cli, stop_process
+from tests.e2e.conftest import answers_ready, free_port, run_cli, stop_process
 from tests.peers import require_peer
 from tests.waiting import wait_until
 
@@ -143,10 +143,7 @@ def test_built_bento_serves_a_real_study(shared_data: Path, cli_env: dict[str, s
 
         def ready() -> bool:
             assert proc.poll() is None, f"bentoml serve exited {proc.returncode}:\n{not_verbose(log)}"
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200 and listens(proc, base)
-            except httpx.HTTPError:
-                return False
+            return answers_ready(proc, base)
 
         wait_until(ready, START_TIMEOUT_S, interval=0.5, what=lambda: f"/readyz of the Bento:\n{not_verbose(log)}")
 

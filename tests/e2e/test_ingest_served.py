@@ -30,7 +30,7 @@ from pydicom.uid import (
 )
 from sqlalchemy import create_engine, text
 
-from tests.e2e.conftest import CLI, START_TIMEOUT_S, free_port, listens
+from tests.e2e.conftest import CLI, START_TIMEOUT_S, answers_ready, free_port
 from tests.peers import dcmtk, require_peer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.data]
@@ -170,12 +170,7 @@ def start_server(home: Path, log: Path) -> Served:
         while True:
             assert proc.poll() is None, served.tail()
             assert time.monotonic() < deadline, "server not ready in time:\n" + served.tail()
-            try:
-                ready = httpx.get(f"{served.base}/readyz", timeout=2).status_code == 200
-                ready = ready and listens(proc, served.base)
-            except httpx.HTTPError:
-                ready = False
-            if ready and _listens(dicom_port):
+            if answers_ready(proc, served.base) and _listens(dicom_port):
                 return served
             time.sleep(0.3)
     except BaseException:

@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psycopg
 import pydicom
 import pytest
 
-from tests.e2e.conftest import CLI, START_TIMEOUT_S, free_port, listens, stop_process
+from tests.e2e.conftest import CLI, START_TIMEOUT_S, answers_ready, free_port, stop_process
 from tests.e2e.test_ingest_served import instance
 from tests.peers import POSTGRES_HINT, dcmtk, require_peer
 from tests.pg_cluster import PG_USER, ClusterUnavailableError, PgCluster
@@ -144,12 +143,7 @@ def start_replicas(shared: Shared) -> list[Replica]:
         while True:
             assert replica.proc.poll() is None, replica.tail()
             assert time.monotonic() < deadline, f"{replica.name} not ready:\n{replica.tail()}"
-            try:
-                ready = httpx.get(f"{replica.base}/readyz", timeout=2).status_code == 200
-                ready = ready and listens(replica.proc, replica.base)
-            except httpx.HTTPError:
-                ready = False
-            if ready and port_open(replica.dicom_port):
+            if answers_ready(replica.proc, replica.base) and port_open(replica.dicom_port):
                 break
             time.sleep(0.5)
     return out

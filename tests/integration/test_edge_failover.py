@@ -17,14 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from prescreen.cli import app
 from prescreen.config import get_settings
 from prescreen.integration.dicom_send import DicomDestination, c_store
-from tests.e2e.conftest import CLI, free_port, listens, serve_command, start_process, stop_process
+from tests.e2e.conftest import CLI, answers_ready, free_port, serve_command, start_process, stop_process
 from tests.fixtures_dicom import make_instance
 from tests.waiting import port_open, wait_until
 
@@ -50,11 +49,7 @@ class Central:
         self.proc = start_process(serve_command(self.port), self.env, self.log, None)
 
     def ready(self) -> bool:
-        try:
-            answered = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            return answered and self.proc is not None and listens(self.proc, self.url)
-        except httpx.HTTPError:
-            return False
+        return self.proc is not None and answers_ready(self.proc, self.url)
 
     def instances(self) -> list[tuple[str, str]]:
         """(study UID, SOP instance UID) of every instance this central stored (read from its database)."""
