@@ -101,6 +101,13 @@ def train(
     group_by: Annotated[
         str, typer.Option(help="Split unit: 'record', or 'phash' (near-identical images share a group)")
     ] = "record",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Weights kept: 'best' (epoch of best validation AUROC, early stopping) or 'last' (the whole "
+            "schedule; validation then chooses only the thresholds)"
+        ),
+    ] = "best",
 ) -> None:
     """Train a task's network; early stopping on validation; checkpoints in OUT. With --folds K,
     train K models of a group cross-validation; `prescreen export OUT` ships their ensemble with
@@ -124,6 +131,7 @@ def train(
         limit=limit,
         folds=folds,
         group_by=group_by,
+        checkpoint=checkpoint,
         **{**t.train_defaults, **overrides},
     )
     dataset = t.load_dataset(folder, get_settings().cache_dir, True, "train")
@@ -132,16 +140,17 @@ def train(
 
         results = train_folds(t, cfg, dataset)
         minutes = sum(r.seconds for r in results) / 60
-        aurocs = ", ".join(f"{r.best_val_auroc:.3f}" for r in results)
+        aurocs = ", ".join(f"{r.kept_val_auroc:.3f}" for r in results)
         console.print(
-            f"trained {task}: {folds} folds, validation flag AUROC per fold {aurocs}, {minutes:.1f} min → {out}"
+            f"trained {task}: {folds} folds, validation flag AUROC per fold (kept epoch, {checkpoint}) {aurocs}, "
+            f"{minutes:.1f} min → {out}"
         )
         console.print(f"next: prescreen export {out}")
         return
     result = Trainer(t, cfg).fit(dataset)
     console.print(
-        f"trained {task}: best epoch {result.best_epoch}/{result.epochs_run}, validation flag AUROC "
-        f"{result.best_val_auroc:.3f}, {result.seconds / 60:.1f} min → {result.run_dir}"
+        f"trained {task}: kept epoch {result.kept_epoch}/{result.epochs_run} ({checkpoint}), validation flag AUROC "
+        f"{result.kept_val_auroc:.3f}, {result.seconds / 60:.1f} min → {result.run_dir}"
     )
     console.print(f"next: prescreen export {result.run_dir}")
 

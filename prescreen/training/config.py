@@ -30,3 +30,9 @@ class RunConfig(BaseModel):
     )
     folds: int = Field(0, ge=0, description="k of a k-fold cross-validation over the training side (0: one split)")
     fold: int | None = Field(None, ge=0, description="which fold this run validates on (cross-validation runs)")
+    checkpoint: Literal["best", "last"] = Field(
+        "best",
+        description="weights kept: the epoch with the best validation AUROC, or the last epoch of the schedule "
+        "(the validation part then chooses nothing but the thresholds, so out-of-fold figures are not flattered "
+        "by picking an epoch on them)",
+    )

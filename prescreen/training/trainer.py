@@ -1,8 +1,9 @@
 """The training loop: class-weighted cross-entropy, augmentation, early stopping, checkpoints.
 
 A run folder holds ``run.json`` (the config), ``checkpoint.pt`` (best weights by validation
-flag AUROC), ``history.json`` and ``predictions.npz`` (validation and test class probabilities),
-from which ``prescreen export`` chooses the threshold and writes the model card.
+flag AUROC, or the last epoch's with ``checkpoint: last``), ``history.json`` and
+``predictions.npz`` (validation and test class probabilities), from which ``prescreen export``
+chooses the threshold and writes the model card.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class TrainResult:
     best_val_auroc: float
     epochs_run: int
     seconds: float
+    kept_epoch: int
+    kept_val_auroc: float
 
 
 class Trainer:
@@ -122,15 +125,20 @@ class Trainer:
                 history.append({"epoch": epoch, "train_loss": total / len(train), "val_flag_auroc": auroc})
                 if auroc > best[0]:
                     best = (auroc, epoch)
-                    torch.save(net.state_dict(), out / "checkpoint.pt")
+                    if cfg.checkpoint == "best":
+                        torch.save(net.state_dict(), out / "checkpoint.pt")
                 bar.update(
                     job,
                     description=f"epoch {epoch} loss {total / len(train):.3f} val AUROC {auroc:.3f} "
                     f"(best {best[0]:.3f}@{best[1]})",
                 )
                 (out / "history.json").write_text(json.dumps(history, indent=1))
-                if epoch - best[1] >= cfg.patience:
+                if cfg.checkpoint == "best" and epoch - best[1] >= cfg.patience:
                     break
+        if cfg.checkpoint == "last":
+            torch.save(net.state_dict(), out / "checkpoint.pt")
+        kept_epoch = len(history) if cfg.checkpoint == "last" else best[1]
+        kept_auroc = float(history[kept_epoch - 1]["val_flag_auroc"])
         net.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True))
         np.savez(
             out / "predictions.npz",
@@ -154,13 +162,16 @@ class Trainer:
             "n_test": len(test),
             "best_epoch": best[1],
             "best_val_flag_auroc": best[0],
+            "checkpoint": cfg.checkpoint,
+            "kept_epoch": kept_epoch,
+            "kept_val_flag_auroc": kept_auroc,
             "epochs_run": len(history),
             "train_seconds": round(seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "threads": cfg.threads,
         }
         (out / "train.json").write_text(json.dumps(meta, indent=2))
-        return TrainResult(out, best[1], best[0], len(history), seconds)
+        return TrainResult(out, best[1], best[0], len(history), seconds, kept_epoch, kept_auroc)
 
 
 def split_indices(

@@ -155,6 +155,37 @@ def test_checkpoint_is_the_best_epoch_and_its_predictions_are_stored(tmp_path: P
     np.testing.assert_allclose(probs, preds["val_probs"], atol=1e-6)
 
 
+def test_checkpoint_last_keeps_the_final_epoch_and_runs_the_whole_schedule(tmp_path: Path) -> None:
+    task, data = toy_task(net=Constant), toy_data([30, 30])
+    # a constant network never improves after epoch 1: 'best' stops early, 'last' runs on
+    best = fit(task, data, tmp_path / "best", epochs=6, patience=1)
+    last = fit(task, data, tmp_path / "last", epochs=6, patience=1, checkpoint="last")
+    assert best.epochs_run == 2 and best.kept_epoch == 1
+    assert last.epochs_run == 6 and last.kept_epoch == 6
+    summary = json.loads((tmp_path / "last" / "train.json").read_text())
+    assert (summary["checkpoint"], summary["kept_epoch"]) == ("last", 6)
+
+
+def test_checkpoint_last_stores_the_final_weights_and_their_predictions(tmp_path: Path) -> None:
+    task, data = toy_task(), toy_data([30, 30])
+    result = fit(task, data, tmp_path / "run", epochs=5, checkpoint="last", lr=0.05)
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert result.kept_val_auroc == history[-1]["val_flag_auroc"]
+    net = task.build_network()
+    net.load_state_dict(weights(result.run_dir))
+    preds = np.load(result.run_dir / "predictions.npz")
+    by_id = dict(zip(data.ids, data.signals, strict=True))
+    probs = predict_probs(task, net, [by_id[i] for i in preds["val_ids"].tolist()])
+    np.testing.assert_allclose(probs, preds["val_probs"], atol=1e-6)
+    # the same seed with 'best' keeps the epoch of the best AUROC, whose weights differ unless it was the last
+    best = fit(task, data, tmp_path / "best", epochs=5, patience=10, lr=0.05)
+    assert best.kept_epoch == best.best_epoch
+    if best.best_epoch != 5:
+        assert any(
+            not torch.equal(weights(best.run_dir)[k], weights(result.run_dir)[k]) for k in weights(result.run_dir)
+        )
+
+
 def test_limit_trains_on_a_subset(tmp_path: Path) -> None:
     task, data = toy_task(), toy_data([30, 30])
     fit(task, data, tmp_path / "run", epochs=1, limit=20)
