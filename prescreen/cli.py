@@ -101,6 +101,13 @@ def train(
     group_by: Annotated[
         str, typer.Option(help="Split unit: 'record', or 'phash' (near-identical images share a group)")
     ] = "record",
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share held out as the test part (default 0.15); 0 with --folds: every record is in the "
+            "cross-validation, and the out-of-fold predictions are the only held-out figures"
+        ),
+    ] = None,
     checkpoint: Annotated[
         str,
         typer.Option(
@@ -121,7 +128,11 @@ def train(
     if t.analyse is not None:
         _train_holter(folder, out, seed=seed, epochs=epochs, folds=folds or 5)
         return
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"epochs": epochs, "batch_size": batch_size, "test_fraction": test_fraction}.items()
+        if v is not None
+    }
     cfg = RunConfig(
         task=task,
         data=folder,

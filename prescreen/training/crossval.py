@@ -13,6 +13,7 @@ exceed the size limit.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from prescreen.training.export import (
     parity,
     shrink_to_limit,
 )
-from prescreen.training.trainer import Trainer, TrainResult
+from prescreen.training.trainer import Trainer, TrainResult, predict_probs
 
 CV_FILE = "cv.json"
 
@@ -79,6 +80,32 @@ def _at_points(
         m = binary_metrics(truth, score, spec.threshold)
         out[name] = {k: m[k] for k in ("sensitivity", "specificity", "accuracy")} | {"n": float(len(labels))}
     return out
+
+
+def out_of_fold_predictor(
+    task: Task, nets: list[torch.nn.Module], fold_sizes: list[int]
+) -> Callable[[list[FloatArray]], FloatArray]:
+    """Signals in out-of-fold order (fold 0's validation records, then fold 1's, …) → class
+    probabilities, each record predicted by the one fold model that did not train on it.
+
+    Raises:
+        ValueError: ``nets`` and ``fold_sizes`` differ in length, or a call's signals are not as
+            many as the folds' validation records.
+    """
+    if len(nets) != len(fold_sizes):
+        raise ValueError(f"{len(nets)} fold models for {len(fold_sizes)} folds")
+    bounds = np.cumsum([0, *fold_sizes])
+
+    def predict(signals: list[FloatArray]) -> FloatArray:
+        if len(signals) != bounds[-1]:
+            raise ValueError(f"expected the {bounds[-1]} out-of-fold records in fold order, got {len(signals)}")
+        parts = [
+            predict_probs(task, net, signals[a:b]) for net, a, b in zip(nets, bounds[:-1], bounds[1:], strict=True)
+        ]
+        out: FloatArray = np.concatenate(parts).astype(np.float32)
+        return out
+
+    return predict
 
 
 def export_cross_validation(folder: Path, out: Path | None = None, progress: bool = False) -> tuple[Path, ModelCard]:
@@ -126,13 +153,24 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
     quantized = shrink_to_limit(task, onnx_path, check, temperature, balanced, "out-of-fold")
     predict = onnx_predictor(task, onnx_path)
     test_probs = predict(test_signals) if test_signals else np.zeros((0, len(task.classes)), np.float32)
-    perturbations = perturbation_table(
-        task, test_labels, test_signals, predict, temperature, found.operating_points, cfg.seed
-    )
+    if test_signals:
+        perturbed_on = "the held-out test part"
+        perturbations = perturbation_table(
+            task, test_labels, test_signals, predict, temperature, found.operating_points, cfg.seed
+        )
+    else:  # every record was in the cross-validation: each is scored by the model that did not train on it
+        perturbed_on = (
+            "the out-of-fold records (no test part was held out), each scored by the fold model that did not "
+            "train on it"
+        )
+        oof_predict = out_of_fold_predictor(task, [net for _, _, _, net in loaded], [len(p["val_ids"]) for p in preds])
+        perturbations = perturbation_table(
+            task, oof_labels, check, oof_predict, temperature, found.operating_points, cfg.seed
+        )
     shift = {
         **found.shift,
         "perturbations": perturbations,
-        "perturbations_measured_on": "the held-out test part",
+        "perturbations_measured_on": perturbed_on,
         # the points were chosen on single fold models' out-of-fold scores; the shipped ensemble's
         # scores are softer, so its own sensitivity at each point on the test part is stated too
         "test_at_operating_points": [
@@ -191,8 +229,13 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
         caveats=[
             *task.caveats,
             "Calibration and both operating points were chosen on the fold models' out-of-fold scores; the shipped "
-            "model averages the fold models, whose scores are softer: its own figures at both points on the "
-            "held-out test part are in shift.test_at_operating_points.",
+            "model averages the fold models, whose scores are softer"
+            + (
+                ": its own figures at both points on the held-out test part are in shift.test_at_operating_points."
+                if len(test_labels)
+                else ", and no test part was held out to measure the ensemble itself: its figures on new data may "
+                "differ from the out-of-fold ones (it tends to flag more at the same threshold)."
+            ),
         ],
         calibration=found.calibration,
         operating_points=found.operating_points,
@@ -200,7 +243,11 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
         shift=shift,
         validation_scheme=(
             f"{len(runs)}-fold stratified group cross-validation (groups: {cfg.group_by}) over the training side; "
-            f"a group-disjoint {cfg.test_fraction:.0%} test part held out (seed {cfg.split_seed})"
+            + (
+                f"a group-disjoint {cfg.test_fraction:.0%} test part held out (seed {cfg.split_seed})"
+                if cfg.test_fraction > 0
+                else f"no test part: every record is in the cross-validation (seed {cfg.split_seed})"
+            )
         ),
     )
     card.save(target / "card.json")

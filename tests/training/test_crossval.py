@@ -98,3 +98,57 @@ def test_folds_that_overlap_are_not_a_cross_validation(cv_folder: tuple[Path, Pa
     shutil.copytree(copy / "fold-0", copy / "fold-1")
     with pytest.raises(ExportError, match="overlap"):
         export_cross_validation(copy, tmp_path / "x")
+
+
+def test_without_a_test_part_every_record_is_out_of_fold_and_perturbed_by_its_own_fold_model(
+    tmp_path: Path,
+) -> None:
+    from tests.fixtures_images import write_npz
+
+    data = write_npz(tmp_path / "pneumoniamnist.npz", n=48, seed=5)
+    task = get_task("chest-xray")
+    out = tmp_path / "run"
+    cfg = RunConfig(
+        task=task.name, data=data, out=out, epochs=1, batch_size=16, folds=3, test_fraction=0.0, checkpoint="last"
+    )
+    train_folds(task, cfg, task.load_dataset(data, None, False, "train"), progress=False)
+    preds = [np.load(out / f"fold-{k}" / "predictions.npz") for k in range(3)]
+    assert all(len(p["test_ids"]) == 0 for p in preds)
+    assert sum(len(p["val_ids"]) for p in preds) == 48  # every record validated once
+    _, card = export_cross_validation(out, tmp_path / "ens")
+    assert card.missing_for_release() == []
+    assert card.test is None and card.validation is not None and card.validation.n == 48
+    assert card.shift["perturbations_measured_on"].startswith("the out-of-fold records")
+    assert card.shift["test_at_operating_points"] == []
+    assert "no test part" in card.validation_scheme
+    # the unperturbed row is the out-of-fold evaluation itself: the same records, the same fold models
+    none = next(
+        r for r in card.shift["perturbations"] if r["perturbation"] == "none" and r["operating_point"] == "balanced"
+    )
+    assert none["accuracy"] == pytest.approx(card.validation.metrics["accuracy"].value, abs=1e-4)
+
+
+def test_out_of_fold_predictor_scores_each_fold_with_its_own_model() -> None:
+    import torch
+    from torch import nn
+
+    from prescreen.training.crossval import out_of_fold_predictor
+
+    class Fixed(nn.Module):
+        def __init__(self, cls: int) -> None:
+            super().__init__()
+            self.cls = cls
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.full((len(x), 2), -20.0)
+            logits[:, self.cls] = 20.0
+            return logits
+
+    task = get_task("chest-xray")
+    predict = out_of_fold_predictor(task, [Fixed(0), Fixed(1)], [2, 3])
+    signals = [np.zeros((1, 64, 64), np.float32)] * 5
+    np.testing.assert_allclose(predict(signals).argmax(axis=1), [0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="expected the 5 out-of-fold records"):
+        predict(signals[:4])
+    with pytest.raises(ValueError, match="2 fold models for 3 folds"):
+        out_of_fold_predictor(task, [Fixed(0), Fixed(1)], [1, 1, 1])
