@@ -42,6 +42,17 @@ def test_user_errors_exit_2(args: list[str], words: str) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [(["--checkpoint", "worst"], "'best' or 'last'"), (["--test-fraction", "0.7"], "less than 0.5")],
+)
+def test_train_options_out_of_range_exit_2_before_training(tmp_path: Path, option: list[str], words: str) -> None:
+    code, out = run("train", "ecg-rhythm", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *option)
+    assert code == 2, out
+    assert words in out
+    assert not (tmp_path / "run").exists()
+
+
 def test_wrong_layout(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     code, out = run("evaluate", "ecg-rhythm", "--data", str(tmp_path))

@@ -76,6 +76,16 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint.pt", weights_only=True)  # type: ignore[no-any-return]
 
 
+def assert_predictions_are_the_checkpoints(task: Task, data: LabelledSet, run: Path) -> None:
+    """The stored validation probabilities are what the stored checkpoint predicts."""
+    net = task.build_network()
+    net.load_state_dict(weights(run))
+    preds = np.load(run / "predictions.npz")
+    by_id = dict(zip(data.ids, data.signals, strict=True))
+    probs = predict_probs(task, net, [by_id[i] for i in preds["val_ids"].tolist()])
+    np.testing.assert_allclose(probs, preds["val_probs"], atol=1e-6)
+
+
 # --------------------------------------------------------------------------- reproducibility
 
 
@@ -147,12 +157,7 @@ def test_checkpoint_is_the_best_epoch_and_its_predictions_are_stored(tmp_path: P
     aurocs = [h["val_flag_auroc"] for h in history]
     assert result.best_val_auroc == max(aurocs)
     assert result.best_epoch == aurocs.index(max(aurocs)) + 1  # the first epoch that reached it
-    net = task.build_network()
-    net.load_state_dict(weights(result.run_dir))
-    preds = np.load(result.run_dir / "predictions.npz")
-    by_id = dict(zip(data.ids, data.signals, strict=True))
-    probs = predict_probs(task, net, [by_id[i] for i in preds["val_ids"].tolist()])
-    np.testing.assert_allclose(probs, preds["val_probs"], atol=1e-6)
+    assert_predictions_are_the_checkpoints(task, data, result.run_dir)
 
 
 def test_checkpoint_last_keeps_the_final_epoch_and_runs_the_whole_schedule(tmp_path: Path) -> None:
@@ -171,12 +176,7 @@ def test_checkpoint_last_stores_the_final_weights_and_their_predictions(tmp_path
     result = fit(task, data, tmp_path / "run", epochs=5, checkpoint="last", lr=0.05)
     history = json.loads((result.run_dir / "history.json").read_text())
     assert result.kept_val_auroc == history[-1]["val_flag_auroc"]
-    net = task.build_network()
-    net.load_state_dict(weights(result.run_dir))
-    preds = np.load(result.run_dir / "predictions.npz")
-    by_id = dict(zip(data.ids, data.signals, strict=True))
-    probs = predict_probs(task, net, [by_id[i] for i in preds["val_ids"].tolist()])
-    np.testing.assert_allclose(probs, preds["val_probs"], atol=1e-6)
+    assert_predictions_are_the_checkpoints(task, data, result.run_dir)
     # the same seed with 'best' keeps the epoch of the best AUROC, whose weights differ unless it was the last
     best = fit(task, data, tmp_path / "best", epochs=5, patience=10, lr=0.05)
     assert best.kept_epoch == best.best_epoch
