@@ -268,6 +268,22 @@ def wfdb_studies(folder: Path, n: int) -> tuple[list[Study], str]:
     )
 
 
+LONG_RECORD_STUDIES = 3
+"""Long (Holter) records timed per model: one 30-min MIT-BIH record takes seconds to screen, and
+``bench_holter.py`` times a 24-hour one."""
+
+
+def long_record_studies(folder: Path, n: int) -> tuple[list[Study], str]:
+    """At most ``LONG_RECORD_STUDIES`` WFDB records (``.hea`` + ``.dat``) of a folder without a
+    REFERENCE.csv (MIT-BIH), spread over its records."""
+    names = sorted(p.stem for p in folder.glob("*.hea") if (folder / f"{p.stem}.dat").is_file())
+    chosen = pick(names, min(n, LONG_RECORD_STUDIES))
+    studies = [
+        {f"{r}.hea": (folder / f"{r}.hea").read_bytes(), f"{r}.dat": (folder / f"{r}.dat").read_bytes()} for r in chosen
+    ]
+    return studies, f"{len(studies)} of the {len(names)} WFDB records of `{folder.name}/` ({', '.join(chosen)})"
+
+
 def npz_studies(npz: Path, n: int) -> tuple[list[Study], str]:
     with np.load(npz) as z:
         prefix = "test" if "test_images" in z.files else "val"
@@ -296,6 +312,8 @@ def load_studies(data: Path, n: int) -> tuple[list[Study], str]:
     """``n`` real studies of a data set, as the files a client would send."""
     if (data / "REFERENCE.csv").is_file():
         return wfdb_studies(data, n)
+    if any(data.glob("*.hea")):
+        return long_record_studies(data, n)
     npz = find_npz(data)
     if npz is not None:
         return npz_studies(npz, n)
@@ -314,7 +332,8 @@ def measure(folder: Path, n: int) -> Measured:
     card = model.card
     m = Measured(folder, card, model.path.stat().st_size, str(card.onnx.get("sha256", "")))
     studies, m.studies = load_studies(get_settings().data_dir / model.task.default_data, n)
-    signals = [model.task.preprocess(model.task.read_files(s)) for s in studies]
+    whole_record = model.task.analyse is not None  # holter: no separate preprocess/infer step to time
+    signals = [None if whole_record else model.task.preprocess(model.task.read_files(s)) for s in studies]
     default = get_settings().onnx_threads
     sessions = {1: make_session(model.path, threads=1), default: model.session}
     m.threads = sorted(sessions)
@@ -327,9 +346,11 @@ def measure(folder: Path, n: int) -> Measured:
     for i, (files, x) in enumerate(zip(studies, signals, strict=True)):
         for t in m.threads if i % 2 == 0 else m.threads[::-1]:  # alternate which goes first
             model.session = sessions[t]
-            m.full[t].append(timed(partial(model.screen_files, files))[0])
-            took, finding = timed(partial(model.screen_signal, x))
-            m.infer[t].append(took)
+            took, finding = timed(partial(model.screen_files, files))
+            m.full[t].append(took)
+            if x is not None:
+                took, finding = timed(partial(model.screen_signal, x))
+                m.infer[t].append(took)
             scores[t].append(finding.score)
     m.same_findings = all(np.allclose(scores[t], scores[m.threads[0]], atol=1e-5) for t in m.threads)
     return m
@@ -357,7 +378,8 @@ def section(models: Sequence[Measured], when: str, wall: float, load: tuple[floa
         "- Measured in this run: in-process latency per study. *read + preprocess + infer* = "
         "`OnnxModel.screen_files` on the files' bytes already in memory (no disk read, no HTTP): decode, the "
         "task's preprocessing, ONNX Runtime over every window/frame, temperature, the finding. *infer only* = "
-        "`OnnxModel.screen_signal` on the already preprocessed signal. p50 / p95 over the studies, one warm-up "
+        "`OnnxModel.screen_signal` on the already preprocessed signal (none for holter, which analyses whole "
+        "records). p50 / p95 over the studies, one warm-up "
         "call per setting; per study both thread settings run, alternating which goes first.",
         f"- Threads: ONNX Runtime intra-op threads 1 vs the settings' default {default} (`PRESCREEN_ONNX_THREADS`; "
         "inter-op 1, no spinning, as in serving); numpy/scipy preprocessing is the same in both. Same scores at "

@@ -155,3 +155,14 @@ def test_rows_of_one_model() -> None:
     assert lines[2].startswith("| ecg-rhythm (`abababababab`) | 6.23 (≤ 10 MB) | no (FP32) | 1 | 33.0 min")
     assert lines[2].endswith("| 12.0 / 28.2 | 11.0 / 11.0 | 5.0 / 5.0 | 4.0 / 4.0 | 3 records |")
     assert lines[6].startswith("| ecg-rhythm | not recorded on the card | not on the card | not on the card | none |")
+
+
+def test_a_wfdb_folder_without_reference_gives_a_few_long_records(tmp_path: Path) -> None:
+    for r in ("100", "101", "102", "103", "104"):
+        (tmp_path / f"{r}.hea").write_text(f"{r} 2 360 650000\n")
+        (tmp_path / f"{r}.dat").write_bytes(b"\x00" * 8)
+    (tmp_path / "105.hea").write_text("105 2 360 650000\n")  # no signal file: not a study
+    studies, what = bm.load_studies(tmp_path, 100)
+    assert len(studies) == bm.LONG_RECORD_STUDIES
+    assert all(set(s) == {f"{n}.hea", f"{n}.dat"} for s in studies for n in [next(iter(s)).split(".")[0]])
+    assert "105" not in what and f"{bm.LONG_RECORD_STUDIES} of the 5 WFDB records" in what

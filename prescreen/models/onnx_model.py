@@ -133,5 +133,10 @@ class OnnxModel:
         )
 
     def screen_files(self, files: Mapping[str, bytes]) -> Finding:
-        """Read, preprocess and screen one study sent as files (raises ``InvalidStudyError``)."""
-        return self.screen_signal(self.task.preprocess(self.task.read_files(files)))
+        """Read and screen one study sent as files: preprocessed and screened window by window, or,
+        for a task that judges whole records (``holter``), analysed as a record (raises
+        ``InvalidStudyError``)."""
+        study = self.task.read_files(files)
+        if self.task.analyse is not None:
+            return self.analyse_record(study)
+        return self.screen_signal(self.task.preprocess(study))

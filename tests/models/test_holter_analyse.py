@@ -227,3 +227,11 @@ def test_rr_features_of_a_premature_beat() -> None:
 
 def test_merge_intervals() -> None:
     assert holter_beats.merge_intervals([(5.0, 6.0), (0.0, 2.0), (1.5, 3.0), (3.0, 4.0)]) == [(0.0, 4.0), (5.0, 6.0)]
+
+
+@pytest.mark.data
+def test_screen_files_of_a_whole_record_task_analyses_the_record(mitdb: Path, shipped: OnnxModel) -> None:
+    files = {f"119{ext}": (mitdb / f"119{ext}").read_bytes() for ext in (".hea", ".dat")}
+    finding = shipped.screen_files(files)
+    assert finding.task == "holter" and finding.flagged
+    assert finding.summary is not None and finding.summary["burden"]["V"] > 15.0
