@@ -255,12 +255,15 @@ def update_current_figures(text: str, rows: Sequence[str]) -> str:
 # ---------------------------------------------------------------- measurement glue
 
 
+def record_files(folder: Path, record: str) -> Study:
+    """A WFDB record as an upload sends it: its header and its signal file."""
+    return {f"{record}{ext}": (folder / f"{record}{ext}").read_bytes() for ext in (".hea", ".dat")}
+
+
 def wfdb_studies(folder: Path, n: int) -> tuple[list[Study], str]:
     names = [line.split(",")[0] for line in (folder / "REFERENCE.csv").read_text().splitlines() if line.strip()]
     chosen = pick(names, n)
-    studies = [
-        {f"{r}.hea": (folder / f"{r}.hea").read_bytes(), f"{r}.dat": (folder / f"{r}.dat").read_bytes()} for r in chosen
-    ]
+    studies = [record_files(folder, r) for r in chosen]
     return (
         studies,
         f"{len(studies)} CinC 2017 WFDB records (`.hea` + `.dat`), spread evenly over the {len(names)} "
@@ -278,9 +281,7 @@ def long_record_studies(folder: Path, n: int) -> tuple[list[Study], str]:
     REFERENCE.csv (MIT-BIH), spread over its records."""
     names = sorted(p.stem for p in folder.glob("*.hea") if (folder / f"{p.stem}.dat").is_file())
     chosen = pick(names, min(n, LONG_RECORD_STUDIES))
-    studies = [
-        {f"{r}.hea": (folder / f"{r}.hea").read_bytes(), f"{r}.dat": (folder / f"{r}.dat").read_bytes()} for r in chosen
-    ]
+    studies = [record_files(folder, r) for r in chosen]
     return studies, f"{len(studies)} of the {len(names)} WFDB records of `{folder.name}/` ({', '.join(chosen)})"
 
 

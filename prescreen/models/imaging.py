@@ -175,8 +175,9 @@ def breast_us() -> Task:
         network_pool=2,
         train_defaults={"epochs": 40, "batch_size": 32, "lr": 2e-3, "patience": 12, "weight_decay": 5e-2},
         caveats=(
-            "BUSI has several images of some patients and no patient ids: the image, not the patient, is the unit "
-            "of the split, so held-out figures can be optimistic.",
+            "BUSI has several images of some patients and no patient ids: split by image (the default), "
+            "near-duplicates of one patient can sit on both sides; grouped by pHash, near-identical images "
+            "cannot, but two different views of one lesion still can. Held-out figures can be optimistic.",
             "Benign findings are reported but not flagged; only 'malignant' flags a study.",
         ),
     )

@@ -152,8 +152,10 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
     check = [data.signals[by_id[str(r)]] for r in oof_ids]
     quantized = shrink_to_limit(task, onnx_path, check, temperature, balanced, "out-of-fold")
     predict = onnx_predictor(task, onnx_path)
-    test_probs = predict(test_signals) if test_signals else np.zeros((0, len(task.classes)), np.float32)
-    if test_signals:
+    held_out = len(test_labels) > 0
+    test_probs = np.zeros((0, len(task.classes)), np.float32)
+    if held_out:
+        test_probs = predict(test_signals)
         perturbed_on = "the held-out test part"
         perturbations = perturbation_table(
             task, test_labels, test_signals, predict, temperature, found.operating_points, cfg.seed
@@ -198,7 +200,7 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
             **common,
             note="groups never used for training, early stopping or the thresholds; the shipped ensemble",
         )
-        if len(test_labels)
+        if held_out
         else None
     )
     members = [{**s, "fold": c.fold, "run": str(r)} for r, (c, s, _, _) in zip(runs, loaded, strict=True)]
@@ -232,7 +234,7 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
             "model averages the fold models, whose scores are softer"
             + (
                 ": its own figures at both points on the held-out test part are in shift.test_at_operating_points."
-                if len(test_labels)
+                if held_out
                 else ", and no test part was held out to measure the ensemble itself: its figures on new data may "
                 "differ from the out-of-fold ones (it tends to flag more at the same threshold)."
             ),
@@ -245,7 +247,7 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
             f"{len(runs)}-fold stratified group cross-validation (groups: {cfg.group_by}) over the training side; "
             + (
                 f"a group-disjoint {cfg.test_fraction:.0%} test part held out (seed {cfg.split_seed})"
-                if cfg.test_fraction > 0
+                if held_out
                 else f"no test part: every record is in the cross-validation (seed {cfg.split_seed})"
             )
         ),
