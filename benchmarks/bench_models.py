@@ -68,7 +68,8 @@ def pick(items: Sequence[T], n: int) -> list[T]:
 
 def training_time(card: ModelCard) -> tuple[float | None, str]:
     """Seconds of training from the card and the key they came from: ``train_seconds_total``
-    (ensemble / cross-validation: the sum over its members) before ``train_seconds``."""
+    (ensemble / cross-validation: the sum over its members and any nested models) before
+    ``train_seconds``."""
     for key in ("train_seconds_total", "train_seconds"):
         if card.training.get(key) is not None:
             return float(card.training[key]), key
@@ -89,6 +90,8 @@ def training_cell(card: ModelCard) -> str:
         folds = t.get("cross_validation_folds")
         how = f"{folds}-fold cross-validation" if folds else "ensemble"
         detail = f"sum over {n} members, {how}"
+        if t.get("nested_models"):
+            detail += f", and its {t['nested_models']} nested models that chose the operating points"
     else:
         parts = ["1 run"]
         if "epochs_run" in t:
@@ -387,7 +390,8 @@ def section(models: Sequence[Measured], when: str, wall: float, load: tuple[floa
         "both settings: " + ", ".join(f"{m.card.task} {'yes' if m.same_findings else '**no**'}" for m in models) + ".",
         *[f"- Studies, {m.card.task}: {m.studies}." for m in models],
         "- From the card, not measured here: size budget 10 MB = 10^7 bytes (`MAX_MODEL_BYTES`); training time "
-        "(`train_seconds` of the one run, or `train_seconds_total` summed over an ensemble's members), wall time "
+        "(`train_seconds` of the one run, or `train_seconds_total` summed over an ensemble's members and any "
+        "nested models), wall time "
         "on this 2-core CPU as recorded by `prescreen train`; operating points chosen on the validation data "
         "named in the card (sensitivity's 95 % Wilson lower bound, positives it rests on); temperature and ECE "
         "fitted there; accuracy at the balanced point with the card's 95 % bootstrap CI.",

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from prescreen.config import get_settings
-from prescreen.errors import DatasetError, PrescreenError
+from prescreen.errors import DatasetError, ModelError, PrescreenError
 
 app = typer.Typer(
     help="AI pre-screening of ECGs, ultrasound and radiographs: train, evaluate, export, serve.",
@@ -115,15 +115,30 @@ def train(
             "schedule; validation then chooses only the thresholds)"
         ),
     ] = "best",
+    nested: Annotated[
+        bool,
+        typer.Option(
+            help="With --folds K: also train a model per pair of folds (OUT/pair-i-j, K(K-1)/2 more), so that "
+            "the ensemble's operating points are chosen on scores of ensembles not trained on the record "
+            "(use with --checkpoint last, or each pair model's epoch is chosen on the records it scores)"
+        ),
+    ] = False,
 ) -> None:
     """Train a task's network; early stopping on validation; checkpoints in OUT. With --folds K,
     train K models of a group cross-validation; `prescreen export OUT` ships their ensemble with
-    operating points chosen on the out-of-fold predictions."""
+    operating points chosen on the out-of-fold predictions (with --nested, on the scores of
+    ensembles that never saw the record). A fold already trained with the same options is kept."""
     from prescreen.models.task import get_task
     from prescreen.training.config import RunConfig
     from prescreen.training.trainer import Trainer
 
     t = get_task(task)
+    if nested and (folds < 3 or t.analyse is not None):
+        raise ModelError(
+            "--nested needs --folds 3 or more (a pair of folds is held out, one must be left to train)"
+            if t.analyse is None
+            else f"--nested is not available for {task}, whose training cross-validates by record on its own"
+        )
     folder = _data_path(t.default_data, data)
     if t.analyse is not None:
         _train_holter(folder, out, seed=seed, epochs=epochs, folds=folds or 5)
@@ -149,12 +164,13 @@ def train(
     if folds:
         from prescreen.training.crossval import train_folds
 
-        results = train_folds(t, cfg, dataset)
+        results = train_folds(t, cfg, dataset, nested=nested)
         minutes = sum(r.seconds for r in results) / 60
-        aurocs = ", ".join(f"{r.kept_val_auroc:.3f}" for r in results)
+        aurocs = ", ".join(f"{r.kept_val_auroc:.3f}" for r in results[:folds])
         console.print(
-            f"trained {task}: {folds} folds, validation flag AUROC per fold (kept epoch, {checkpoint}) {aurocs}, "
-            f"{minutes:.1f} min → {out}"
+            f"trained {task}: {folds} folds, validation flag AUROC per fold (kept epoch, {checkpoint}) {aurocs}"
+            + (f", and {len(results) - folds} nested pair models" if nested else "")
+            + f", {minutes:.1f} min → {out}"
         )
         console.print(f"next: prescreen export {out}")
         return

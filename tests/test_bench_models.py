@@ -54,6 +54,10 @@ def test_training_cell() -> None:
     assert bm.training_cell(card(ENSEMBLE)) == (
         "90.0 min (`train_seconds_total`; sum over 5 members, 5-fold cross-validation)"
     )
+    assert bm.training_cell(card({**ENSEMBLE, "nested_models": 10})) == (
+        "90.0 min (`train_seconds_total`; sum over 5 members, 5-fold cross-validation, and its 10 nested models "
+        "that chose the operating points)"
+    )
     assert bm.training_cell(card({})) == "not on the card"
 
 

@@ -44,7 +44,11 @@ def test_user_errors_exit_2(args: list[str], words: str) -> None:
 
 @pytest.mark.parametrize(
     ("option", "words"),
-    [(["--checkpoint", "worst"], "'best' or 'last'"), (["--test-fraction", "0.7"], "less than 0.5")],
+    [
+        (["--checkpoint", "worst"], "'best' or 'last'"),
+        (["--test-fraction", "0.7"], "less than 0.5"),
+        (["--folds", "2", "--nested"], "--nested needs --folds 3 or more"),
+    ],
 )
 def test_train_options_out_of_range_exit_2_before_training(tmp_path: Path, option: list[str], words: str) -> None:
     code, out = run("train", "ecg-rhythm", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *option)

@@ -30,6 +30,11 @@ class RunConfig(BaseModel):
     )
     folds: int = Field(0, ge=0, description="k of a k-fold cross-validation over the training side (0: one split)")
     fold: int | None = Field(None, ge=0, description="which fold this run validates on (cross-validation runs)")
+    second_fold: int | None = Field(
+        None,
+        ge=0,
+        description="a nested cross-validation's run also holds out this fold: it trains on the other k-2 folds",
+    )
     checkpoint: Literal["best", "last"] = Field(
         "best",
         description="weights kept: the epoch with the best validation AUROC, or the last epoch of the schedule "

@@ -43,19 +43,32 @@ def _split(idx: IntArray, size: float, strat: IntArray | None, seed: int) -> tup
 
 
 def grouped_split(
-    labels: IntArray, groups: IntArray, test_fraction: float, folds: int, fold: int, seed: int
+    labels: IntArray,
+    groups: IntArray,
+    test_fraction: float,
+    folds: int,
+    fold: int,
+    seed: int,
+    second_fold: int | None = None,
 ) -> tuple[IntArray, IntArray, IntArray]:
     """Train / validation / test indices where no group straddles two parts.
 
     The test part is one fold of a ``round(1 / test_fraction)``-fold stratified group split (never
     used in training, early stopping or choosing thresholds); the rest is split into ``folds``
-    stratified group folds, of which ``fold`` validates and the others train.
+    stratified group folds, of which ``fold`` validates and the others train. With
+    ``second_fold`` (a nested cross-validation's run), that fold validates too.
 
     Raises:
-        ValueError: ``fold`` outside ``0..folds-1`` or fewer than 2 folds.
+        ValueError: ``fold`` or ``second_fold`` outside ``0..folds-1``, the two equal, or fewer
+            than 2 folds (3 with ``second_fold``: something must be left to train on).
     """
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"need 2 or more folds and 0 <= fold < folds, not fold {fold} of {folds}")
+    if second_fold is not None and (folds < 3 or not 0 <= second_fold < folds or second_fold == fold):
+        raise ValueError(
+            f"a second held-out fold needs 3 or more folds and another fold of 0..{folds - 1}, "
+            f"not {second_fold} beside {fold} of {folds}"
+        )
     idx = np.arange(len(labels))
     if test_fraction > 0:
         outer = StratifiedGroupKFold(n_splits=max(2, round(1 / test_fraction)), shuffle=True, random_state=seed)
@@ -64,5 +77,6 @@ def grouped_split(
         rest, test = idx, idx[:0]
     inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     parts = list(inner.split(rest, labels[rest], groups[rest]))
-    train, val = parts[fold]
+    val = parts[fold][1] if second_fold is None else np.concatenate([parts[fold][1], parts[second_fold][1]])
+    train = np.setdiff1d(np.arange(len(rest)), val)
     return np.sort(rest[train]), np.sort(rest[val]), np.sort(test)

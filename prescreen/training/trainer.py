@@ -84,6 +84,8 @@ class Trainer:
         train_i, val_i, test_i = split_indices(cfg, data)
         train, val, test = data.subset(train_i), data.subset(val_i), data.subset(test_i)
         _check_validation(self.task, val.labels)
+        for stale in ("train.json", "predictions.npz"):  # a finished run is one whose files match run.json
+            (out / stale).unlink(missing_ok=True)
         (out / "run.json").write_text(cfg.model_dump_json(indent=2))
         net = self.task.build_network()
         counts = np.bincount(train.labels, minlength=len(self.task.classes)).astype(np.float64)
@@ -184,7 +186,7 @@ def split_indices(
         return stratified_split(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     groups = near_duplicate_groups(data.signals) if cfg.group_by == "phash" else record_groups(len(data))
     folds = cfg.folds or max(2, round((1 - cfg.test_fraction) / cfg.val_fraction))
-    return grouped_split(data.labels, groups, cfg.test_fraction, folds, cfg.fold or 0, cfg.split_seed)
+    return grouped_split(data.labels, groups, cfg.test_fraction, folds, cfg.fold or 0, cfg.split_seed, cfg.second_fold)
 
 
 def _check_validation(task: Task, labels: npt.NDArray[np.int64]) -> None:

@@ -49,3 +49,28 @@ def test_grouped_split_keeps_every_group_in_one_part(seed: int, folds: int) -> N
         vals.append(set(val.tolist()))
     rest = set(range(200)) - set(test.tolist())
     assert set().union(*vals) == rest and sum(len(v) for v in vals) == len(rest)  # out-of-fold covers it once
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(3, 5))
+def test_a_nested_run_validates_on_exactly_its_two_folds(seed: int, folds: int) -> None:
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 60, 200)
+    labels = (groups % 3 == 0).astype(np.int64)
+    single = [set(grouped_split(labels, groups, 0.15, folds, k, seed)[1].tolist()) for k in range(folds)]
+    i, j = sorted(rng.choice(folds, 2, replace=False).tolist())
+    train, val, test = grouped_split(labels, groups, 0.15, folds, i, seed, second_fold=j)
+    assert set(val.tolist()) == single[i] | single[j]
+    assert not set(train.tolist()) & (set(val.tolist()) | set(test.tolist()))
+    assert len(train) + len(val) + len(test) == 200
+    assert not set(groups[train].tolist()) & set(groups[val].tolist())
+
+
+def test_a_second_fold_must_be_another_fold_of_three_or_more() -> None:
+    import pytest
+
+    labels, groups = np.zeros(30, np.int64), np.arange(30)
+    labels[::3] = 1
+    for folds, fold, second in [(2, 0, 1), (4, 1, 1), (4, 0, 4)]:
+        with pytest.raises(ValueError, match="second held-out fold"):
+            grouped_split(labels, groups, 0.0, folds, fold, 0, second_fold=second)
