@@ -25,7 +25,7 @@ from prescreen.pipeline.runtime import start_runtime  # noqa: E402
 from prescreen.serving.app import create_app  # noqa: E402
 from prescreen.serving.metrics import in_service_families, render_metrics  # noqa: E402
 from prescreen.serving.metrics_endpoints import sanitize_endpoints  # noqa: E402
-from prescreen.serving.process import die_with_parent, restrict_to_owner  # noqa: E402
+from prescreen.serving.process import die_with_parent, restrict_to_owner, reuse_freed_memory  # noqa: E402
 from prescreen.store.monitoring import model_versions, monitoring_groups, scored_studies  # noqa: E402
 from prescreen.store.stats import read_only, store_stats  # noqa: E402
 
@@ -48,6 +48,7 @@ class Prescreen:
 
     def __init__(self) -> None:
         die_with_parent()  # the worker stops when BentoML's arbiter is killed, freeing the DICOM port
+        reuse_freed_memory()  # a request's image buffers reuse the last one's pages (IdleTrim returns them)
         os.umask(0o077)  # as the CLI does (also when served as a Bento): the home is its owner's only
         settings = get_settings()
         restrict_to_owner(settings.home)  # and a home made before that is closed too
