@@ -32,6 +32,7 @@ test: lint layers typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/bench_quantization.py --out BENCHMARKS.md
 	$(BIN)/python benchmarks/bench_ecg.py --out BENCHMARKS.md --run runs/ecg-ship
 	$(BIN)/python benchmarks/bench_imaging.py --out BENCHMARKS.md --runs runs/cxr-ship runs/bus-ship
 	$(BIN)/python benchmarks/bench_ingest.py --out BENCHMARKS.md

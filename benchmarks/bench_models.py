@@ -115,8 +115,15 @@ def quantized_cell(card: ModelCard) -> str:
     fp32 = q.get("fp32_size_bytes")
     dis = q.get("decision_disagreement_vs_fp32")
     parts = [f"FP32 {fp32 / 1e6:.2f} MB" if fp32 else "FP32 size not recorded"]
+    on = f" on {q['checked_on']}" if q.get("checked_on") else ""
     if dis is not None:
-        parts.append(f"{dis:.1%} of decisions changed" + (f" on {q['checked_on']}" if q.get("checked_on") else ""))
+        parts.append(f"{dis:.1%} of decisions changed{on}")
+    converted = q.get("decision_disagreement_vs_dynamic_int8")
+    if converted is not None:  # rewritten from a dynamic INT8 file whose FP32 original is gone
+        parts.append(f"{converted:.1%} of decisions changed{on} against the dynamic INT8 file it replaced")
+        before = q.get("converted_from", {}).get("decision_disagreement_vs_fp32")
+        if before is not None:
+            parts.append(f"that file changed {before:.1%} against FP32")
     return "INT8 (" + "; ".join(parts) + ")"
 
 

@@ -73,6 +73,16 @@ def test_size_and_quantization_cells() -> None:
     assert bm.quantized_cell(card(SINGLE, {"quantized": q})) == (
         "INT8 (FP32 24.90 MB; 0.3% of decisions changed on 1024 validation records, balanced operating point)"
     )
+    converted = {
+        "fp32_size_bytes": 24_900_000,
+        "decision_disagreement_vs_dynamic_int8": 0.0016,
+        "checked_on": "624 records",
+        "converted_from": {"decision_disagreement_vs_fp32": 0.0049},
+    }
+    assert bm.quantized_cell(card(SINGLE, {"quantized": converted})) == (
+        "INT8 (FP32 24.90 MB; 0.2% of decisions changed on 624 records against the dynamic INT8 file it replaced; "
+        "that file changed 0.5% against FP32)"
+    )
 
 
 def test_card_figure_cells() -> None:

@@ -45,6 +45,9 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     opts.log_severity_level = 3
     # no busy-waiting: on a 2-core machine spinning ORT threads starve the server's own threads
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # INT8-weight models (prescreen.training.quantize): fold each DequantizeLinear of a weight into
+    # an FP32 constant at load instead of fusing it into integer kernels, slow here for 1-D convolutions
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception classes

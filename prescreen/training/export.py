@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -24,6 +25,8 @@ from prescreen.models.card import ModelCard
 from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, FloatArray, make_session, sha256_file
 from prescreen.models.task import Task, get_task
 from prescreen.training.config import RunConfig
+from prescreen.training.quantize import METHOD as QUANTIZATION_METHOD
+from prescreen.training.quantize import quantize_weights
 
 PARITY_TOLERANCE = 1e-4
 MAX_MODEL_BYTES = 10_000_000
@@ -119,13 +122,13 @@ def onnx_predictor(task: Task, path: Path) -> Callable[[list[FloatArray]], Float
 
 
 def quantize(fp32: Path, int8: Path) -> None:
-    """Dynamic INT8 quantization of the weights, per output channel, with ONNX Runtime (activations
-    are quantized on the fly)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """Store the weights of ``fp32``'s convolutions and matrix products as INT8 per output channel
+    (``prescreen.training.quantize``): a file about four times smaller that still runs FP32 kernels."""
     try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    except Exception as exc:  # onnxruntime raises its own classes
+        onnx.save(quantize_weights(onnx.load(str(fp32))), str(int8))
+    except ExportError:
+        raise
+    except Exception as exc:  # onnx raises its own classes (and protobuf's)
         raise ExportError(f"INT8 quantization failed: {exc}") from exc
 
 
@@ -156,7 +159,7 @@ def shrink_to_limit(
         raise ExportError(f"INT8 decisions differ from FP32 on {disagreement:.1%} of {len(check)} records (> 1 %)")
     int8.replace(onnx_path)
     return {
-        "method": "ONNX Runtime dynamic quantization, INT8 weights per channel",
+        "method": QUANTIZATION_METHOD,
         "fp32_size_bytes": size,
         "decision_disagreement_vs_fp32": round(disagreement, 4),
         "checked_on": f"{len(check)} {where} records, balanced operating point",
