@@ -26,6 +26,8 @@ WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 """Operators whose constant weight input (index 1) is stored as INT8."""
 MIN_WEIGHTS = 64
 """Smaller weight tensors stay FP32: their bytes do not matter and their rounding would."""
+MIN_OPSET = 13
+"""The first ONNX opset whose ``DequantizeLinear`` takes a scale per channel (``axis``)."""
 METHOD = "INT8 weights per output channel (symmetric), dequantized to FP32 when the model is loaded"
 
 
@@ -78,19 +80,19 @@ def _dequantize_node(
 
 def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of an FP32 ``model`` with the weights of its convolutions and matrix products stored
-    as INT8 per output channel (``DequantizeLinear`` in front of each).
+    as INT8 per output channel (``DequantizeLinear`` in front of each; a weight shared by several
+    operators is dequantized once, along the first one's output channels).
 
     Raises:
-        ExportError: the model has no weight large enough to quantize.
+        ExportError: an opset before 13, or no weight large enough to quantize.
     """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ExportError(f"per-channel DequantizeLinear needs ONNX opset {MIN_OPSET} or later, the model has {opset}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
     nodes: list[onnx.NodeProto] = []
     done: set[str] = set()
     for node in graph.node:
@@ -99,8 +101,6 @@ def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             array = numpy_helper.to_array(inits[weight])
             if array.dtype == np.float32 and array.size >= MIN_WEIGHTS and array.ndim >= 2:
                 axis = _channel_axis(node)
-                if uses[weight] > 1:  # shared with another operator: its layout may differ
-                    axis = 0 if node.op_type == "Conv" else axis
                 q, scale = quantize_per_channel(array, axis)
                 new_inits, dq = _dequantize_node(weight, q, scale, np.zeros_like(scale, dtype=np.int8), axis)
                 graph.initializer.remove(inits[weight])

@@ -119,3 +119,12 @@ def test_a_dynamic_model_becomes_int8_weights_with_the_same_weights(fp32: Path, 
 def test_an_fp32_model_is_not_a_dynamic_one(fp32: Path) -> None:
     with pytest.raises(ExportError, match="no dynamically quantized operator"):
         dynamic_to_weight_only(onnx.load(str(fp32)))
+
+
+def test_an_opset_without_per_channel_dequantization_is_refused(fp32: Path) -> None:
+    model = onnx.load(str(fp32))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 11
+    with pytest.raises(ExportError, match="opset 13"):
+        quantize_weights(model)
