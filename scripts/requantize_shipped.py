@@ -34,7 +34,7 @@ from prescreen.models.onnx_model import sha256_file
 from prescreen.models.task import get_task
 from prescreen.training.config import RunConfig
 from prescreen.training.export import onnx_predictor
-from prescreen.training.quantize import METHOD, dynamic_to_weight_only
+from prescreen.training.quantize import describe, dynamic_to_weight_only
 from prescreen.training.trainer import split_indices
 
 
@@ -78,8 +78,9 @@ def main(task_name: str, data_dir: str | None) -> None:
             split="held-out test split",
             **common,
         )
-        if reproduced.metrics["accuracy"].value != card.test.metrics["accuracy"].value:  # type: ignore[union-attr]
-            raise SystemExit("the old file does not reproduce the card's test accuracy: not the card's split")
+        same = reproduced.n == card.test.n and reproduced.confusion == card.test.confusion  # type: ignore[union-attr]
+        if not same or reproduced.metrics["accuracy"].value != card.test.metrics["accuracy"].value:  # type: ignore[union-attr]
+            raise SystemExit("the old file does not reproduce the card's test figures: not the card's split")
         val_probs, test_probs = new_predict(val_signals), new_predict(test_signals)
         card.validation = evaluate_probs(
             task,
@@ -112,7 +113,7 @@ def main(task_name: str, data_dir: str | None) -> None:
         sha256=sha256_file(old_path),
         size_bytes=old_path.stat().st_size,
         quantized={
-            "method": METHOD,
+            "method": describe(onnx.load(str(old_path))),
             "fp32_size_bytes": previous.get("fp32_size_bytes"),
             "decision_disagreement_vs_dynamic_int8": round(changed, 4),
             "checked_on": where,

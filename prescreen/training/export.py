@@ -25,7 +25,7 @@ from prescreen.models.card import ModelCard
 from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, FloatArray, make_session, sha256_file
 from prescreen.models.task import Task, get_task
 from prescreen.training.config import RunConfig
-from prescreen.training.quantize import METHOD as QUANTIZATION_METHOD
+from prescreen.training.quantize import describe as describe_quantization
 from prescreen.training.quantize import quantize_weights
 
 PARITY_TOLERANCE = 1e-4
@@ -125,7 +125,9 @@ def quantize(fp32: Path, int8: Path) -> None:
     """Store the weights of ``fp32``'s convolutions and matrix products as INT8 per output channel
     (``prescreen.training.quantize``): a file about four times smaller that still runs FP32 kernels."""
     try:
-        onnx.save(quantize_weights(onnx.load(str(fp32))), str(int8))
+        model = quantize_weights(onnx.load(str(fp32)))
+        onnx.checker.check_model(model)
+        onnx.save(model, str(int8))
     except ExportError:
         raise
     except Exception as exc:  # onnx raises its own classes (and protobuf's)
@@ -159,7 +161,7 @@ def shrink_to_limit(
         raise ExportError(f"INT8 decisions differ from FP32 on {disagreement:.1%} of {len(check)} records (> 1 %)")
     int8.replace(onnx_path)
     return {
-        "method": QUANTIZATION_METHOD,
+        "method": describe_quantization(onnx.load(str(onnx_path))),
         "fp32_size_bytes": size,
         "decision_disagreement_vs_fp32": round(disagreement, 4),
         "checked_on": f"{len(check)} {where} records, balanced operating point",

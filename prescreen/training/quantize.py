@@ -28,7 +28,6 @@ MIN_WEIGHTS = 64
 """Smaller weight tensors stay FP32: their bytes do not matter and their rounding would."""
 MIN_OPSET = 13
 """The first ONNX opset whose ``DequantizeLinear`` takes a scale per channel (``axis``)."""
-METHOD = "INT8 weights per output channel (symmetric), dequantized to FP32 when the model is loaded"
 
 
 def _channel_axis(node: onnx.NodeProto) -> int:
@@ -48,14 +47,18 @@ def quantize_per_channel(
 
     Returns:
         ``q`` (int8, values in [-127, 127], shape of ``weights``) and ``scale`` (float32, one per
-        channel; 1.0 for an all-zero channel).
+        channel; 1.0 for a channel whose values are all zero, or too small for a normal float step,
+        whose ``q`` is then zero).
     """
     reduce = tuple(i for i in range(weights.ndim) if i != axis)
-    amax = np.abs(weights).max(axis=reduce) if reduce else np.abs(weights)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    amax = (np.abs(weights).max(axis=reduce) if reduce else np.abs(weights)).astype(np.float32)
+    step = amax / np.float32(127.0)
+    usable = step >= np.finfo(np.float32).tiny  # below it the step underflows: the channel counts as zero
+    scale = np.where(usable, step, np.float32(1.0)).astype(np.float32)
     shape = [1] * weights.ndim
     shape[axis] = -1
-    q = np.clip(np.rint(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(weights / scale.reshape(shape)), -127, 127)
+    q = np.where(usable.reshape(shape), q, 0).astype(np.int8)
     return q, scale
 
 
@@ -93,38 +96,28 @@ def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
-    nodes: list[onnx.NodeProto] = []
+    graph_inputs = {i.name for i in graph.input}
+    dequantize: list[onnx.NodeProto] = []
     done: set[str] = set()
     for node in graph.node:
         weight = node.input[1] if node.op_type in WEIGHT_OPS and len(node.input) > 1 else ""
-        if weight in inits and weight not in done:
-            array = numpy_helper.to_array(inits[weight])
-            if array.dtype == np.float32 and array.size >= MIN_WEIGHTS and array.ndim >= 2:
-                axis = _channel_axis(node)
-                q, scale = quantize_per_channel(array, axis)
-                new_inits, dq = _dequantize_node(weight, q, scale, np.zeros_like(scale, dtype=np.int8), axis)
-                graph.initializer.remove(inits[weight])
-                graph.initializer.extend(new_inits)
-                nodes.append(dq)
-                done.add(weight)
-        nodes.append(node)
+        if weight not in inits or weight in done or weight in graph_inputs:  # an input can be fed another value
+            continue
+        array = numpy_helper.to_array(inits[weight])
+        if array.dtype == np.float32 and array.size >= MIN_WEIGHTS and array.ndim >= 2:
+            axis = _channel_axis(node)
+            q, scale = quantize_per_channel(array, axis)
+            new_inits, dq = _dequantize_node(weight, q, scale, np.zeros_like(scale, dtype=np.int8), axis)
+            graph.initializer.remove(inits[weight])
+            graph.initializer.extend(new_inits)
+            dequantize.append(dq)  # first in the graph: every user of the weight, of any type, comes after
+            done.add(weight)
     if not done:
         raise ExportError("the model has no convolution or matrix weights to store as INT8")
+    nodes = dequantize + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
     return out
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
 
 
 def _prune(graph: onnx.GraphProto) -> None:
@@ -155,59 +148,68 @@ def dynamic_to_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
-    producers, consumers = _producers(graph), _consumers(graph)
+    nodes_in = list(graph.node)
+    producer = {name: k for k, n in enumerate(nodes_in) for name in n.output}
+    users: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes_in):
+        for name in n.input:
+            users.setdefault(name, []).append(k)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
-    for node in graph.node:
+    dequantized: dict[str, str] = {}  # INT8 weight -> its FP32 name: a shared weight is dequantized once
+    for k, node in enumerate(nodes_in):
         if node.op_type not in ("ConvInteger", "MatMulInteger"):
             continue
+        what = f"{node.name or node.op_type} (node {k})"
         x_q, w_q, _, w_zero = [*node.input, "", "", "", ""][:4]
-        quantizer = producers.get(x_q)
-        casts = consumers.get(node.output[0], [])
+        quantizer = nodes_in[producer[x_q]] if x_q in producer else None
+        casts = users.get(node.output[0], [])
         if quantizer is None or quantizer.op_type != "DynamicQuantizeLinear" or w_q not in inits or len(casts) != 1:
-            raise ExportError(
-                f"{node.name or node.op_type}: not the pattern ONNX Runtime's dynamic quantization writes"
-            )
-        cast = casts[0]
-        muls = consumers.get(cast.output[0], [])
-        if cast.op_type != "Cast" or len(muls) != 1 or muls[0].op_type != "Mul":
-            raise ExportError(f"{node.name or node.op_type}: no Cast and scale Mul after it")
-        mul = muls[0]
-        scales = producers.get(next(i for i in mul.input if i != cast.output[0]))
+            raise ExportError(f"{what}: not the pattern ONNX Runtime's dynamic quantization writes")
+        cast = nodes_in[casts[0]]
+        muls = users.get(cast.output[0], [])
+        if cast.op_type != "Cast" or len(muls) != 1 or nodes_in[muls[0]].op_type != "Mul":
+            raise ExportError(f"{what}: no Cast and scale Mul after it")
+        mul = nodes_in[muls[0]]
+        scale_name = next(i for i in mul.input if i != cast.output[0])
+        scales = nodes_in[producer[scale_name]] if scale_name in producer else None
         w_scale = next((i for i in (scales.input if scales else []) if i in inits), None)
         if scales is None or scales.op_type != "Mul" or w_scale is None:
-            raise ExportError(f"{node.name or node.op_type}: its weight scale is not an initializer")
-        q = numpy_helper.to_array(inits[w_q])
-        scale: npt.NDArray[Any] = numpy_helper.to_array(inits[w_scale]).astype(np.float32).reshape(-1)
-        zero: npt.NDArray[Any] = (
-            numpy_helper.to_array(inits[w_zero]).reshape(-1) if w_zero in inits else np.zeros(1, dtype=q.dtype)
-        )
-        axis = 0 if node.op_type == "ConvInteger" else 1
-        if scale.size == 1:  # per tensor: scalars, as DequantizeLinear wants them
-            scale, zero = scale.reshape(()), zero.reshape(())
-        weight = f"{w_q}_dequantized"
-        new_inits, dq = _dequantize_node(weight, q, scale, zero.astype(q.dtype), axis)
-        graph.initializer.extend(new_inits)
+            raise ExportError(f"{what}: its weight scale is not an initializer")
+        new_nodes: list[onnx.NodeProto] = []
+        if w_q not in dequantized:
+            q = numpy_helper.to_array(inits[w_q])
+            scale: npt.NDArray[Any] = numpy_helper.to_array(inits[w_scale]).astype(np.float32).reshape(-1)
+            zero: npt.NDArray[Any] = (
+                numpy_helper.to_array(inits[w_zero]).reshape(-1) if w_zero in inits else np.zeros(1, dtype=q.dtype)
+            )
+            axis = 0 if node.op_type == "ConvInteger" else 1
+            if scale.size == 1:  # per tensor: scalars, as DequantizeLinear wants them
+                scale, zero = scale.reshape(()), zero.reshape(())
+            dequantized[w_q] = f"{w_q}_dequantized"
+            new_inits, dq = _dequantize_node(dequantized[w_q], q, scale, zero.astype(q.dtype), axis)
+            graph.initializer.extend(new_inits)
+            new_nodes.append(dq)
         fp32 = helper.make_node(
             "Conv" if node.op_type == "ConvInteger" else "MatMul",
-            [quantizer.input[0], weight],
+            [quantizer.input[0], dequantized[w_q]],
             [mul.output[0]],
-            name=f"{node.name}_fp32",
+            name=f"{node.name or node.op_type}_{k}_fp32",
         )
         fp32.attribute.extend(node.attribute)
-        index = {id(n): k for k, n in enumerate(graph.node)}
-        replaced[index[id(node)]] = [dq, fp32]
-        removed.update({index[id(cast)], index[id(mul)]})
+        replaced[k] = [*new_nodes, fp32]
+        removed.update({casts[0], muls[0]})
     if not replaced:
         raise ExportError("no dynamically quantized operator in the model")
     nodes: list[onnx.NodeProto] = []
-    for k, node in enumerate(graph.node):
+    for k, node in enumerate(nodes_in):
         if k in replaced:
             nodes.extend(replaced[k])
         elif k not in removed:
             nodes.append(node)
+    ordered = _topological(nodes, graph)
     del graph.node[:]
-    graph.node.extend(_topological(nodes, graph))
+    graph.node.extend(ordered)
     _prune(graph)
     return out
 
@@ -227,3 +229,20 @@ def _topological(nodes: Iterable[onnx.NodeProto], graph: onnx.GraphProto) -> lis
             ready.update(n.output)
         pending = rest
     return ordered
+
+
+def describe(model: onnx.ModelProto) -> str:
+    """What the card says about an INT8-weights model: how many weights are rounded per output
+    channel and how many per tensor (a file rewritten from ONNX Runtime's dynamic quantization keeps
+    its per-tensor convolution weights)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    per_channel = per_tensor = 0
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            if numpy_helper.to_array(inits[node.input[1]]).size > 1:
+                per_channel += 1
+            else:
+                per_tensor += 1
+    parts = [f"{per_channel} per output channel"] if per_channel else []
+    parts += [f"{per_tensor} per tensor"] if per_tensor else []
+    return f"INT8 weights ({', '.join(parts) or 'none'}; symmetric), dequantized to FP32 when the model is loaded"

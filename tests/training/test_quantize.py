@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,9 +17,9 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from prescreen.errors import ExportError
-from prescreen.models.onnx_model import make_session
+from prescreen.models.onnx_model import int8_weights_only, make_session, session_options
 from prescreen.training.export import export_onnx
-from prescreen.training.quantize import dynamic_to_weight_only, quantize_per_channel, quantize_weights
+from prescreen.training.quantize import describe, dynamic_to_weight_only, quantize_per_channel, quantize_weights
 
 
 class Small(nn.Module):
@@ -128,3 +129,148 @@ def test_an_opset_without_per_channel_dequantization_is_refused(fp32: Path) -> N
             entry.version = 11
     with pytest.raises(ExportError, match="opset 13"):
         quantize_weights(model)
+
+
+def _graph_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list[int]) -> onnx.ModelProto:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [f"d{i}" for i in range(len(x_shape))])
+    graph = onnx.helper.make_graph(nodes, "g", [x], [y], initializer=inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def _scales(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
+    """Weight name -> (its scale, the DequantizeLinear axis)."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        n.output[0]: (inits[n.input[1]], next(a.i for a in n.attribute if a.name == "axis"))
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+    }
+
+
+@pytest.mark.parametrize(
+    ("op", "weight_shape", "attrs", "x_shape", "channels", "axis"),
+    [
+        ("Conv", (8, 4, 3), {"group": 2}, [1, 8, 16], 8, 0),  # grouped: (out, in/groups, k)
+        ("Gemm", (6, 12), {"transB": 1}, [2, 12], 6, 0),  # (out, in)
+        ("Gemm", (12, 6), {}, [2, 12], 6, 1),  # (in, out)
+        ("MatMul", (12, 6), {}, [2, 12], 6, 1),
+    ],
+)
+def test_each_operator_is_rounded_along_its_output_channels(
+    op: str, weight_shape: tuple[int, ...], attrs: dict[str, int], x_shape: list[int], channels: int, axis: int
+) -> None:
+    rng = np.random.default_rng(0)
+    # every output channel gets its own magnitude, so a scale taken along the wrong axis is visible
+    weights = rng.standard_normal(weight_shape).astype(np.float32)
+    shape = [1] * len(weight_shape)
+    shape[axis] = -1
+    weights *= np.logspace(-2, 1, channels, dtype=np.float32).reshape(shape)
+    model = _graph_model(
+        [onnx.helper.make_node(op, ["x", "w"], ["y"], **attrs)], [onnx.numpy_helper.from_array(weights, "w")], x_shape
+    )
+    rounded = quantize_weights(model)
+    onnx.checker.check_model(rounded, full_check=True)
+    scale, got_axis = _scales(rounded)["w"]
+    assert scale.shape == (channels,) and got_axis == axis
+    reduce = tuple(i for i in range(len(weight_shape)) if i != axis)
+    assert np.allclose(scale, np.abs(weights).max(axis=reduce) / 127)
+
+
+def test_a_weight_also_used_before_its_matrix_product_is_dequantized_first() -> None:
+    table = np.random.default_rng(1).standard_normal((10, 10)).astype(np.float32)
+    idx = onnx.numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "idx")
+    nodes = [
+        onnx.helper.make_node("Gather", ["w", "idx"], ["rows"], axis=1),  # uses the weight before the Gemm
+        onnx.helper.make_node("Gemm", ["x", "w"], ["h"], transB=1),
+        onnx.helper.make_node("MatMul", ["h", "rows"], ["y"]),
+    ]
+    model = _graph_model(nodes, [onnx.numpy_helper.from_array(table, "w"), idx], [2, 10])
+    rounded = quantize_weights(model)
+    onnx.checker.check_model(rounded, full_check=True)
+    assert rounded.graph.node[0].op_type == "DequantizeLinear"
+
+
+def test_a_weight_that_is_also_a_graph_input_stays_fp32() -> None:
+    weights = np.ones((12, 6), np.float32)
+    model = _graph_model(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["h"]), onnx.helper.make_node("MatMul", ["h", "v"], ["y"])],
+        [onnx.numpy_helper.from_array(weights, "w"), onnx.numpy_helper.from_array(np.ones((6, 64), np.float32), "v")],
+        [2, 12],
+    )
+    model.graph.input.append(onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [12, 6]))
+    rounded = quantize_weights(model)
+    onnx.checker.check_model(rounded)
+    assert set(_scales(rounded)) == {"v"}
+
+
+def test_channels_too_small_for_a_float_step_count_as_zero() -> None:
+    w = np.array([[1e-44, -1e-44], [1.0, -0.5]], dtype=np.float32)
+    q, scale = quantize_per_channel(w, 0)
+    assert scale[0] == 1.0 and not q[0].any() and (scale > 0).all()
+
+
+class Twice(nn.Module):
+    """One convolution applied twice: a weight shared by two operators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(16, 16, 3, padding=1)
+        self.stem = nn.Conv1d(1, 16, 3, padding=1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        h = self.conv(torch.relu(self.conv(self.stem(signal))))
+        return torch.softmax(self.head(h.mean(dim=2)), dim=1)
+
+
+def test_a_dynamic_model_with_a_shared_weight_is_rewritten_once(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    export_onnx(Twice(), torch.zeros(2, 1, 64), tmp_path / "fp32.onnx")
+    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
+    rewritten = dynamic_to_weight_only(onnx.load(str(tmp_path / "dyn.onnx")))
+    onnx.checker.check_model(rewritten, full_check=True)
+    onnx.save(rewritten, str(tmp_path / "new.onnx"))
+    assert ops(tmp_path / "new.onnx")["Conv"] == 3
+    x = np.random.default_rng(0).standard_normal((3, 1, 64)).astype(np.float32)
+    assert np.abs(run(tmp_path / "new.onnx", x) - run(tmp_path / "fp32.onnx", x)).max() < 0.05
+
+
+def test_the_service_folds_int8_weights_into_fp32_at_load(fp32: Path, tmp_path: Path) -> None:
+    int8 = tmp_path / "int8.onnx"
+    onnx.save(quantize_weights(onnx.load(str(fp32))), str(int8))
+    assert int8_weights_only(int8) and not int8_weights_only(fp32)
+    options = session_options(int8, 1)
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    assert not [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "DequantizeLinear"]
+
+
+def test_a_dynamic_or_static_quantized_model_keeps_its_integer_kernels(fp32: Path, tmp_path: Path) -> None:
+    dynamic = tmp_path / "dyn.onnx"
+    quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8)
+    assert not int8_weights_only(dynamic)
+    static = onnx.load(str(quantize_weights_path(fp32, tmp_path)))
+    # a QuantizeLinear of an activation makes it a static QDQ model, whose fusion the service keeps
+    static.graph.node.insert(0, onnx.helper.make_node("QuantizeLinear", ["signal", "s", "z"], ["signal_q"], name="q"))
+    static.graph.node.insert(1, onnx.helper.make_node("DequantizeLinear", ["signal_q", "s", "z"], ["signal_dq"]))
+    static.graph.initializer.extend(
+        [onnx.numpy_helper.from_array(np.float32(0.1), "s"), onnx.numpy_helper.from_array(np.int8(0), "z")]
+    )
+    onnx.save(static, str(tmp_path / "static.onnx"))
+    assert not int8_weights_only(tmp_path / "static.onnx")
+
+
+def quantize_weights_path(fp32: Path, folder: Path) -> Path:
+    out = folder / "int8-weights.onnx"
+    onnx.save(quantize_weights(onnx.load(str(fp32))), str(out))
+    return out
+
+
+def test_the_card_says_how_the_weights_were_rounded(fp32: Path, tmp_path: Path) -> None:
+    assert describe(onnx.load(str(quantize_weights_path(fp32, tmp_path)))).startswith(
+        "INT8 weights (4 per output channel; symmetric)"
+    )
+    dynamic = tmp_path / "dyn.onnx"
+    quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8)  # per tensor
+    assert describe(dynamic_to_weight_only(onnx.load(str(dynamic)))).startswith("INT8 weights (4 per tensor;")
