@@ -101,7 +101,8 @@ class ModelCard(BaseModel):
     shift: dict[str, Any] = Field(
         default_factory=dict,
         description="'prevalence': metrics re-weighted to other prevalences; 'perturbations': metrics "
-        "under what a new site brings (noise, contrast, gain ...)",
+        "under what a new site brings (noise, contrast, gain ...); 'novelty' (image tasks with a test part): "
+        "test figures by pHash distance from the training side",
     )
     validation_scheme: str = Field("", description="how the validation data was split off (grouping, folds)")
 

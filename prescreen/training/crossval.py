@@ -36,6 +36,7 @@ from prescreen.training.export import (
     MeanSoftmax,
     export_onnx,
     load_run,
+    novelty_of_test_part,
     onnx_entry,
     onnx_predictor,
     parity,
@@ -355,6 +356,12 @@ def export_cross_validation(folder: Path, out: Path | None = None, progress: boo
             for name, point_metrics in _at_points(task, test_labels, test_probs, temperature, found).items()
         ],
     }
+    if held_out:
+        shift.update(
+            novelty_of_test_part(
+                task, data, preds[0]["test_ids"], test_labels, apply_temperature(test_probs, temperature), balanced
+            )
+        )
     if nested:  # what single fold models' scores would have done at the same points: the ensemble effect
         shift["single_models_out_of_fold_at_operating_points"] = [
             {"operating_point": name, **{k: _round4(v) for k, v in point_metrics.items()}}

@@ -12,19 +12,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import torch
 from torch import nn
 
 from prescreen.config import get_settings
+from prescreen.datasets.collections import LabelledSet
 from prescreen.errors import ExportError, ModelError
-from prescreen.evaluation.evaluate import evaluate_probs
+from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
+from prescreen.evaluation.novelty import novelty_table
 from prescreen.evaluation.operating import characterize, perturbation_table
 from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
 from prescreen.models.onnx_model import INPUT_NAME, OUTPUT_NAME, FloatArray, make_session, sha256_file
 from prescreen.models.task import Task, get_task
 from prescreen.training.config import RunConfig
+from prescreen.training.groups import nearest_distance
 from prescreen.training.quantize import describe as describe_quantization
 from prescreen.training.quantize import quantize_weights
 
@@ -168,6 +172,32 @@ def shrink_to_limit(
     }
 
 
+def novelty_of_test_part(
+    task: Task,
+    data: LabelledSet,
+    test_ids: npt.NDArray[Any],
+    test_labels: npt.NDArray[Any],
+    calibrated_test: FloatArray,
+    threshold: float,
+) -> dict[str, Any]:
+    """The card's ``shift`` entries for an image task's held-out test part by novelty: each test
+    image's pHash distance to the nearest image outside the test part (the training side) and the
+    figures per distance band at ``threshold`` (``prescreen.evaluation.novelty``); empty for other
+    tasks or without a test part."""
+    if task.input_spec.get("kind") != "image" or not len(test_ids):
+        return {}
+    test_set = {str(r) for r in test_ids}
+    by_id = {rid: i for i, rid in enumerate(data.ids)}
+    seen = [signal for rid, signal in zip(data.ids, data.signals, strict=True) if rid not in test_set]
+    distance = nearest_distance([data.signals[by_id[str(r)]] for r in test_ids], seen)
+    score = task.flag_scores(calibrated_test)
+    return {
+        "novelty": novelty_table(distance, flag_truth(task, test_labels), score, threshold),
+        "novelty_measured_on": f"the held-out test part ({len(test_ids)} images), balanced operating point; distance: "
+        f"pHash bits (of 64) to the nearest of the {len(seen)} images outside it",
+    }
+
+
 def onnx_entry(
     onnx_path: Path, max_diff: float, parity_inputs: int, quantized: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -264,6 +294,10 @@ def export_run(run_dirs: Path | list[Path], out: Path | None = None, progress: b
             split="held-out test split",
             **common,
             note="records never used for training, early stopping or the threshold",
+        )
+    if len(test_labels):
+        found.shift.update(
+            novelty_of_test_part(task, data, preds[0]["test_ids"], test_labels, calibrated_test, threshold)
         )
     training = {**summary, "config": json.loads(cfg.model_dump_json())}
     if len(runs) > 1:

@@ -74,3 +74,24 @@ def near_duplicate_groups(signals: list[FloatArray], max_distance: int = DEFAULT
 def record_groups(n: int) -> IntArray:
     """Every record its own group (no patient ids to group by)."""
     return np.arange(n, dtype=np.int64)
+
+
+def nearest_distance(queries: list[FloatArray], references: list[FloatArray]) -> IntArray:
+    """Per query image, the pHash distance (bits of 64) to its nearest reference image (64 when
+    there is no reference)."""
+    if not queries:
+        return np.zeros(0, dtype=np.int64)
+    if not references:
+        return np.full(len(queries), HASH_SIZE * HASH_SIZE, dtype=np.int64)
+
+    def hashes(images: list[FloatArray]) -> IntArray:
+        return np.stack([phash(np.asarray(s)[0] if np.asarray(s).ndim == 3 else np.asarray(s)) for s in images]).astype(
+            np.int64
+        )
+
+    q, r = hashes(queries), hashes(references)
+    nearest = np.full(len(q), HASH_SIZE * HASH_SIZE, dtype=np.int64)
+    for start in range(0, len(r), 2048):  # bounded memory: a block of references at a time
+        block = r[start : start + 2048]
+        nearest = np.minimum(nearest, (q @ (1 - block).T + (1 - q) @ block.T).min(axis=1))
+    return nearest

@@ -57,6 +57,11 @@ def test_export_chooses_operating_points_out_of_fold_and_completes_the_card(
     )
     assert card.training["ensemble_of"] == 3 and "group" in card.validation_scheme
     assert card.shift["perturbations_measured_on"] == "the held-out test part"
+    # the test part by distance from the training side: every test image in exactly one band
+    assert card.test is not None and sum(row["records"] for row in card.shift["novelty"]) == card.test.n
+    assert card.test.confusion is not None
+    assert sum(row["positives"] for row in card.shift["novelty"]) == sum(card.test.confusion[1])  # pneumonia row
+    assert card.shift["novelty_measured_on"].startswith(f"the held-out test part ({card.test.n} images)")
     at_points = {row["operating_point"]: row for row in card.shift["test_at_operating_points"]}
     assert set(at_points) == {"balanced", "safety"} and card.test is not None
     assert at_points["balanced"]["accuracy"] == pytest.approx(card.test.metrics["accuracy"].value, abs=1e-4)
@@ -120,6 +125,7 @@ def test_without_a_test_part_every_record_is_out_of_fold_and_perturbed_by_its_ow
     assert card.test is None and card.validation is not None and card.validation.n == 48
     assert card.shift["perturbations_measured_on"].startswith("the out-of-fold records")
     assert card.shift["test_at_operating_points"] == []
+    assert "novelty" not in card.shift  # no test part, nothing new to the model to measure
     assert "no test part" in card.validation_scheme
     # the unperturbed row is the out-of-fold evaluation itself: the same records, the same fold models
     none = next(

@@ -66,6 +66,7 @@ def test_single_run_card_and_parity(tiny_run: Path, synthetic_cinc: Path) -> Non
     assert recomputed_parity([tiny_run], tiny_run / "model.onnx", parity_inputs(synthetic_cinc)) <= PARITY_TOLERANCE
     assert card["threshold_chosen_on"].startswith("validation split")
     assert card["test"]["n"] + card["validation"]["n"] + card["training"]["n_train"] == 40
+    assert "novelty" not in card["shift"]  # ECG records: no image distance
     model = OnnxModel.from_folder(tiny_run)
     task = get_task("ecg-rhythm")
     data = task.load_dataset(synthetic_cinc, None, False)

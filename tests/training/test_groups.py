@@ -74,3 +74,29 @@ def test_a_second_fold_must_be_another_fold_of_three_or_more() -> None:
     for folds, fold, second in [(2, 0, 1), (4, 1, 1), (4, 0, 4)]:
         with pytest.raises(ValueError, match="second held-out fold"):
             grouped_split(labels, groups, 0.0, folds, fold, 0, second_fold=second)
+
+
+def test_nearest_distance_finds_a_copy_and_ignores_the_rest() -> None:
+    from prescreen.training.groups import nearest_distance
+
+    rng = np.random.default_rng(3)
+    references = [rng.standard_normal((1, 32, 32)).astype(np.float32) for _ in range(5)]
+    copy = references[2] * 3.0  # same scene at another gain: the same hash
+    other = rng.standard_normal((1, 32, 32)).astype(np.float32)
+    got = nearest_distance([copy, other], references)
+    assert got[0] == 0 and got[1] > 10
+    assert nearest_distance([copy], []).tolist() == [64]
+    assert nearest_distance([], references).shape == (0,)
+
+
+def test_nearest_distance_is_the_same_in_blocks() -> None:
+    from prescreen.training import groups
+
+    rng = np.random.default_rng(4)
+    references = [rng.standard_normal((8, 8)).astype(np.float32) for _ in range(2100)]  # two blocks of 2048
+    queries = [references[2099], rng.standard_normal((8, 8)).astype(np.float32)]
+    hashes = np.stack([groups.phash(r) for r in references]).astype(np.int64)
+    q = np.stack([groups.phash(x) for x in queries]).astype(np.int64)
+    brute = (q @ (1 - hashes).T + (1 - q) @ hashes.T).min(axis=1)
+    assert groups.nearest_distance(queries, references).tolist() == brute.tolist()
+    assert brute[0] == 0  # the last reference, in the second block, was found
