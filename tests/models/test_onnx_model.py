@@ -265,3 +265,19 @@ def test_json_of_a_real_result_is_plain_json(toy: Path) -> None:
     assert list(body["probabilities"]) == ["normal", "pneumonia"]
     assert body["model"] == {"name": "toy", "version": "v1"}
     assert "explanation_url" not in body
+
+
+@pytest.mark.parametrize("folder", sorted(p for p in SHIPPED.iterdir() if (p / "card.json").is_file()), ids=str)
+def test_a_shipped_card_says_how_its_file_is_quantized(folder: Path) -> None:
+    from prescreen.models.onnx_model import int8_weights_only
+    from prescreen.training.quantize import describe
+
+    card = ModelCard.load(folder / "card.json")
+    quantized = card.onnx.get("quantized")
+    model_file = folder / "model.onnx"
+    if quantized is None:  # FP32: nothing to fold at load
+        assert not int8_weights_only(model_file)
+        return
+    assert int8_weights_only(model_file)  # the service folds its weights into FP32 at load
+    assert quantized["method"] == describe(onnx.load(str(model_file)))
+    assert model_file.stat().st_size <= 10_000_000 < quantized["fp32_size_bytes"]
