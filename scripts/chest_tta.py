@@ -19,11 +19,11 @@ from sklearn.metrics import roc_auc_score
 from prescreen.config import get_settings
 from prescreen.evaluation.operating import characterize
 from prescreen.models.calibration import apply_temperature
+from prescreen.models.card import ModelCard
 from prescreen.models.onnx_model import make_session
 from prescreen.models.task import get_task
-from prescreen.training.config import RunConfig
-from prescreen.training.groups import phash
-from prescreen.training.trainer import split_indices
+from prescreen.training.characterize import rebuild_split
+from prescreen.training.groups import nearest_distance
 
 Batch = npt.NDArray[np.float32]
 
@@ -48,7 +48,8 @@ def main() -> None:
     path = get_settings().data_dir / "pneumoniamnist"
     data = task.load_dataset(path, get_settings().cache_dir, False, "train")
     official_val = task.load_dataset(path, get_settings().cache_dir, False, "eval")  # val_*: no test_* here
-    train_i, val_i, test_i = split_indices(RunConfig(task="chest-xray", data=path, out=Path("unused")), data)
+    card = ModelCard.load(Path("prescreen/shipped/chest-xray/card.json"))
+    train, val, test = rebuild_split(card, data)  # the card's own split, cut again
     session = make_session(Path("prescreen/shipped/chest-xray/model.onnx"), 2)
 
     def probs(x: Batch) -> Batch:
@@ -56,17 +57,15 @@ def main() -> None:
             [session.run(["probabilities"], {"signal": x[i : i + 256]})[0] for i in range(0, len(x), 256)]
         )
 
-    def batch(index: np.ndarray, signals: list[Batch]) -> Batch:
-        return np.stack([signals[i][0] for i in index])[:, None].astype(np.float32)
+    def batch(signals: list[Batch]) -> Batch:
+        return np.stack([s[0] for s in signals])[:, None].astype(np.float32)
 
-    hashes = np.stack([phash(np.asarray(s)[0]) for s in data.signals]).astype(np.int64)
-    seen = np.concatenate([train_i, val_i])
-    far = (hashes[test_i] @ (1 - hashes[seen]).T + (1 - hashes[test_i]) @ hashes[seen].T).min(axis=1) >= 9
+    far = nearest_distance(test.signals, train.signals + val.signals) >= 9
     sets = {
-        "validation split": (batch(val_i, data.signals), data.labels[val_i], None),
-        "test split": (batch(test_i, data.signals), data.labels[test_i], None),
-        "test, ≥ 9 bits": (batch(test_i, data.signals), data.labels[test_i], far),
-        "official val_*": (batch(np.arange(len(official_val.labels)), official_val.signals), official_val.labels, None),
+        "validation split": (batch(val.signals), val.labels, None),
+        "test split": (batch(test.signals), test.labels, None),
+        "test, ≥ 9 bits": (batch(test.signals), test.labels, far),
+        "official val_*": (batch(official_val.signals), official_val.labels, None),
     }
     print("| variant | T; threshold | set | accuracy | sensitivity | specificity | AUROC |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

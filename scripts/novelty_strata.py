@@ -3,8 +3,8 @@ nearest image the model trained or chose anything on (perceptual-hash distance, 
 model's figures in each group (``prescreen.evaluation.novelty``, as ``prescreen export`` now writes
 into ``card.shift.novelty``). For a card exported before that, ``--write`` adds the table to it.
 
-The split is cut again from the card's configuration (same data digest, fractions and seed) and
-must give the card's test size.
+The split is cut again from the card's configuration (``rebuild_split``: same data digest, limit,
+fractions, grouping and seed) and must give the card's test size.
 
 Usage: ``python scripts/novelty_strata.py TASK [--data DIR] [--write]`` (from the repository root).
 """
@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from prescreen.config import get_settings
-from prescreen.evaluation.evaluate import flag_truth
-from prescreen.evaluation.novelty import novelty_table
 from prescreen.models.calibration import apply_temperature
 from prescreen.models.card import ModelCard
 from prescreen.models.task import get_task
-from prescreen.training.config import RunConfig
-from prescreen.training.export import onnx_predictor
-from prescreen.training.groups import nearest_distance
-from prescreen.training.trainer import split_indices
+from prescreen.training.characterize import rebuild_split
+from prescreen.training.export import novelty_of_test_part, onnx_predictor
 
 
 def rate(cell: dict[str, float | int | None]) -> str:
@@ -44,27 +42,16 @@ def main() -> None:
     config = card.training.get("config") or {}
     data_path = args.data or Path(config.get("data") or card.training["data_path"])
     data = task.load_dataset(data_path, get_settings().cache_dir, False, "train")
-    if data.digest != card.training["data_digest"]:
-        raise SystemExit(f"the data in {data_path} is not the data the card was made on")
-    cfg = RunConfig(
-        task=args.task,
-        data=data_path,
-        out=Path("unused"),
-        split_seed=config.get("split_seed", card.training.get("split_seed", 0)),
-        val_fraction=config.get("val_fraction", 0.15),
-        test_fraction=config.get("test_fraction", 0.15),
-    )
-    _, _, test_i = split_indices(cfg, data)
-    if card.test is None or len(test_i) != card.test.n:
+    _, _, test = rebuild_split(card, data)  # the card's own split, cut again; refuses other data
+    if card.test is None or len(test) != card.test.n:
         raise SystemExit("the split cut again does not give the card's test part")
-    test = set(test_i.tolist())
-    seen = [s for i, s in enumerate(data.signals) if i not in test]
-    distance = nearest_distance([data.signals[i] for i in test_i], seen)
-    probs = onnx_predictor(task, folder / "model.onnx")([data.signals[i] for i in test_i])
+    probs = onnx_predictor(task, folder / "model.onnx")(test.signals)
     temperature = card.calibration.temperature if card.calibration else 1.0
-    score = task.flag_scores(apply_temperature(probs, temperature))
-    rows = novelty_table(distance, flag_truth(task, data.labels[test_i]), score, card.operating_threshold)
-    print(f"{args.task}: {len(test_i)} held-out test images; distance to the nearest of the {len(seen)} others")
+    entries = novelty_of_test_part(
+        task, data, np.asarray(test.ids), test.labels, apply_temperature(probs, temperature), card.operating_threshold
+    )
+    rows = entries["novelty"]
+    print(f"{args.task}: {entries['novelty_measured_on']}")
     print("| distance (bits) | images | positives | accuracy | sensitivity | specificity | AUROC |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -76,8 +63,7 @@ def main() -> None:
     if args.write:
         card.shift["novelty"] = rows
         card.shift["novelty_measured_on"] = (
-            f"the held-out test part ({len(test_i)} images), balanced operating point; distance: pHash bits (of 64) "
-            f"to the nearest of the {len(seen)} images outside it; added after export by scripts/novelty_strata.py"
+            entries["novelty_measured_on"] + "; added after export by scripts/novelty_strata.py"
         )
         card.save(folder / "card.json")
 

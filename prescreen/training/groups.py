@@ -64,16 +64,27 @@ def near_duplicate_groups(signals: list[FloatArray], max_distance: int = DEFAULT
     ``max_distance`` pHash bits of each other share a group, transitively."""
     if not signals:
         return np.zeros(0, dtype=np.int64)
-    hashes = np.stack([phash(np.asarray(s)[0] if np.asarray(s).ndim == 3 else np.asarray(s)) for s in signals])
-    as_int = hashes.astype(np.int64)
-    distance = as_int @ (1 - as_int).T + (1 - as_int) @ as_int.T  # Hamming distance of every pair
-    i, j = np.nonzero(np.triu(distance <= max_distance, k=1))
+    hashes = _hashes(signals)
+    i, j = np.nonzero(np.triu(_hamming(hashes, hashes) <= max_distance, k=1))
     return _components(len(signals), np.stack([i, j], axis=1).astype(np.int64))
 
 
 def record_groups(n: int) -> IntArray:
     """Every record its own group (no patient ids to group by)."""
     return np.arange(n, dtype=np.int64)
+
+
+def _hashes(images: list[FloatArray]) -> IntArray:
+    """pHash bits (as 0/1 integers) of each image, ``(frames, H, W)`` by its first frame."""
+    bits = [phash(np.asarray(s)[0] if np.asarray(s).ndim == 3 else np.asarray(s)) for s in images]
+    out: IntArray = np.stack(bits).astype(np.int64)
+    return out
+
+
+def _hamming(a: IntArray, b: IntArray) -> IntArray:
+    """Hamming distance of every row of ``a`` to every row of ``b`` (0/1 hash bits)."""
+    out: IntArray = a @ (1 - b).T + (1 - a) @ b.T
+    return out
 
 
 def nearest_distance(queries: list[FloatArray], references: list[FloatArray]) -> IntArray:
@@ -83,15 +94,8 @@ def nearest_distance(queries: list[FloatArray], references: list[FloatArray]) ->
         return np.zeros(0, dtype=np.int64)
     if not references:
         return np.full(len(queries), HASH_SIZE * HASH_SIZE, dtype=np.int64)
-
-    def hashes(images: list[FloatArray]) -> IntArray:
-        return np.stack([phash(np.asarray(s)[0] if np.asarray(s).ndim == 3 else np.asarray(s)) for s in images]).astype(
-            np.int64
-        )
-
-    q, r = hashes(queries), hashes(references)
+    q, r = _hashes(queries), _hashes(references)
     nearest = np.full(len(q), HASH_SIZE * HASH_SIZE, dtype=np.int64)
     for start in range(0, len(r), 2048):  # bounded memory: a block of references at a time
-        block = r[start : start + 2048]
-        nearest = np.minimum(nearest, (q @ (1 - block).T + (1 - q) @ block.T).min(axis=1))
+        nearest = np.minimum(nearest, _hamming(q, r[start : start + 2048]).min(axis=1))
     return nearest

@@ -4,15 +4,14 @@ once, when ONNX Runtime loads it.
 ONNX Runtime's *dynamic* quantization also quantizes every activation on the fly and runs
 ``ConvInteger``; on this CPU its 1-D and grouped convolutions are several times slower than FP32
 (BENCHMARKS.md). Storing the weights as ``DequantizeLinear(int8, scale, zero_point)`` keeps the
-file about four times smaller while the session (``make_session`` turns ONNX Runtime's QDQ
-fusion off) folds each ``DequantizeLinear`` of a constant into an FP32 weight at load time, so
-inference runs the FP32 kernels on those weights. The only approximation is the rounding of the
-weights to 8 bits per output channel.
+file about four times smaller while the session (``session_options`` turns ONNX Runtime's QDQ
+fusion off for such a file) folds each ``DequantizeLinear`` of a constant into an FP32 weight at
+load time, so inference runs the FP32 kernels on those weights. The only approximation is the
+rounding of the weights to 8 bits per output channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -207,28 +206,10 @@ def dynamic_to_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.extend(replaced[k])
         elif k not in removed:
             nodes.append(node)
-    ordered = _topological(nodes, graph)
     del graph.node[:]
-    graph.node.extend(ordered)
+    graph.node.extend(nodes)  # still in order: each replacement sits where its ConvInteger sat
     _prune(graph)
     return out
-
-
-def _topological(nodes: Iterable[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """``nodes`` in an order where every input is produced before it is used."""
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(nodes)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = [n for n in pending if not all(i in ready for i in n.input)]
-        emitted = [n for n in pending if all(i in ready for i in n.input)]
-        if not emitted:
-            raise ExportError("the rewritten graph has a cycle or a missing input")
-        for n in emitted:
-            ordered.append(n)
-            ready.update(n.output)
-        pending = rest
-    return ordered
 
 
 def describe(model: onnx.ModelProto) -> str:
