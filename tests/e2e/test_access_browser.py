@@ -59,7 +59,7 @@ def test_clients_scope_masking_mfa_and_the_audit_page(
     shared_data: Path, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     need_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -134,7 +134,8 @@ def test_clients_scope_masking_mfa_and_the_audit_page(
                     secret = page.locator("#totp-secret").inner_text()
                     page.fill("#code", pyotp.TOTP(secret).now())
                     page.click("#mfa-confirm")
-                    assert page.locator("#recovery-codes li").count() == 10
+                    # count() does not wait: right after the click the new page may not be parsed yet
+                    expect(page.locator("#recovery-codes li")).to_have_count(10)
                     page.click("#mfa-continue")
                     page.wait_for_load_state()
                     return secret
