@@ -222,7 +222,7 @@ def evaluate(
     """Measure a model on a labelled folder: metrics with 95 % bootstrap CIs and the target verdict."""
     import json
 
-    from prescreen.evaluation.evaluate import evaluate_probs, flag_truth
+    from prescreen.evaluation.evaluate import at_operating_points, evaluate_probs, flag_truth
     from prescreen.evaluation.report import evaluation_json, write_report
     from prescreen.models.model_store import ModelStore
     from prescreen.models.task import get_task
@@ -249,13 +249,26 @@ def evaluate(
     if predictor.training_digest == dataset.digest:
         result.note = "this data set is the model's training data: the figures are not an accuracy"
         err.print(f"[yellow]warning:[/yellow] {result.note}", highlight=False)
+    truth, score = flag_truth(t, dataset.labels), t.flag_scores(probs)
+    points = at_operating_points(
+        truth, score, predictor.thresholds, resamples=resamples or get_settings().bootstrap_resamples
+    )
     ident = {"name": predictor.name, "version": predictor.version, "sha256": predictor.sha256}
-    doc = evaluation_json(t.name, ident, result, list(t.classes), predictor.threshold, len(dataset.skipped))
+    doc = evaluation_json(
+        t.name,
+        ident,
+        result,
+        list(t.classes),
+        predictor.threshold,
+        len(dataset.skipped),
+        points=points,
+        flag_prevalence=float(truth.mean()),
+    )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(doc, indent=2))
     if report is not None:
-        write_report(report, doc, flag_truth(t, dataset.labels), t.flag_scores(probs))
+        write_report(report, doc, truth, score)
     if predictor.store_tag is not None:
         ModelStore(import_shipped=False).record_evaluation(predictor.store_tag, result)
     _print_evaluation(doc)
@@ -290,7 +303,7 @@ def _evaluate_holter(
 def _print_evaluation(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from prescreen.evaluation.report import METRIC_LABELS, fmt
+    from prescreen.evaluation.report import METRIC_LABELS, fmt, operating_point_header, operating_point_rows
 
     table = Table(title=f"{doc['task']} — {doc['model']['name']}:{doc['model']['version']} on n={doc['dataset']['n']}")
     table.add_column("metric")
@@ -301,6 +314,15 @@ def _print_evaluation(doc: dict[str, Any]) -> None:
     console.print(table)
     tg = doc["target"]
     console.print(f"target {tg['metric']} >= {tg['threshold']}: {'met' if tg['met'] else 'NOT met'}")
+    if doc.get("operating_points"):
+        prevalence = doc["dataset"].get("flag_prevalence")
+        share = "" if prevalence is None else f"; {100 * prevalence:.1f} % of these studies should be flagged"
+        points = Table(title=f"at the model's operating points (value [95 % CI]{share})")
+        for column in operating_point_header(doc):
+            points.add_column(column, justify="left" if column == "Operating point" else "right")
+        for cells in operating_point_rows(doc):
+            points.add_row(*cells)
+        console.print(points)
 
 
 @app.command()

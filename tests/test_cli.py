@@ -105,6 +105,16 @@ def test_evaluate_chest_xray_npz_uses_val_split(
     assert doc["classes"] == ["normal", "pneumonia"]
     m = doc["metrics"]["accuracy"]
     assert m["ci_low"] <= m["value"] <= m["ci_high"]
+    # both of the card's operating points; `metrics` is the balanced one's decision
+    points = doc["operating_points"]
+    assert set(points) == {"balanced", "safety"}
+    assert points["balanced"]["threshold"] == doc["threshold"]
+    for k in ("accuracy", "sensitivity", "specificity"):
+        assert points["balanced"]["metrics"][k]["value"] == doc["metrics"][k]["value"]
+    assert points["safety"]["threshold"] <= points["balanced"]["threshold"]
+    assert points["safety"]["flagged_share"] >= points["balanced"]["flagged_share"]
+    assert 0 < doc["dataset"]["flag_prevalence"] < 1
+    assert "at the model's operating points" in text and "Balanced accuracy" in text
 
 
 def test_invalid_options_and_corrupt_state_exit_2(isolated_home: Path) -> None:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from prescreen.evaluation.evaluate import PointFigures
 from prescreen.evaluation.metrics import BoolArray, FloatArray
 from prescreen.models.card import Evaluation
 
@@ -25,14 +26,24 @@ METRIC_LABELS = {
     "npv": "NPV",
     "f1": "F1",
     "auroc": "AUROC",
+    "balanced_accuracy": "Balanced accuracy",
 }
 
 
 def evaluation_json(
-    task: str, model: dict[str, str], evaluation: Evaluation, classes: list[str], threshold: float, skipped: int
+    task: str,
+    model: dict[str, str],
+    evaluation: Evaluation,
+    classes: list[str],
+    threshold: float,
+    skipped: int,
+    points: dict[str, PointFigures] | None = None,
+    flag_prevalence: float | None = None,
 ) -> dict[str, Any]:
-    """The ``--json`` document: task, model, dataset, metrics (value and 95 % CI), target."""
-    return {
+    """The ``--json`` document: task, model, dataset, metrics (value and 95 % CI) at ``threshold``,
+    target; with ``points``, the figures at each of the model's operating points too
+    (``operating_points``), and with ``flag_prevalence``, the data set's share of studies to flag."""
+    doc: dict[str, Any] = {
         "task": task,
         "model": model,
         "dataset": {
@@ -50,6 +61,35 @@ def evaluation_json(
         "ci": "95 % percentile bootstrap",
         "when": evaluation.when,
     }
+    if flag_prevalence is not None:
+        doc["dataset"]["flag_prevalence"] = flag_prevalence
+    if points:
+        doc["operating_points"] = {
+            name: {
+                "threshold": p.threshold,
+                "flagged_share": p.flagged_share,
+                "metrics": {k: v.model_dump() for k, v in p.metrics.items()},
+            }
+            for name, p in points.items()
+        }
+    return doc
+
+
+def operating_point_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per operating point of an evaluation document: name, threshold, share flagged, then
+    each metric as ``value [low, high]``; empty when the document has no operating points."""
+    rows = []
+    for name, p in doc.get("operating_points", {}).items():
+        cells = [name, f"{p['threshold']:.4f}", f"{100 * p['flagged_share']:.1f} %"]
+        cells += [f"{fmt(v['value'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]" for v in p["metrics"].values()]
+        rows.append(cells)
+    return rows
+
+
+def operating_point_header(doc: dict[str, Any]) -> list[str]:
+    """The column names of :func:`operating_point_rows`."""
+    first: dict[str, Any] = next(iter(doc.get("operating_points", {}).values()), {"metrics": {}})
+    return ["Operating point", "Threshold", "Flagged", *(METRIC_LABELS.get(k, k) for k in first["metrics"])]
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -72,6 +112,20 @@ def write_report(
     )
     t = doc["target"]
     verdict = "met" if t["met"] else "**not met**"
+    points = ""
+    if doc.get("operating_points"):
+        header = operating_point_header(doc)
+        lines = [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}"]
+        lines += [f"| {' | '.join(cells)} |" for cells in operating_point_rows(doc)]
+        prevalence = doc["dataset"].get("flag_prevalence")
+        share = "" if prevalence is None else f" ({100 * prevalence:.1f} % of these studies should be flagged)"
+        points = (
+            f"\n## At the model's operating points{share}\n\n"
+            "`balanced` decides `flagged`; `safety` is the more sensitive point a routing rule can match. "
+            "Balanced accuracy does not depend on the share of abnormal studies: compare it between sites.\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
     text = f"""# Evaluation of {doc["task"]} — {doc["model"]["name"]}:{doc["model"]["version"]}
 
 - Data: `{doc["dataset"]["path"]}` — {doc["dataset"]["n"]} studies (digest `{doc["dataset"]["digest"][:16]}`),
@@ -84,7 +138,7 @@ def write_report(
 | Flag metric | Value | 95 % CI |
 | --- | --- | --- |
 {rows}
-
+{points}
 ![ROC curve](roc.png)
 
 ![Confusion matrix](confusion.png)

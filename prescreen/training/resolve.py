@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from prescreen.models.task import Task
 
 @dataclass(frozen=True)
 class Predictor:
-    """What evaluation needs of a model: its identity, threshold and a batch predictor."""
+    """What evaluation needs of a model: its identity, threshold (the balanced point's, which
+    decides ``flagged``), every operating point's threshold and a batch predictor."""
 
     name: str
     version: str
@@ -28,6 +29,7 @@ class Predictor:
     predict: Callable[[list[FloatArray]], FloatArray]
     store_tag: str | None = None
     training_digest: str | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor:
@@ -54,6 +56,7 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
             onnx.predict_signals,
             stored.tag,
             stored.card.training.get("data_digest"),
+            stored.card.thresholds(),
         )
     folder = Path(model)
     if (folder / "model.onnx").is_file() and (folder / "card.json").is_file():
@@ -66,6 +69,7 @@ def resolve_model(task: Task, model: str | None, store: ModelStore) -> Predictor
             onnx.card.operating_threshold,
             onnx.predict_signals,
             training_digest=onnx.card.training.get("data_digest"),
+            thresholds=onnx.card.thresholds(),
         )
     return _from_run(task, folder)
 
@@ -115,4 +119,5 @@ def _from_run(task: Task, folder: Path) -> Predictor:
         threshold,
         predict,
         training_digest=summary.get("data_digest"),
+        thresholds={name: spec.threshold for name, spec in found.operating_points.items()},
     )

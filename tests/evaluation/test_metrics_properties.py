@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prescreen.evaluation.evaluate import evaluate_probs
+from prescreen.evaluation.evaluate import at_operating_points, evaluate_probs
 from prescreen.evaluation.metrics import (
     BINARY_METRICS,
     auroc,
@@ -239,7 +239,10 @@ def test_evaluation_and_report_cope_with_any_class_mix(kind: str, tmp_path: Path
             dataset_digest="0123456789abcdef" * 4,
             resamples=50,
         )
-        doc = evaluation_json(task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0)
+        points = at_operating_points(truth, score, {"balanced": 0.5, "safety": 0.4}, resamples=50)
+        doc = evaluation_json(
+            task.name, {"name": "m", "version": "1"}, ev, list(task.classes), 0.5, 0, points, float(truth.mean())
+        )
         folder = tmp_path / "new" / "folder"
         path = write_report(folder, doc, truth, score)
     if kind == "both":
@@ -248,6 +251,9 @@ def test_evaluation_and_report_cope_with_any_class_mix(kind: str, tmp_path: Path
         assert ev.metrics["auroc"].value is None
         assert ev.metrics["auroc"].ci_low is None and ev.metrics["auroc"].ci_high is None
         assert "| AUROC | n/a | [n/a, n/a] |" in path.read_text()
+        # one class: sensitivity or specificity is undefined, and so is the balanced accuracy
+        assert points["balanced"].metrics["balanced_accuracy"].value is None
+        assert "n/a [n/a, n/a]" in path.read_text()
     accuracy = ev.metrics["accuracy"]
     assert accuracy.value == pytest.approx({"normal only": 10, "abnormal only": 20, "both": 30}[kind] / 30)
     assert accuracy.ci_low is not None and accuracy.ci_high is not None
@@ -258,6 +264,10 @@ def test_evaluation_and_report_cope_with_any_class_mix(kind: str, tmp_path: Path
     assert f"- Target: accuracy ≥ 0.95 — {verdict} (accuracy {accuracy.value:.3f})" in text
     assert f"- Challenge F1 (mean over normal, af, other): {ev.challenge_f1:.3f}" in text
     assert f"| Accuracy | {accuracy.value:.3f} | [{accuracy.ci_low:.3f}, {accuracy.ci_high:.3f}] |" in text
+    assert points["balanced"].metrics["accuracy"] == accuracy  # the balanced point is the one `metrics` is at
+    assert f"({100 * truth.mean():.1f} % of these studies should be flagged)" in text
+    assert "| balanced | 0.5000 |" in text and "| safety | 0.4000 |" in text
+    assert json.loads((folder / "evaluation.json").read_text())["operating_points"]["safety"]["threshold"] == 0.4
     assert doc["ci"] == "95 % percentile bootstrap" and f"- Intervals: {doc['ci']} (" in text
     assert (folder / "evaluation.json").read_text() == json.dumps(doc, indent=2)
     for png in ("roc.png", "confusion.png"):

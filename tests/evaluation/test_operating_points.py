@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prescreen.evaluation.calibration import expected_calibration_error, fit_temperature, reliability
+from prescreen.evaluation.evaluate import POINT_METRICS, at_operating_points
 from prescreen.evaluation.metrics import binary_metrics, wilson_interval
 from prescreen.evaluation.operating import at_prevalence, characterize, prevalence_table, score_reference
 from prescreen.evaluation.threshold import SAFETY_SENSITIVITY, choose_balanced, choose_safety
@@ -131,3 +132,30 @@ def test_prevalence_table_and_score_reference_shapes() -> None:
     assert ref.n == 4 and len(ref.edges) == len(ref.proportions) + 1
     assert ref.proportions[0] == 0.5 and ref.proportions[-1] == 0.5
     assert prevalence_table({}, 0.5) == []
+
+
+def test_figures_at_each_operating_point_match_the_decision_there() -> None:
+    """A new site's data at both points: each point's figures are those of its own threshold, the
+    lower (safety) threshold flags at least as much, finds at least as many positives, and its
+    balanced accuracy is the mean of its sensitivity and specificity."""
+    rng = np.random.default_rng(3)
+    truth = rng.random(400) < 0.3
+    score = np.clip(np.where(truth, 0.65, 0.35) + rng.normal(0, 0.2, 400), 0, 1)
+    points = at_operating_points(truth, score, {"balanced": 0.5, "safety": 0.3}, resamples=200)
+    assert list(points) == ["balanced", "safety"]
+    for name, threshold in (("balanced", 0.5), ("safety", 0.3)):
+        p = points[name]
+        direct = binary_metrics(truth, score, threshold)
+        assert p.threshold == threshold and p.flagged_share == pytest.approx(np.mean(score >= threshold))
+        assert list(p.metrics) == list(POINT_METRICS)
+        for k in ("sensitivity", "specificity", "accuracy"):
+            assert p.metrics[k].value == pytest.approx(direct[k])
+        b = p.metrics["balanced_accuracy"]
+        assert b.value == pytest.approx((direct["sensitivity"] + direct["specificity"]) / 2)
+        assert b.ci_low is not None and b.ci_high is not None and b.ci_low <= b.value <= b.ci_high
+        assert b.ci_high - b.ci_low > 0.01  # 400 studies: an interval, not a point
+    safety, balanced = points["safety"], points["balanced"]
+    assert safety.flagged_share > balanced.flagged_share
+    figures = {name: {k: p.metrics[k].value or 0.0 for k in POINT_METRICS} for name, p in points.items()}
+    assert figures["safety"]["sensitivity"] > figures["balanced"]["sensitivity"]
+    assert figures["safety"]["specificity"] < figures["balanced"]["specificity"]
