@@ -159,6 +159,7 @@ def test_clients_scope_masking_mfa_and_the_audit_page(
                 page.wait_for_url(f"{base}/ui/items/{item['id']}")
                 page.click("#action-claim")
                 page.wait_for_selector(".flash-ok")
+                page.wait_for_load_state()  # content() does not wait for the rest of the page
                 assert "张三丰" in page.content()  # the claimant sees the patient in full
                 page.screenshot(path=str(shots / "item-zh.png"), full_page=True)
                 page.click("#logout")

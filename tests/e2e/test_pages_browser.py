@@ -190,6 +190,7 @@ def test_read_and_cosign_an_af_ecg_in_the_browser(shared_data: Path, cli_env: di
                 page.screenshot(path=str(shots / "item.png"), full_page=True)
                 page.click("#action-sign")
                 assert page.locator("#item-state").get_attribute("data-state") == "awaiting_review"
+                page.wait_for_load_state()  # count() does not wait: a half-parsed page would pass
                 assert page.locator("#action-cosign").count() == 0  # never one's own report
                 page.click("#logout")
                 page.wait_for_url(f"{base}/ui/login")
