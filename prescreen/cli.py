@@ -303,7 +303,13 @@ def _evaluate_holter(
 def _print_evaluation(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from prescreen.evaluation.report import METRIC_LABELS, fmt, operating_point_header, operating_point_rows
+    from prescreen.evaluation.report import (
+        METRIC_LABELS,
+        flag_share,
+        fmt,
+        operating_point_header,
+        operating_point_rows,
+    )
 
     table = Table(title=f"{doc['task']} — {doc['model']['name']}:{doc['model']['version']} on n={doc['dataset']['n']}")
     table.add_column("metric")
@@ -315,8 +321,7 @@ def _print_evaluation(doc: dict[str, Any]) -> None:
     tg = doc["target"]
     console.print(f"target {tg['metric']} >= {tg['threshold']}: {'met' if tg['met'] else 'NOT met'}")
     if doc.get("operating_points"):
-        prevalence = doc["dataset"].get("flag_prevalence")
-        share = "" if prevalence is None else f"; {100 * prevalence:.1f} % of these studies should be flagged"
+        share = f"; {flag_share(doc)}" if flag_share(doc) else ""
         points = Table(title=f"at the model's operating points (value [95 % CI]{share})")
         for column in operating_point_header(doc):
             points.add_column(column, justify="left" if column == "Operating point" else "right")

@@ -6,10 +6,12 @@ test split flatters the model in the way a new site would find out.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
-from prescreen.evaluation.metrics import BoolArray, FloatArray, wilson_interval
+from prescreen.evaluation.metrics import BoolArray, FloatArray, auroc, wilson_interval
 
 NOVELTY_BANDS = ((0, 4), (5, 8), (9, 11), (12, 64))
 """Perceptual-hash distance bands, in bits of 64: near-copies, close, farther, far."""
@@ -18,14 +20,6 @@ NOVELTY_BANDS = ((0, 4), (5, 8), (9, 11), (12, 64))
 def _rate(hits: int, n: int) -> dict[str, float | int | None]:
     low, high = wilson_interval(hits, n) if n else (None, None)
     return {"value": hits / n if n else None, "ci_low": low, "ci_high": high, "n": n}
-
-
-def _auroc(truth: BoolArray, score: FloatArray) -> float | None:
-    if truth.all() or not truth.any():
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(truth, score))
 
 
 def novelty_table(
@@ -63,7 +57,7 @@ def novelty_table(
                 "accuracy": _rate(int((f == t).sum()), len(t)),
                 "sensitivity": _rate(int(f[t].sum()), int(t.sum())),
                 "specificity": _rate(int((~f[~t]).sum()), int((~t).sum())),
-                "auroc": _auroc(t, score[band]),
+                "auroc": None if math.isnan(area := auroc(t, score[band])) else area,
             }
         )
     return rows

@@ -75,6 +75,13 @@ def evaluation_json(
     return doc
 
 
+def flag_share(doc: dict[str, Any]) -> str | None:
+    """How many of an evaluation document's studies should be flagged, in words; ``None`` when it
+    does not say."""
+    prevalence = doc["dataset"].get("flag_prevalence")
+    return None if prevalence is None else f"{100 * prevalence:.1f} % of these studies should be flagged"
+
+
 def operating_point_rows(doc: dict[str, Any]) -> list[list[str]]:
     """One row per operating point of an evaluation document: name, threshold, share flagged, then
     each metric as ``value [low, high]``; empty when the document has no operating points."""
@@ -117,8 +124,7 @@ def write_report(
         header = operating_point_header(doc)
         lines = [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}"]
         lines += [f"| {' | '.join(cells)} |" for cells in operating_point_rows(doc)]
-        prevalence = doc["dataset"].get("flag_prevalence")
-        share = "" if prevalence is None else f" ({100 * prevalence:.1f} % of these studies should be flagged)"
+        share = f" ({flag_share(doc)})" if flag_share(doc) else ""
         points = (
             f"\n## At the model's operating points{share}\n\n"
             "`balanced` decides `flagged`; `safety` is the more sensitive point a routing rule can match. "

@@ -88,6 +88,11 @@ def pair_run(i: int, j: int) -> str:
     return f"pair-{i}-{j}"
 
 
+def _pairs_holding_out(i: int, k: int) -> list[tuple[int, int]]:
+    """The nested models (pairs of folds, sorted) of a ``k``-fold cross-validation that held out fold ``i``."""
+    return [(min(i, j), max(i, j)) for j in range(k) if j != i]
+
+
 def _finished(cfg: RunConfig, digest: str) -> TrainResult | None:
     """The result of a finished run in ``cfg.out`` that ``cfg`` would train again, or ``None``.
 
@@ -193,7 +198,7 @@ def nested_out_of_fold_predictor(
         parts = []
         for i in range(k):
             part = signals[bounds[i] : bounds[i + 1]]
-            nets = [pair_nets[(min(i, j), max(i, j))] for j in range(k) if j != i]
+            nets = [pair_nets[pair] for pair in _pairs_holding_out(i, k)]
             parts.append(np.mean([predict_probs(task, net, part) for net in nets], axis=0))
         out: FloatArray = np.concatenate(parts).astype(np.float32)
         return out
@@ -221,7 +226,7 @@ def nested_out_of_fold_probs(folder: Path, pairs: list[str], fold_val_ids: list[
             raise ExportError(f"{folder / name} does not hold out exactly folds {i} and {j}")
         by_pair[(i, j)] = {str(r): pr for r, pr in zip(ids, probs, strict=True)}
     rows = [
-        np.mean([by_pair[(min(i, j), max(i, j))][str(r)] for j in range(k) if j != i], axis=0)
+        np.mean([by_pair[pair][str(r)] for pair in _pairs_holding_out(i, k)], axis=0)
         for i in range(k)
         for r in fold_val_ids[i]
     ]
@@ -231,11 +236,12 @@ def nested_out_of_fold_probs(folder: Path, pairs: list[str], fold_val_ids: list[
 
 def _ensemble_caveat(nested: bool, held_out: bool, k: int, checkpoint: str) -> str:
     """What the card says about the gap between the scores that chose the points and the shipped ensemble."""
+    unmeasured = ", and no test part was held out to measure the ensemble itself"
+    differ = "its figures on new data may differ from the out-of-fold ones"
     measured = (
         ": its own figures at both points on the held-out test part are in shift.test_at_operating_points."
         if held_out
-        else ", and no test part was held out to measure the ensemble itself on records new to every member: its "
-        "figures on new data may differ from the out-of-fold ones."
+        else f"{unmeasured} on records new to every member: {differ}."
     )
     picked = (
         " Each model's epoch was chosen by validation AUROC on the records it later scores, which flatters "
@@ -254,12 +260,7 @@ def _ensemble_caveat(nested: bool, held_out: bool, k: int, checkpoint: str) -> s
     return (
         "Calibration and both operating points were chosen on the fold models' out-of-fold scores; the shipped "
         "model averages the fold models, whose scores are softer"
-        + (
-            measured
-            if held_out
-            else ", and no test part was held out to measure the ensemble itself: its figures on new data may "
-            "differ from the out-of-fold ones (it tends to flag more at the same threshold)."
-        )
+        + (measured if held_out else f"{unmeasured}: {differ} (it tends to flag more at the same threshold).")
         + picked
     )
 
